@@ -1,0 +1,111 @@
+"""Configuration: frozen dataclasses validated before any process starts or a GPU is touched
+(openai/whisper's ``DecodingOptions`` / ``_verify_options`` practice)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from pipeline.constants import DEFAULT_OVERLAP_S, N_SAMPLES, PCM_ITEMSIZE, SAMPLE_RATE
+from pipeline.types import DecodeOptions
+
+DEFAULT_MODEL = "openai/whisper-large-v3-turbo"
+DEFAULT_BATCH_SIZE = 16
+MAX_BATCH_SIZE = 1024
+
+
+def env_model() -> str:
+    return os.environ.get("MODEL_ID") or DEFAULT_MODEL
+
+
+def env_batch_size() -> int:
+    """``MODEL_BATCH_SIZE`` from the environment (the seed project's knob), else 16."""
+    raw = os.environ.get("MODEL_BATCH_SIZE")
+    if not raw:
+        return DEFAULT_BATCH_SIZE
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"MODEL_BATCH_SIZE must be an integer, not {raw!r}") from None
+    return check_batch_size(value, "MODEL_BATCH_SIZE")
+
+
+def check_batch_size(value, what: str = "batch size") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH_SIZE:
+        raise ValueError(f"{what} must be an integer from 1 to {MAX_BATCH_SIZE}, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything fixed for the life of a pipeline (its processes, rings and model)."""
+
+    model: str = field(default_factory=env_model)
+    backend: str = "whisper"  # or "package.module:Class" with the same interface
+    device: str | None = None  # None: cuda when present, else cpu
+    dtype: str | None = None  # None: float16 on cuda, float32 on cpu
+    batch_size: int = field(default_factory=env_batch_size)  # most windows per generate
+    overlap_s: float = DEFAULT_OVERLAP_S
+    # Ring sizes. Memory in use is fixed by these, whatever the audio's length.
+    byte_block: int = 256 * 1024
+    byte_slots: int = 16
+    pcm_block_samples: int = 10 * SAMPLE_RATE
+    pcm_slots: int = 8
+    window_slots: int = 16
+    batch_wait_s: float = 0.2  # flush a partial batch when no window came for this long
+    # Source stage.
+    connect_timeout_s: float = 10.0
+    stall_timeout_s: float = 30.0
+    max_redirects: int = 5
+    max_download_bytes: int | None = None
+    allow_private_urls: bool = True  # the RunPod worker turns this off
+    inherit_stdin: bool = False  # the source stage may read our standard input ("-")
+    log_level: str = "WARNING"
+    startup_timeout_s: float = 60.0  # for a stage process to come up (not model load)
+
+    def __post_init__(self):
+        check_batch_size(self.batch_size)
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError("model must be a hub id or a directory")
+        if not 0 <= self.overlap_s < N_SAMPLES / SAMPLE_RATE / 2:
+            raise ValueError(f"overlap must be at least 0 and under 15 s, not {self.overlap_s}")
+        if self.device is not None and not (
+            self.device == "cpu" or self.device.startswith("cuda")
+        ):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, not {self.device!r}")
+        if self.dtype not in (None, "float16", "bfloat16", "float32"):
+            raise ValueError(f"dtype must be float16, bfloat16 or float32, not {self.dtype!r}")
+        for name in ("byte_block", "byte_slots", "pcm_block_samples", "pcm_slots", "window_slots"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if self.batch_wait_s <= 0 or self.connect_timeout_s <= 0 or self.stall_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+
+    @property
+    def shm_bytes(self) -> int:
+        """Shared memory the rings take, in bytes."""
+        return (
+            self.byte_block * self.byte_slots
+            + self.pcm_block_samples * PCM_ITEMSIZE * self.pcm_slots
+            + N_SAMPLES * PCM_ITEMSIZE * self.window_slots
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """One transcription request, as the driver hands it to the source stage."""
+
+    source: str | bytes  # URL, path, "-" (stdin) or the audio bytes themselves
+    options: DecodeOptions = DecodeOptions()
+    batch_size: int | None = None  # None: the pipeline's; else at most the pipeline's
+    label: str | None = None  # how errors name the input; default from the source
+    job_id: str | None = None  # shown on log lines (the RunPod job id)
+    profile: bool = False  # record busy spans for a trace
+
+    def __post_init__(self):
+        if not isinstance(self.source, (str, bytes)) or (
+            isinstance(self.source, str) and not self.source
+        ):
+            raise ValueError("source must be a URL, a path, '-' or bytes")
+        if self.batch_size is not None:
+            check_batch_size(self.batch_size)

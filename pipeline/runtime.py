@@ -1,0 +1,960 @@
+"""The process runtime: four stage processes joined by shared-memory rings, and the driver.
+
+::
+
+    driver --job--> source --bytes ring--> decode --PCM ring--> chunk --window ring--> infer
+      ^                                                                                 |
+      +------------------- results, errors, stats (one bounded queue) -----------------+
+
+Each stage's core is a plain generator from ``stages/`` (iter_source, decode_stream,
+iter_windows, a backend's prepare/transcribe); this module is the only place that knows
+about processes, queues and shared memory.
+
+Messages on a stage's input queue (small tuples; bulk data stays in ring slots):
+    ("start", seq, info)          a job begins; info carries its options
+    ("data", seq, slot, n, ...)   n items in ``slot`` of the upstream ring
+    ("end", seq, info)            the job's data is complete (info["aborted"] if it failed)
+    None                          shutdown sentinel
+Messages to the driver: ("ready", stage, info), ("result", seq, index, start_s, valid_s,
+WindowResult), ("meta", seq, stage, info), ("stats", seq, stage, stats), ("done", seq, info),
+("error", seq, stage, message, traceback) for a failed job, ("fatal", stage, message,
+traceback) for a stage that cannot go on.
+
+Errors. A job's failure inside a stage (bad input, a failed download, an exception while
+working on it) is reported once to the driver with the stage name and traceback; the stage
+marks the job cancelled in a shared array, forwards an aborted "end", drains what is left
+of the job's input and carries on with the next job, so one bad request never takes the
+pipeline down. A stage that cannot go on (its model does not load, it raised outside any
+job, it was killed) ends the pipeline: the driver notices through a "fatal" message or the
+process's exit code within a fraction of a second and names the stage.
+
+SHUTDOWN PROTOCOL (written once, followed by ``Pipeline.close``; PyTorch DataLoader's
+shutdown note is the model):
+  1. The driver sets the stop event. Every wait in every stage (queue get, queue put, ring
+     slot acquire) is a poll of at most 0.1 s that checks the stop event and whether the
+     driver is still its parent, so each stage leaves its loop within ~0.1 s wherever it is.
+  2. The driver puts one ``None`` sentinel on every stage input queue (best effort, never
+     blocking) so an idle stage wakes at once.
+  3. The driver joins the stages against one deadline (``JOIN_TIMEOUT_S``), then
+     ``terminate()``s survivors, joins briefly, then ``kill()``s and joins again.
+     ffmpeg, the decode stage's child, is killed in that stage's ``finally`` and also has
+     PR_SET_PDEATHSIG=SIGKILL, so it dies with its stage however the stage ends.
+  4. Every queue gets ``cancel_join_thread()`` and ``close()``: the driver's exit never
+     waits on a feeder thread flushing into a pipe nobody reads.
+  5. The driver closes its mappings and unlinks every shared-memory segment exactly once
+     (it created them all; stages only attach and close, never unlink).
+  6. ``close()`` is idempotent and is also registered with ``weakref.finalize`` (so it runs
+     at interpreter exit) and called from ``__exit__``. If the driver itself is SIGKILLed,
+     the stages see their parent change and exit, and multiprocessing's resource tracker
+     unlinks the segments it still has registered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import queue
+import secrets
+import signal
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from multiprocessing import reduction
+
+import numpy as np
+
+from pipeline import logs
+from pipeline.config import Job, PipelineConfig
+from pipeline.constants import N_SAMPLES, PCM_DTYPE, SAMPLE_RATE
+from pipeline.errors import JobError, PipelineError, StageDied, UserError, describe_exit, wrap
+from pipeline.ring import Ring, Stopped, wait_get, wait_put
+from pipeline.types import TimedWindow, WindowResult
+
+log = logging.getLogger(__name__)
+
+STAGES = ("source", "decode", "chunk", "infer")
+JOIN_TIMEOUT_S = 5.0
+POLL_S = 0.1
+CANCEL_SLOTS = 256  # recent job numbers remembered as cancelled
+FAULT_ENV = "WSP_FAULT"  # testing aid: "stage" or "stage:N" raises in that stage's Nth item
+
+
+class JobCancelled(Exception):
+    """The job was cancelled (it failed elsewhere, or the driver gave up on it)."""
+
+
+# --------------------------------------------------------------------------- stage side
+
+
+@dataclass
+class StageStats:
+    """Where one stage's time went during one job (issue 4's profile).
+
+    busy = life - starved - blocked; starved: waiting for input; blocked: waiting for a
+    free slot or queue space downstream.
+    """
+
+    t_start: float
+    profile: bool = False
+    starved_s: float = 0.0
+    blocked_s: float = 0.0
+    items: int = 0
+    units: float = 0.0  # bytes, samples or windows, as fits the stage
+    t_first: float | None = None  # first output
+    spans: list = field(default_factory=list)  # (t0, t1, "starved"|"blocked") when profiling
+    occupancy: list = field(default_factory=list)  # (t, slots in use) of the output ring
+
+    @contextlib.contextmanager
+    def wait(self, kind: str):
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            t1 = time.monotonic()
+            if kind == "starved":
+                self.starved_s += t1 - t0
+            else:
+                self.blocked_s += t1 - t0
+            if self.profile:
+                self.spans.append((t0, t1, kind))
+
+    def produced(self, units: float = 1.0, ring: Ring | None = None) -> None:
+        now = time.monotonic()
+        if self.t_first is None:
+            self.t_first = now
+        self.items += 1
+        self.units += units
+        if self.profile and ring is not None:
+            self.occupancy.append((now, ring.occupancy()))
+
+    def finish(self) -> dict:
+        t_end = time.monotonic()
+        life = t_end - self.t_start
+        return {
+            "t_start": self.t_start,
+            "t_end": t_end,
+            "t_first": self.t_first,
+            "life_s": life,
+            "busy_s": max(0.0, life - self.starved_s - self.blocked_s),
+            "starved_s": self.starved_s,
+            "blocked_s": self.blocked_s,
+            "items": self.items,
+            "units": self.units,
+            "spans": self.spans,
+            "occupancy": self.occupancy,
+        }
+
+
+class StageContext:
+    """What every stage process shares with the driver. Pickled once, at Process start."""
+
+    def __init__(self, name, config, stop, cancel, out_q, parent_pid):
+        self.name = name
+        self.config = config
+        self.stop = stop
+        self.cancel_arr = cancel
+        self.out_q = out_q
+        self.parent_pid = parent_pid
+        self.fault_at = None
+
+    def alive(self) -> bool:
+        return not self.stop.is_set() and os.getppid() == self.parent_pid
+
+    def cancelled(self, seq: int) -> bool:
+        return self.cancel_arr[seq % CANCEL_SLOTS] == seq
+
+    def cancel(self, seq: int) -> None:
+        self.cancel_arr[seq % CANCEL_SLOTS] = seq
+
+    def report(self, *msg) -> None:
+        wait_put(self.out_q, msg, self.alive)
+
+    def fail_job(self, seq: int, exc: BaseException) -> None:
+        """Report a job's failure once, with this stage's name, and cancel the job."""
+        message, tb = wrap(exc)
+        user = isinstance(exc, UserError)
+        if user:  # bad input: the one-line message says it all
+            log.info("job failed in %s: %s", self.name, message)
+        else:
+            log.error("job failed in %s stage:\n%s", self.name, tb)
+        self.cancel(seq)
+        self.report("error", seq, self.name, message, tb, user)
+
+    def maybe_fault(self, item_no: int) -> None:
+        if self.fault_at is not None and item_no >= self.fault_at:
+            raise RuntimeError(f"injected fault in the {self.name} stage ({FAULT_ENV})")
+
+
+class JobInput:
+    """The data messages of one job, read from an upstream queue, as an iterator.
+
+    Thread-safe (decode's ffmpeg feeder thread iterates it). ``convert(view)`` must copy
+    what it needs: the slot goes back to the producer as soon as it returns.
+    """
+
+    def __init__(self, ctx: StageContext, q_in, ring: Ring, seq: int, dtype, convert, stats):
+        self.ctx, self.q_in, self.ring, self.seq = ctx, q_in, ring, seq
+        self.dtype, self.convert, self.stats = dtype, convert, stats
+        self.done = False
+        self.end_info: dict = {}
+        self._lock = threading.Lock()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self._lock:
+            while not self.done:
+                with self.stats.wait("starved"):
+                    msg = wait_get(self.q_in, self.ctx.alive, POLL_S)
+                if msg is None:
+                    raise Stopped()
+                kind, seq = msg[0], msg[1]
+                if seq != self.seq:  # cannot happen: jobs travel in order
+                    raise RuntimeError(f"{self.ctx.name}: message for job {seq} inside job {self.seq}")
+                if kind == "data":
+                    slot, n = msg[2], msg[3]
+                    try:
+                        if self.ctx.cancelled(seq):
+                            continue
+                        return self.convert(self.ring.view(slot, self.dtype, n))
+                    finally:
+                        self.ring.release(slot)
+                if kind == "end":
+                    self.done = True
+                    self.end_info = msg[2]
+                    if msg[2].get("aborted") or self.ctx.cancelled(seq):
+                        raise JobCancelled()
+            raise StopIteration
+
+    def drain(self) -> None:
+        """Consume (and free the slots of) whatever is left of this job."""
+        try:
+            for _ in self:
+                pass
+        except JobCancelled:
+            pass
+
+
+def _forward(ctx, q_out, msg, stats) -> None:
+    with stats.wait("blocked"):
+        wait_put(q_out, msg, ctx.alive, POLL_S)
+
+
+def _send_stats(ctx, seq, stats) -> None:
+    ctx.report("stats", seq, ctx.name, stats.finish())
+
+
+def _run_source(ctx: StageContext, q_jobs, ring_out: Ring, q_out, stdin_fd):
+    from stages.source import iter_source, source_label
+
+    cfg = ctx.config
+    while True:
+        msg = wait_get(q_jobs, ctx.alive, POLL_S)
+        if msg is None:
+            return
+        _, seq, job, t0 = msg
+        logs.set_job(job.job_id or seq)
+        stats = StageStats(t_start=time.monotonic(), profile=job.profile)
+        label = job.label or source_label(job.source)
+        info = {"label": label, "options": job.options, "batch_size": job.batch_size,
+                "profile": job.profile, "job_id": job.job_id}
+        _forward(ctx, q_out, ("start", seq, info), stats)
+        total = 0
+        try:
+            blocks = iter_source(
+                job.source,
+                block_size=ring_out.slot_bytes,
+                connect_timeout=cfg.connect_timeout_s,
+                stall_timeout=cfg.stall_timeout_s,
+                max_redirects=cfg.max_redirects,
+                max_bytes=cfg.max_download_bytes,
+                allow_private=cfg.allow_private_urls,
+                stdin_fd=stdin_fd,
+            )
+            try:
+                while True:
+                    # Time inside the generator is the download itself: busy, not starved.
+                    block = next(blocks, None)
+                    if block is None:
+                        break
+                    if ctx.cancelled(seq):
+                        raise JobCancelled()
+                    ctx.maybe_fault(stats.items)
+                    with stats.wait("blocked"):
+                        slot = ring_out.acquire(ctx.alive, POLL_S)
+                    ring_out.view(slot, np.uint8, len(block))[:] = np.frombuffer(block, np.uint8)
+                    _forward(ctx, q_out, ("data", seq, slot, len(block)), stats)
+                    total += len(block)
+                    stats.produced(len(block), ring_out)
+            finally:
+                blocks.close()
+            _forward(ctx, q_out, ("end", seq, {"bytes": total}), stats)
+        except Stopped:
+            raise
+        except JobCancelled:
+            _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, with traceback
+            ctx.fail_job(seq, exc)
+            _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
+        _send_stats(ctx, seq, stats)
+        logs.set_job(None)
+
+
+def _run_decode(ctx: StageContext, ring_in: Ring, q_in, ring_out: Ring, q_out):
+    from stages.decode import decode_stream
+
+    cfg = ctx.config
+    while True:
+        msg = wait_get(q_in, ctx.alive, POLL_S)
+        if msg is None:
+            return
+        if msg[0] != "start":
+            raise RuntimeError(f"decode: unexpected {msg[0]!r} message outside a job")
+        seq, info = msg[1], msg[2]
+        logs.set_job(info.get("job_id") or seq)
+        stats = StageStats(t_start=time.monotonic(), profile=_profiling(info))
+        _forward(ctx, q_out, msg, stats)
+        src = JobInput(ctx, q_in, ring_in, seq, np.uint8, bytes, stats)
+        total = 0
+        try:
+            for pcm in decode_stream(src, name=info["label"], block_samples=cfg.pcm_block_samples):
+                if ctx.cancelled(seq):
+                    raise JobCancelled()
+                ctx.maybe_fault(stats.items)
+                with stats.wait("blocked"):
+                    slot = ring_out.acquire(ctx.alive, POLL_S)
+                ring_out.view(slot, PCM_DTYPE, len(pcm))[:] = pcm
+                _forward(ctx, q_out, ("data", seq, slot, len(pcm)), stats)
+                total += len(pcm)
+                stats.produced(len(pcm), ring_out)
+            _forward(ctx, q_out, ("end", seq, {"samples": total}), stats)
+            ctx.report("meta", seq, "decode", {"samples": total})
+        except Stopped:
+            raise
+        except JobCancelled:
+            src.drain()
+            _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
+        except Exception as exc:  # noqa: BLE001
+            ctx.fail_job(seq, exc)
+            src.drain()
+            _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
+        _send_stats(ctx, seq, stats)
+        logs.set_job(None)
+
+
+def _run_chunk(ctx: StageContext, ring_in: Ring, q_in, ring_out: Ring, q_out):
+    from stages.chunk import WindowPlan, iter_windows
+
+    plan = WindowPlan.from_seconds(ctx.config.overlap_s)
+    while True:
+        msg = wait_get(q_in, ctx.alive, POLL_S)
+        if msg is None:
+            return
+        if msg[0] != "start":
+            raise RuntimeError(f"chunk: unexpected {msg[0]!r} message outside a job")
+        seq, info = msg[1], msg[2]
+        logs.set_job(info.get("job_id") or seq)
+        stats = StageStats(t_start=time.monotonic(), profile=_profiling(info))
+        _forward(ctx, q_out, msg, stats)
+        src = JobInput(ctx, q_in, ring_in, seq, PCM_DTYPE, np.array, stats)
+        n = 0
+        try:
+            for w in iter_windows(src, plan):
+                if ctx.cancelled(seq):
+                    raise JobCancelled()
+                ctx.maybe_fault(stats.items)
+                with stats.wait("blocked"):
+                    slot = ring_out.acquire(ctx.alive, POLL_S)
+                ring_out.view(slot, PCM_DTYPE, N_SAMPLES)[:] = w.audio
+                _forward(ctx, q_out, ("data", seq, slot, N_SAMPLES, w.index, w.start, w.valid), stats)
+                n += 1
+                stats.produced(1, ring_out)
+            _forward(ctx, q_out, ("end", seq, {"windows": n}), stats)
+        except Stopped:
+            raise
+        except JobCancelled:
+            src.drain()
+            _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
+        except Exception as exc:  # noqa: BLE001
+            ctx.fail_job(seq, exc)
+            src.drain()
+            _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
+        _send_stats(ctx, seq, stats)
+        logs.set_job(None)
+
+
+def _profiling(info: dict) -> bool:
+    return bool(info.get("profile"))
+
+
+class _Batch:
+    __slots__ = ("seq", "items")
+
+    def __init__(self, seq):
+        self.seq = seq
+        self.items = []  # (index, start_sample, valid_samples, prepared)
+
+
+def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: dict, cfg):
+    """Thread: drains the window ring, prepares features (log-mel) as windows arrive and
+    frees their slots at once, and groups them into batches for the main thread. It runs
+    while the main thread is inside generate, so features for batch n+1 are ready when
+    batch n finishes and the upstream stages never wait on the GPU for a free slot."""
+
+    def put(item):
+        wait_put(local, item, ctx.alive, POLL_S)
+
+    batch = None
+    try:
+        while True:
+            deadline = time.monotonic() + cfg.batch_wait_s if batch and batch.items else None
+            msg = wait_get(q_in, ctx.alive, POLL_S, deadline=deadline)
+            if msg is None and deadline is not None and time.monotonic() >= deadline:
+                put(("batch", batch))  # upstream is slow: don't hold a partial batch back
+                batch = _Batch(batch.seq)
+                continue
+            if msg is None:
+                put(None)
+                return
+            kind, seq = msg[0], msg[1]
+            if kind == "start":
+                info = msg[2]
+                size = min(info.get("batch_size") or cfg.batch_size, cfg.batch_size * 8)
+                jobs[seq] = {"info": info, "batch_size": size, "failed": False}
+                batch = _Batch(seq)
+                put(("start", seq))
+            elif kind == "data":
+                _, _, slot, n, index, start, valid = msg
+                try:
+                    if ctx.cancelled(seq) or jobs[seq]["failed"]:
+                        continue
+                    audio = np.array(ring_in.view(slot, PCM_DTYPE, n))  # own copy
+                finally:
+                    ring_in.release(slot)
+                try:
+                    prepared = backend.prepare(audio)
+                except Exception as exc:  # noqa: BLE001
+                    jobs[seq]["failed"] = True
+                    ctx.fail_job(seq, exc)
+                    continue
+                batch.items.append((index, start, valid, prepared))
+                if len(batch.items) >= jobs[seq]["batch_size"]:
+                    put(("batch", batch))
+                    batch = _Batch(seq)
+            elif kind == "end":
+                if batch is not None and batch.items:
+                    put(("batch", batch))
+                batch = None
+                put(("end", seq, msg[2]))
+    except Stopped:
+        put_nowait_quiet(local, None)
+    except BaseException as exc:  # noqa: BLE001 - hand it to the main thread
+        put_nowait_quiet(local, ("crash", exc))
+
+
+def put_nowait_quiet(q, item):
+    with contextlib.suppress(queue.Full):
+        q.put_nowait(item)
+
+
+def _transcribe_batch(backend, feats, options):
+    """backend.transcribe, halving the batch on CUDA out-of-memory instead of failing."""
+    try:
+        return backend.transcribe(feats, options)
+    except Exception as exc:
+        if type(exc).__name__ != "OutOfMemoryError" or len(feats) == 1:
+            raise
+        import torch
+
+        torch.cuda.empty_cache()
+        half = len(feats) // 2
+        log.warning("out of GPU memory at batch %d: retrying as %d + %d", len(feats), half, len(feats) - half)
+        return _transcribe_batch(backend, feats[:half], options) + _transcribe_batch(
+            backend, feats[half:], options
+        )
+
+
+def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
+    from stages.infer import load_backend
+
+    cfg = ctx.config
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        # Library chatter (deprecations, generation-config notices) is not for a user's
+        # terminal, where a failure must read as one line; -v brings it back.
+        import warnings
+
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        warnings.simplefilter("ignore")
+    t0 = time.monotonic()
+    backend = load_backend(cfg.backend, cfg.model, device=cfg.device, dtype=cfg.dtype)
+    load_s = time.monotonic() - t0
+    info = {
+        "model": backend.model_id,
+        "device": str(backend.device),
+        "dtype": str(backend.dtype),
+        "load_s": load_s,
+        "t_ready": time.monotonic(),
+    }
+    log.info("model %s ready on %s in %.1f s", backend.model_id, backend.device, load_s)
+    ctx.report("ready", "infer", info)
+
+    local: queue.Queue = queue.Queue(maxsize=2)  # prepared batches waiting for the GPU
+    jobs: dict = {}
+    reader = threading.Thread(
+        target=_infer_reader, args=(ctx, backend, ring_in, q_in, local, jobs, cfg), daemon=True
+    )
+    reader.start()
+    stats: dict[int, StageStats] = {}
+    while True:
+        msg = None
+        st = next(iter(stats.values()), None)
+        with st.wait("starved") if st else contextlib.nullcontext():
+            while msg is None:
+                try:
+                    msg = local.get(timeout=POLL_S)
+                except queue.Empty:
+                    if not ctx.alive() or not reader.is_alive():
+                        raise Stopped()
+        if msg[0] == "crash":
+            raise msg[1]
+        kind = msg[0]
+        if kind == "start":
+            seq = msg[1]
+            logs.set_job(jobs[seq]["info"].get("job_id") or seq)
+            stats = {seq: StageStats(t_start=time.monotonic(), profile=_profiling(jobs[seq]["info"]))}
+        elif kind == "batch":
+            batch = msg[1]
+            seq, job = batch.seq, jobs[batch.seq]
+            if ctx.cancelled(seq) or job["failed"] or not batch.items:
+                continue
+            st = stats[seq]
+            feats = [it[3] for it in batch.items]
+            try:
+                ctx.maybe_fault(st.items)
+                results = _transcribe_batch(backend, feats, job["info"]["options"])
+            except Exception as exc:  # noqa: BLE001
+                job["failed"] = True
+                ctx.fail_job(seq, exc)
+                continue
+            with st.wait("blocked"):
+                for (index, start, valid, _), res in zip(batch.items, results):
+                    ctx.report("result", seq, index, start / SAMPLE_RATE, valid / SAMPLE_RATE, res)
+            st.produced(len(results))
+        elif kind == "end":
+            seq, end_info = msg[1], msg[2]
+            job = jobs.pop(seq, None)
+            st = stats.pop(seq, None)
+            if job is not None and not job["failed"] and not end_info.get("aborted") and not ctx.cancelled(seq):
+                ctx.report("done", seq, end_info)
+            if st is not None:
+                ctx.report("stats", seq, "infer", st.finish())
+            logs.set_job(None)
+
+
+_STAGE_MAIN = {"source": _run_source, "decode": _run_decode, "chunk": _run_chunk, "infer": _run_infer}
+
+
+def _set_process_name(name: str) -> None:
+    """Name the process (``/proc/PID/comm``) so ps, psutil and tests can tell stages apart."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(15, name.encode()[:15])  # PR_SET_NAME
+
+
+def _stage_entry(name: str, ctx: StageContext, *args):
+    """Entry point of every stage process."""
+    os.dup2(2, 1)  # stray prints from libraries go to stderr: stdout is the transcript's
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    _set_process_name(f"wsp-{name}")
+    logs.setup(ctx.config.log_level, role=name)
+    fault = os.environ.get(FAULT_ENV, "")
+    if fault.split(":")[0] == name:
+        ctx.fault_at = int(fault.split(":")[1]) if ":" in fault else 0
+    rings = [a for a in args if isinstance(a, Ring)]
+    code = 0
+    fatal = False
+    try:
+        if name == "source" and args[-1] is not None:
+            args = args[:-1] + (args[-1].detach() if hasattr(args[-1], "detach") else args[-1],)
+        _STAGE_MAIN[name](ctx, *args)
+    except Stopped:
+        pass
+    except BaseException as exc:  # noqa: BLE001 - travels to the driver as data
+        message, tb = wrap(exc)
+        log.error("%s stage failed:\n%s", name, tb)
+        with contextlib.suppress(Exception):
+            ctx.out_q.put(("fatal", name, message, tb), timeout=1.0)
+            fatal = True
+        code = 1
+    finally:
+        for r in rings:
+            r.close()
+        with contextlib.suppress(Exception):
+            if not fatal:  # nothing we still owe the driver: never wait on the pipe
+                ctx.out_q.cancel_join_thread()
+            ctx.out_q.close()
+            ctx.out_q.join_thread()  # a fatal message (small) must leave before we exit
+    os._exit(code)
+
+
+class _InheritFd:
+    """Hands a file descriptor to a spawned stage (pickled at Process start only)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __reduce__(self):
+        return (_identity, (reduction.DupFd(self.fd),))
+
+
+def _identity(x):
+    return x
+
+
+# -------------------------------------------------------------------------- driver side
+
+
+@dataclass
+class JobOutcome:
+    """What one job produced: the transcript plus where the time went."""
+
+    transcript: object  # pipeline.formats.Transcript
+    stages: dict  # stage -> stats dict (see StageStats.finish)
+    model: dict  # model id, device, dtype, load_s
+    t_submit: float  # monotonic time the job was handed to the pipeline
+    t_first_result: float | None
+    windows: list  # TimedWindow, in order
+
+
+_live_pipelines: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
+
+
+class Pipeline:
+    """The stage processes, their rings, and the driver's end of the queues.
+
+    ``with Pipeline(cfg) as p: p.transcribe(Job("talk.mp3"))``. Start it early: the model
+    loads in the infer stage while the first job is still downloading and decoding. One
+    pipeline runs any number of jobs in a row; each job's results stay apart (every message
+    carries its job number).
+    """
+
+    def __init__(self, config: PipelineConfig | None = None):
+        self.config = config or PipelineConfig()
+        self._procs: dict[str, mp.Process] = {}
+        self._rings: list[Ring] = []
+        self._queues: list = []
+        self._seq = itertools.count(1)
+        self._closed = False
+        self._broken: PipelineError | None = None
+        self.model_info: dict | None = None
+        self._finalizer = None
+        self._lock = threading.Lock()  # one job at a time
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> "Pipeline":
+        if self._procs:
+            return self
+        cfg = self.config
+        _check_shm_space(cfg.shm_bytes)
+        ctx = mp.get_context("spawn")
+        prefix = f"wsp{os.getpid()}_{secrets.token_hex(3)}"
+        self.shm_prefix = prefix
+        self._stop = ctx.Event()
+        self._cancel = ctx.Array("q", [0] * CANCEL_SLOTS, lock=False)
+        self._out = ctx.Queue(maxsize=4096)
+        q_jobs = ctx.Queue(maxsize=4)
+        try:
+            r_bytes = Ring(ctx, f"{prefix}_bytes", cfg.byte_slots, cfg.byte_block)
+            self._rings.append(r_bytes)
+            r_pcm = Ring(ctx, f"{prefix}_pcm", cfg.pcm_slots, cfg.pcm_block_samples * PCM_DTYPE.itemsize)
+            self._rings.append(r_pcm)
+            r_win = Ring(ctx, f"{prefix}_win", cfg.window_slots, N_SAMPLES * PCM_DTYPE.itemsize)
+            self._rings.append(r_win)
+            q_bytes = ctx.Queue(maxsize=cfg.byte_slots + 8)
+            q_pcm = ctx.Queue(maxsize=cfg.pcm_slots + 8)
+            q_win = ctx.Queue(maxsize=cfg.window_slots + 8)
+            self._queues = [self._out, q_jobs, q_bytes, q_pcm, q_win] + [r._free for r in self._rings]
+            self._inputs = {"source": q_jobs, "decode": q_bytes, "chunk": q_pcm, "infer": q_win}
+            stdin = _InheritFd(0) if cfg.inherit_stdin else None
+            args = {
+                "source": (q_jobs, r_bytes, q_bytes, stdin),
+                "decode": (r_bytes, q_bytes, r_pcm, q_pcm),
+                "chunk": (r_pcm, q_pcm, r_win, q_win),
+                "infer": (r_win, q_win),
+            }
+            # The infer stage starts first: its model load is the long pole of a cold start.
+            for name in ("infer", "source", "decode", "chunk"):
+                sctx = StageContext(name, cfg, self._stop, self._cancel, self._out, os.getpid())
+                p = ctx.Process(
+                    target=_stage_entry, args=(name, sctx, *args[name]), name=f"wsp-{name}", daemon=True
+                )
+                p.start()
+                self._procs[name] = p
+                log.debug("stage %s started, pid %d", name, p.pid)
+        except BaseException:
+            self.close()
+            raise
+        self._finalizer = weakref.finalize(self, Pipeline._cleanup, self._procs, self._rings, self._queues, self._stop, self._inputs)
+        _live_pipelines.add(self)
+        return self
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self._procs.items()}
+
+    def close(self) -> None:
+        """Stop every stage and free every segment (the shutdown protocol above)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer()
+        else:
+            Pipeline._cleanup(self._procs, self._rings, self._queues, getattr(self, "_stop", None), getattr(self, "_inputs", {}))
+
+    @staticmethod
+    def _cleanup(procs, rings, queues, stop, inputs) -> None:
+        if stop is not None:
+            stop.set()  # 1
+        for q in inputs.values():  # 2
+            with contextlib.suppress(Exception):
+                q.put_nowait(None)
+        deadline = time.monotonic() + JOIN_TIMEOUT_S  # 3
+        for p in procs.values():
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in procs.values():
+            if p.is_alive():
+                log.warning("stage %s did not stop in time: terminating it", p.name)
+                p.terminate()
+        for p in procs.values():
+            p.join(2.0)
+            if p.is_alive():
+                p.kill()
+                p.join(2.0)
+        for q in queues:  # 4
+            with contextlib.suppress(Exception):
+                q.cancel_join_thread()
+                q.close()
+        for r in rings:  # 5
+            r.close()
+            r.unlink()
+
+    def wait_ready(self, timeout: float | None = None) -> dict:
+        """Block until the model is loaded (or raise if a stage failed). Returns model info."""
+        self._check_usable()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.model_info is None:
+            msg = self._get(deadline)
+            if msg is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError("the model did not load in time")
+                continue
+            self._handle_control(msg)
+        return self.model_info
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def transcribe(self, job: Job | str, progress=None, timeout: float | None = None):
+        """Run one job to the end and return its Transcript (see ``run_job``)."""
+        return self.run_job(job, progress=progress, timeout=timeout).transcript
+
+    def run_job(self, job: Job | str, progress=None, timeout: float | None = None) -> JobOutcome:
+        """Run one job. ``progress(done_s, decoded_s, decode_finished)`` is called as window
+        results arrive. Raises JobError for a failed job (the pipeline stays usable) and
+        StageDied when a stage is gone (the pipeline is then closed)."""
+        if isinstance(job, str):
+            job = Job(job)
+        with self._lock:
+            self._check_usable()
+            return self._run(job, progress, timeout)
+
+    def _run(self, job: Job, progress, timeout) -> JobOutcome:
+        from pipeline.formats import Transcript
+        from pipeline.stitch import majority_language, stitch, transcript_text
+
+        seq = next(self._seq)
+        t_submit = time.monotonic()
+        deadline = None if timeout is None else t_submit + timeout
+        windows: list[TimedWindow] = []
+        stages: dict = {}
+        decoded_samples = None
+        done_info = None
+        t_first = None
+        self._put_job(("job", seq, job, t_submit))
+        try:
+            while done_info is None:
+                msg = self._get(deadline)
+                if msg is None:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise JobError(f"{job.label or 'the job'} timed out after {timeout:.0f} s", stage=None)
+                    continue
+                kind = msg[0]
+                if kind in ("ready", "fatal"):
+                    self._handle_control(msg)
+                    continue
+                if msg[1] != seq:
+                    continue  # a message of an earlier, abandoned job
+                if kind == "result":
+                    _, _, index, start_s, valid_s, res = msg
+                    if t_first is None:
+                        t_first = time.monotonic()
+                    windows.append(TimedWindow(index=index, start=start_s, valid=valid_s, result=res))
+                    if progress is not None:
+                        done = sum(w.valid for w in windows)  # cheap: a few thousand at most
+                        dec = decoded_samples / SAMPLE_RATE if decoded_samples is not None else None
+                        progress(done, dec, decoded_samples is not None)
+                elif kind == "meta":
+                    if msg[2] == "decode":
+                        decoded_samples = msg[3]["samples"]
+                elif kind == "stats":
+                    stages[msg[2]] = msg[3]
+                elif kind == "error":
+                    _, _, stage, message, tb, user = msg
+                    if not user:
+                        message = f"{stage} stage failed: {message}"
+                    raise JobError(message, stage=stage, traceback=None if user else tb)
+                elif kind == "done":
+                    done_info = msg[2]
+        except BaseException:
+            self._cancel[seq % CANCEL_SLOTS] = seq  # the stages drop what is left of it
+            raise
+        expected = done_info.get("windows", len(windows))
+        if len(windows) != expected:
+            raise JobError(f"internal error: {expected} windows sent but {len(windows)} came back")
+        # The other stages' stats left before infer's "done" was possible; give the queue a
+        # moment to deliver them.
+        grace = time.monotonic() + 1.0
+        while len(stages) < len(STAGES) and time.monotonic() < grace:
+            msg = self._get(grace)
+            if msg is not None and msg[0] == "stats" and msg[1] == seq:
+                stages[msg[2]] = msg[3]
+            elif msg is not None and msg[0] in ("ready", "fatal"):
+                self._handle_control(msg)
+        t_end = time.monotonic()
+        duration = (decoded_samples or 0) / SAMPLE_RATE
+        windows.sort(key=lambda w: w.index)
+        segments = stitch(windows, overlap=self.config.overlap_s, duration=duration)
+        language = job.options.language or majority_language(windows)
+        wall = t_end - t_submit
+        timings = _timings(stages, self.model_info, t_submit, t_end, duration)
+        transcript = Transcript(
+            text=transcript_text(segments),
+            language=language,
+            duration=round(duration, 3),
+            model=(self.model_info or {}).get("model", self.config.model),
+            segments=tuple(segments),
+            timings=timings,
+        )
+        log.info("job done: %.1f s of audio in %.2f s (%.1fx real time)", duration, wall, duration / wall if wall else 0)
+        return JobOutcome(transcript, stages, dict(self.model_info or {}), t_submit, t_first, windows)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _check_usable(self):
+        if self._closed:
+            raise PipelineError("the pipeline is closed")
+        if self._broken is not None:
+            raise self._broken
+        if not self._procs:
+            self.start()
+
+    def _put_job(self, msg):
+        q = self._inputs["source"]
+        while True:
+            try:
+                q.put(msg, timeout=POLL_S)
+                return
+            except queue.Full:
+                self._check_stages()
+
+    def _get(self, deadline):
+        """One message from the stages, or None after a short poll. Checks stage health."""
+        wait = 0.25
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
+        try:
+            return self._out.get(timeout=wait)
+        except queue.Empty:
+            self._check_stages()
+            return None
+
+    def _handle_control(self, msg):
+        if msg[0] == "ready":
+            self.model_info = msg[2]
+        elif msg[0] == "fatal":
+            _, stage, message, tb = msg
+            self._fail(StageDied(f"{stage} stage failed: {message}", stage=stage, traceback=tb))
+
+    def _check_stages(self):
+        for name, p in self._procs.items():
+            if p.exitcode is not None:
+                # Prefer the stage's own account of what went wrong, if it sent one.
+                end = time.monotonic() + 0.5
+                while time.monotonic() < end:
+                    try:
+                        msg = self._out.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    if msg[0] == "fatal":
+                        self._handle_control(msg)
+                    if msg[0] == "ready":
+                        self.model_info = msg[2]
+                self._fail(StageDied(f"the {name} stage (pid {p.pid}) {describe_exit(p.exitcode)}", stage=name))
+
+    def _fail(self, err: PipelineError):
+        if err.traceback:
+            log.error("%s\n%s", err, err.traceback)
+        self._broken = err
+        self.close()
+        raise err
+
+
+def _timings(stages: dict, model: dict | None, t_submit: float, t_end: float, duration: float) -> dict:
+    """The figures a user sees: seconds spent downloading, decoding, inferring; wall time."""
+
+    def end_of(stage):
+        s = stages.get(stage)
+        return round(s["t_end"] - t_submit, 3) if s else None
+
+    wall = t_end - t_submit
+    infer = stages.get("infer")
+    out = {
+        "download_s": end_of("source"),
+        "decode_s": end_of("decode"),
+        "inference_s": round(infer["busy_s"], 3) if infer else None,
+        "total_s": round(wall, 3),
+        "rtfx": round(duration / wall, 2) if wall > 0 else None,
+    }
+    if model and model.get("t_ready", 0) > t_submit:  # this job waited for the model
+        out["model_load_s"] = round(model["load_s"], 3)
+    return out
+
+
+def _check_shm_space(needed: int) -> None:
+    """Fail early and clearly where /dev/shm is too small (Docker's default is 64 MB):
+    writing past its size would kill a stage with SIGBUS mid-job instead."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise PipelineError(
+            f"/dev/shm has {free / 2**20:.0f} MiB free but the pipeline's rings need "
+            f"{needed / 2**20:.0f} MiB: give the container more (docker run --shm-size=1g) "
+            "or use fewer window slots"
+        )

@@ -1,0 +1,116 @@
+"""Peak memory of a whole run (driver, stages, ffmpeg) against the audio's length.
+
+    python scripts/memory_profile.py --minutes 5 60 [--model DIR | --backend module:Class]
+
+For each length it makes that many minutes of audio (noise, MP3), runs one job through a
+fresh pipeline, and samples the proportional set size (PSS: shared pages split between the
+processes that map them, so the rings are counted once) of every process of the run every
+0.1 s. Memory must not grow with the length of the audio: the rings are fixed-size and
+backpressure pauses download and decode when inference is behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import Job, PipelineConfig  # noqa: E402
+from pipeline.runtime import Pipeline  # noqa: E402
+from pipeline.types import DecodeOptions  # noqa: E402
+
+
+def make_audio(path: Path, minutes: float) -> Path:
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+         f"anoisesrc=d={minutes * 60}:c=pink:r=44100:a=0.2", "-ac", "2", "-c:a", "libmp3lame",
+         "-b:a", "64k", str(path)],
+        check=True,
+    )
+    return path
+
+
+def tree_pss(pid: int) -> int:
+    total = 0
+    try:
+        procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(audio: Path, cfg: PipelineConfig, options: DecodeOptions) -> dict:
+    peak = {"pss": 0}
+    stop = threading.Event()
+
+    def sampler():
+        while not stop.is_set():
+            peak["pss"] = max(peak["pss"], tree_pss(os.getpid()))
+            time.sleep(0.1)
+
+    t = threading.Thread(target=sampler, daemon=True)
+    t0 = time.monotonic()
+    with Pipeline(cfg) as p:
+        p.wait_ready(timeout=300)
+        t.start()
+        out = p.run_job(Job(str(audio), options))
+    stop.set()
+    t.join()
+    return {
+        "audio_s": out.transcript.duration,
+        "wall_s": round(time.monotonic() - t0, 2),
+        "windows": len(out.windows),
+        "peak_pss_mib": round(peak["pss"] / 2**20, 1),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, nargs="+", default=[5, 60])
+    ap.add_argument("--model", default=None, help="checkpoint dir (default: a tiny random one)")
+    ap.add_argument("--backend", default="whisper")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--tokens-per-window", type=int, default=8)
+    ap.add_argument("--json", default=None, help="write the figures here too")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None and args.backend == "whisper":
+            from pipeline.synthetic import build_checkpoint
+
+            model = str(build_checkpoint(Path(tmp) / "tiny", "test"))
+        cfg = PipelineConfig(model=model or "tone", backend=args.backend, batch_size=args.batch_size)
+        opts = DecodeOptions(tokens_per_window=args.tokens_per_window if args.backend == "whisper" else None)
+        for m in args.minutes:
+            audio = make_audio(Path(tmp) / f"{m}min.mp3", m)
+            row = {"minutes": m, **measure(audio, cfg, opts)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    base = rows[0]["peak_pss_mib"]
+    for r in rows[1:]:
+        print(f"{r['minutes']:g} min vs {rows[0]['minutes']:g} min: peak {r['peak_pss_mib']} MiB vs "
+              f"{base} MiB ({r['peak_pss_mib'] - base:+.1f} MiB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Audio the tests make for themselves: espeak-ng speech, tones, noise, format conversion."""
+
+from __future__ import annotations
+
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+
+SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+
+
+def shared_audio(name: str) -> Path | None:
+    """A real recording from ../shared/audio, or None where that folder is absent."""
+    p = SHARED_AUDIO / name
+    return p if p.is_file() else None
+
+
+def write_wav(path, samples: np.ndarray, rate: int = 16000) -> Path:
+    """Write float samples in [-1, 1], shape (n,) or (n, channels), as 16-bit PCM WAV."""
+    path = Path(path)
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    pcm = (np.clip(x, -1, 1) * 32767).round().astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(x.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def tone(freq: float, seconds: float, rate: int = 16000, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def noise(seconds: float, rate: int = 16000, amp: float = 0.1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (amp * rng.standard_normal(int(round(seconds * rate)))).astype(np.float32)
+
+
+def speech(path, text: str, rate: int = 16000, voice: str = "en") -> Path:
+    """espeak-ng speech saved as a WAV at ``rate`` Hz (espeak's own 22050 Hz resampled)."""
+    path = Path(path)
+    raw = path.with_suffix(".espeak.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True)
+    convert(raw, path, "-ar", str(rate), "-ac", "1")
+    raw.unlink()
+    return path
+
+
+def convert(src, dst, *args: str) -> Path:
+    """ffmpeg ``src`` -> ``dst`` with extra output arguments (codec, rate, channels...)."""
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), *args, str(dst)],
+        check=True,
+    )
+    return Path(dst)
+
+
+def duration_of(path) -> float:
+    """Seconds of audio in a file, by ffprobe (the truth tests compare against)."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(out.strip())

@@ -1,0 +1,495 @@
+"""Tests for stages/decode.py: real ffmpeg on audio the tests make for themselves."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from pipeline.constants import PCM_DTYPE, SAMPLE_RATE
+from stages.decode import (
+    SNIFF_LIMIT,
+    DecodeError,
+    decode_stream,
+    ffmpeg_command,
+    sniff_layout,
+)
+from tests import media
+
+pytestmark = pytest.mark.timeout(60)
+
+TONE_HZ = 1000.0
+SECONDS = 3.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def blocks_of(data: bytes, size: int = 65536):
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def decode_file(path, block_size=65536, **kwargs) -> np.ndarray:
+    """Decode ``path`` fed in ``block_size`` pieces; checks the block contract on the way."""
+    block_samples = kwargs.setdefault("block_samples", 16000)
+    out = list(decode_stream(blocks_of(Path(path).read_bytes(), block_size), **kwargs))
+    assert out, "no PCM at all"
+    for b in out:
+        assert b.dtype == PCM_DTYPE and b.ndim == 1
+    assert all(len(b) == block_samples for b in out[:-1])
+    assert 1 <= len(out[-1]) <= block_samples
+    return np.concatenate(out)
+
+
+def peak_hz(x: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spectrum)) * SAMPLE_RATE / len(x)
+
+
+def ffmpeg_children() -> list[psutil.Process]:
+    procs = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.name() == "ffmpeg" and p.status() != psutil.STATUS_ZOMBIE:
+                procs.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return procs
+
+
+def endless_wav():
+    """A WAV header that promises ~4 GB, then silence forever: ffmpeg never finishes."""
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    yield b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt " + struct.pack(
+        "<I", 16
+    ) + fmt
+    yield b"data" + struct.pack("<I", 0xFFFFFFF0)
+    while True:
+        yield bytes(32000)
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    media.write_wav(d / "tone48k.wav", media.tone(TONE_HZ, SECONDS, 48000), 48000)
+    media.speech(d / "speech.wav", "Hello world. This is a test of the audio decoder.")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tone_wav(media_dir):
+    return media_dir / "tone48k.wav"
+
+
+@pytest.fixture(scope="module")
+def speech_wav(media_dir):
+    return media_dir / "speech.wav"
+
+
+# --- formats -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+@pytest.mark.parametrize(
+    "codec", ["pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "pcm_u8"]
+)
+def test_wav_variants(tmp_path, tone_wav, codec, rate):
+    path = media.convert(tone_wav, tmp_path / "t.wav", "-c:a", codec, "-ar", str(rate))
+    x = decode_file(path)
+    assert abs(len(x) / SAMPLE_RATE - media.duration_of(path)) < 0.1
+    assert np.abs(x).max() <= 1.0
+    assert 0.3 < np.sqrt(np.mean(x**2)) < 0.4  # 0.5-amplitude sine: rms 0.354
+    assert abs(peak_hz(x) - TONE_HZ) < 2.0  # resampling kept the pitch
+
+
+COMPRESSED = {
+    "mp3": ("a.mp3", "-ar", "44100", "-ac", "2", "-c:a", "libmp3lame", "-b:a", "64k"),
+    "flac": ("a.flac", "-ar", "44100", "-c:a", "flac"),
+    "ogg-opus": ("a.ogg", "-c:a", "libopus", "-b:a", "32k"),
+    "ogg-vorbis": ("a.ogg", "-ar", "22050", "-c:a", "libvorbis"),
+    "m4a-aac": ("a.m4a", "-ar", "44100", "-c:a", "aac", "-b:a", "64k"),
+    "m4a-aac-faststart": ("a.m4a", "-c:a", "aac", "-movflags", "+faststart"),
+    "mov-aac": ("a.mov", "-c:a", "aac"),
+    "webm-opus": ("a.webm", "-c:a", "libopus"),
+}
+
+
+@pytest.mark.parametrize("fmt", list(COMPRESSED))
+def test_compressed_formats(tmp_path, speech_wav, fmt):
+    name, *args = COMPRESSED[fmt]
+    path = media.convert(speech_wav, tmp_path / name, *args)
+    x = decode_file(path, name=name)
+    assert abs(len(x) / SAMPLE_RATE - media.duration_of(path)) < 0.1
+    assert np.abs(x).max() <= 1.0
+    assert np.abs(x).max() > 0.05  # speech, not silence
+
+
+def _video(path: Path, *extra: str, audio: bool = True) -> Path:
+    inputs = ["-f", "lavfi", "-i", f"testsrc=size=128x96:rate=10:duration={SECONDS}"]
+    if audio:
+        inputs += ["-f", "lavfi", "-i", f"sine=frequency={TONE_HZ:g}:sample_rate=44100"]
+        inputs += ["-c:a", "aac", "-shortest"]
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", *inputs, "-c:v", "libx264"]
+        + ["-preset", "ultrafast", "-pix_fmt", "yuv420p", *extra, str(path)],
+        check=True,
+    )
+    return path
+
+
+@pytest.mark.parametrize("faststart", [False, True])
+def test_mp4_video_with_audio(tmp_path, faststart, caplog):
+    extra = ("-movflags", "+faststart") if faststart else ()
+    path = _video(tmp_path / "v.mp4", *extra)
+    head = path.read_bytes()[:4096]
+    assert sniff_layout(head) == ("stream" if faststart else "spool")
+    caplog.set_level(logging.INFO, logger="stages.decode")
+    x = decode_file(path)
+    assert abs(len(x) / SAMPLE_RATE - media.duration_of(path)) < 0.1
+    assert abs(peak_hz(x) - TONE_HZ) < 2.0
+    assert ("spooling" in caplog.text) == (not faststart)
+
+
+def test_m4a_default_layout_is_spooled_and_cleaned_up(tmp_path, caplog):
+    # 60 s: small files fit ffmpeg's read buffer and happen to work from a pipe even
+    # with moov at the end ("partial file" / "Invalid data" beyond ~100 KB).
+    wav = media.write_wav(tmp_path / "long.wav", media.tone(TONE_HZ, 60.0), 16000)
+    path = media.convert(wav, tmp_path / "a.m4a", "-c:a", "aac", "-b:a", "32k")
+    data = path.read_bytes()
+    # Ground truth for the spool path: ffmpeg's default MP4 puts moov after mdat.
+    assert data.find(b"mdat") < data.find(b"moov")
+    caplog.set_level(logging.INFO, logger="stages.decode")
+
+    def tiny_then_big():  # the box headers arrive split across many blocks
+        for i in range(0, 201, 3):
+            yield data[i : i + 3]
+        yield data[201:]
+
+    x = np.concatenate(list(decode_stream(tiny_then_big(), block_samples=48000)))
+    assert abs(len(x) / SAMPLE_RATE - media.duration_of(path)) < 0.1
+    assert abs(peak_hz(x) - TONE_HZ) < 2.0
+    spooled = [r.args[1] for r in caplog.records if "spooling" in r.getMessage()]
+    assert len(spooled) == 1
+    assert not os.path.exists(spooled[0])
+
+
+def test_m4a_faststart_streams(tmp_path, speech_wav, caplog):
+    path = media.convert(
+        speech_wav, tmp_path / "a.m4a", "-c:a", "aac", "-movflags", "+faststart"
+    )
+    caplog.set_level(logging.INFO, logger="stages.decode")
+    x = decode_file(path, block_size=1000)
+    assert abs(len(x) / SAMPLE_RATE - media.duration_of(path)) < 0.1
+    assert "spooling" not in caplog.text
+
+
+def test_stereo_downmix(tmp_path):
+    left, right = media.tone(440, SECONDS, 44100), media.tone(1500, SECONDS, 44100)
+    path = media.write_wav(tmp_path / "st.wav", np.stack([left, right], axis=1), 44100)
+    x = decode_file(path)
+    assert abs(len(x) / SAMPLE_RATE - SECONDS) < 0.01
+    spectrum = np.abs(np.fft.rfft(x))
+    hz = np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE)
+    top2 = sorted(hz[np.argsort(spectrum)[-2:]])
+    assert abs(top2[0] - 440) < 2 and abs(top2[1] - 1500) < 2  # both channels are in
+
+
+def test_5_1_downmix(tmp_path):
+    chans = np.stack(
+        [media.tone(300 + 200 * c, SECONDS, 48000, amp=0.3) for c in range(6)], 1
+    )
+    wav = media.write_wav(tmp_path / "six.wav", chans, 48000)
+    path = media.convert(
+        wav, tmp_path / "six.flac", "-channel_layout", "5.1", "-c:a", "flac"
+    )
+    x = decode_file(path)
+    assert abs(len(x) / SAMPLE_RATE - media.duration_of(path)) < 0.1
+    assert np.abs(x).max() <= 1.0
+    assert np.sqrt(np.mean(x**2)) > 0.05
+
+
+def test_full_scale_input_stays_in_range(tmp_path):
+    square = np.sign(media.tone(3000, 1.0, 44100)).astype(np.float32)
+    path = media.write_wav(tmp_path / "sq.wav", square, 44100)
+    x = decode_file(path)
+    assert (
+        np.abs(x).max() <= 1.0
+    )  # resampling a square wave overshoots without the clip
+
+
+SHARED = [
+    ("jfk.flac", 11.0),
+    ("hotwords.mp3", 4.0),
+    ("multilingual.mp3", 60.0),
+    ("stereo_diarization.wav", 5.0),
+]
+
+
+@pytest.mark.parametrize("name, seconds", SHARED)
+def test_shared_recordings(name, seconds):
+    path = media.shared_audio(name)
+    if path is None:
+        pytest.skip(f"../shared/audio/{name} is absent")
+    x = decode_file(path, block_size=256 * 1024, block_samples=160000, name=name)
+    got = len(x) / SAMPLE_RATE
+    assert abs(got - seconds) < 0.1
+    assert abs(got - media.duration_of(path)) < 0.1
+    assert np.abs(x).max() <= 1.0
+
+
+def test_decoding_streams(tmp_path):
+    """PCM comes out while most of a long input has not been read yet."""
+    path = media.write_wav(tmp_path / "long.wav", media.tone(440, 60.0, 16000), 16000)
+    data = path.read_bytes()
+    consumed = []
+
+    def counted():
+        for block in blocks_of(data, 32 * 1024):
+            consumed.append(len(block))
+            yield block
+
+    gen = decode_stream(counted(), block_samples=16000)
+    first = next(gen)
+    assert len(first) == 16000
+    assert sum(consumed) < len(data) / 2
+    rest = list(gen)
+    assert sum(map(len, rest)) + len(first) == 60 * 16000
+
+
+# --- bad input -----------------------------------------------------------------------
+
+
+def _png(tmp_path) -> bytes:
+    path = tmp_path / "img.png"
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=red:s=64x64",
+        ]
+        + ["-frames:v", "1", str(path)],
+        check=True,
+    )
+    return path.read_bytes()
+
+
+BAD = {
+    "html": (
+        b"<!DOCTYPE html><html><head><title>404</title></head>" + b"<p>no</p>" * 500
+    ),
+    "png-signature-junk": b"\x89PNG\r\n\x1a\n" + b"junk" * 1000,
+    "random": np.random.default_rng(0).bytes(200_000),
+    "tiny": b"abc",
+}
+
+
+@pytest.mark.parametrize("kind", [*BAD, "png"])
+def test_bad_input_fails_fast_with_one_line(tmp_path, kind):
+    data = _png(tmp_path) if kind == "png" else BAD[kind]
+    t0 = time.monotonic()
+    with pytest.raises(DecodeError) as e:
+        list(decode_stream(blocks_of(data, 4096), name="clip.mp3"))
+    assert time.monotonic() - t0 < 5
+    msg = str(e.value)
+    assert "\n" not in msg and "clip.mp3" in msg
+    if kind == "png":  # ffmpeg reads a PNG fine: as a picture, without sound
+        assert msg.startswith("clip.mp3 has no audio stream")
+    elif kind in ("html", "random"):
+        assert msg == "cannot decode clip.mp3: Invalid data found when processing input"
+    assert not ffmpeg_children()
+
+
+@pytest.mark.parametrize("blocks", [[], [b""], [b"", b"", b""]])
+def test_empty_input(blocks):
+    with pytest.raises(DecodeError, match=r"^x\.wav is empty"):
+        list(decode_stream(iter(blocks), name="x.wav"))
+
+
+def test_header_only_wav(tmp_path):
+    path = media.write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32))
+    with pytest.raises(DecodeError, match="^e.wav contains no audio samples"):
+        list(decode_stream([path.read_bytes()], name="e.wav"))
+
+
+def test_video_without_audio(tmp_path):
+    path = _video(tmp_path / "silent.mp4", "-movflags", "+faststart", audio=False)
+    with pytest.raises(
+        DecodeError, match=r"^v\.mp4 has no audio stream \(ffmpeg: .*stream"
+    ):
+        list(decode_stream(blocks_of(path.read_bytes()), name="v.mp4"))
+
+
+# --- failures upstream, early close, dying parent ------------------------------------
+
+
+class Upstream(Exception):
+    pass
+
+
+@pytest.mark.parametrize("exc_type", [Upstream, BrokenPipeError, ValueError])
+@pytest.mark.parametrize("where", ["sniff", "pipe", "spool"])
+def test_iterator_exception_propagates(tmp_path, speech_wav, exc_type, where):
+    if where == "spool":
+        data = media.convert(speech_wav, tmp_path / "a.m4a", "-c:a", "aac").read_bytes()
+    else:
+        data = speech_wav.read_bytes()
+    err = exc_type("upstream failed")
+
+    def failing():
+        if where != "sniff":
+            yield data[:20000]
+            yield data[20000:40000]
+        raise err
+
+    with pytest.raises(exc_type) as e:
+        list(decode_stream(failing(), block_samples=1000))
+    assert e.value is err
+    assert not ffmpeg_children()
+
+
+def test_close_early_kills_ffmpeg():
+    gen = decode_stream(endless_wav(), block_samples=8000)
+    assert len(next(gen)) == 8000
+    assert len(ffmpeg_children()) == 1
+    t0 = time.monotonic()
+    gen.close()
+    assert time.monotonic() - t0 < 5
+    assert not ffmpeg_children()
+    time.sleep(0.2)
+    assert not [t for t in threading.enumerate() if t.name.startswith("decode-")]
+
+
+def test_ffmpeg_dies_with_killed_parent():
+    # The child starts decoding an endless input, then forks a sleeper that inherits
+    # ffmpeg's pipes, so ffmpeg sees no EOF when the child dies: only PR_SET_PDEATHSIG
+    # can end it.
+    script = textwrap.dedent("""
+        import os, sys, time
+        sys.path.insert(0, sys.argv[1])
+        import psutil
+        from stages.decode import decode_stream
+        from tests.test_decode import endless_wav
+        gen = decode_stream(endless_wav(), block_samples=8000)
+        next(gen)
+        (ffmpeg,) = psutil.Process().children()
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        print(ffmpeg.pid, pid, flush=True)
+        time.sleep(30)
+        """)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(ROOT)], stdout=subprocess.PIPE, cwd=ROOT
+    )
+    sleeper = None
+    try:
+        ffmpeg_pid, sleeper = map(int, child.stdout.readline().split())
+        ffmpeg = psutil.Process(ffmpeg_pid)
+        assert ffmpeg.name() == "ffmpeg"
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        gone, _ = psutil.wait_procs([ffmpeg], timeout=5)
+        if not gone:
+            assert ffmpeg.status() == psutil.STATUS_ZOMBIE  # dead, waiting for init
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+        if sleeper:
+            try:
+                os.kill(sleeper, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# --- pieces --------------------------------------------------------------------------
+
+
+def test_ffmpeg_command():
+    cmd = ffmpeg_command()
+    assert cmd[0] == "ffmpeg" and cmd[-1] == "pipe:1"
+    assert cmd[cmd.index("-i") + 1] == "pipe:0"
+    joined = " ".join(cmd)
+    for part in (
+        "-f f32le",
+        "-acodec pcm_f32le",
+        "-ac 1",
+        f"-ar {SAMPLE_RATE}",
+        "-nostdin",
+    ):
+        assert part in joined
+    assert "quiet" not in cmd
+    assert cmd.index("-nostdin") < cmd.index("-i")  # global options before the input
+    assert ffmpeg_command("file:/tmp/x.mp4")[cmd.index("-i") + 1] == "file:/tmp/x.mp4"
+
+
+def box(kind: bytes, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+FTYP = box(b"ftyp", b"M4A \x00\x00\x02\x00isomiso2")
+
+
+@pytest.mark.parametrize(
+    "head, expected",
+    [
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", "stream"),
+        (b"ID3\x04\x00\x00\x00\x00\x00\x00", "stream"),
+        (FTYP + box(b"moov", b"x" * 100) + box(b"mdat", b"y" * 100), "stream"),
+        (
+            FTYP + box(b"free", b"z" * 50) + box(b"mdat", b"y" * 100) + box(b"moov"),
+            "spool",
+        ),
+        (FTYP + box(b"wide") + struct.pack(">I", 0) + b"mdat", "spool"),
+        # 64-bit size on a skipped box
+        (
+            FTYP
+            + struct.pack(">I", 1)
+            + b"free"
+            + struct.pack(">Q", 24)
+            + b"p" * 8
+            + box(b"moov"),
+            "stream",
+        ),
+        (
+            FTYP + struct.pack(">I", 4) + b"junk",
+            "stream",
+        ),  # malformed size: ffmpeg reports
+        (box(b"mdat", b"y" * 10) + box(b"moov"), "spool"),  # old QuickTime without ftyp
+    ],
+)
+def test_sniff_layout(head, expected):
+    assert sniff_layout(head) == expected
+    # Whatever the blocks' sizes, a prefix gives no answer or the same one.
+    for k in range(len(head)):
+        assert sniff_layout(head[:k]) in (None, expected)
+
+
+def test_sniff_layout_needs_more_and_eof():
+    assert sniff_layout(b"") is None
+    assert sniff_layout(b"\x00\x00\x00") is None
+    assert sniff_layout(b"\x00\x00\x00", eof=True) == "stream"
+    assert sniff_layout(FTYP) is None
+    assert sniff_layout(FTYP, eof=True) == "stream"
+    big_free = FTYP + struct.pack(">I", 2 * SNIFF_LIMIT) + b"free"
+    assert sniff_layout(big_free) is None
+    assert (
+        sniff_layout(big_free + bytes(SNIFF_LIMIT)) == "spool"
+    )  # memory stays bounded
