@@ -35,7 +35,9 @@ shutdown note is the model):
      driver is still its parent, so each stage leaves its loop within ~0.1 s wherever it is.
   2. The driver puts one ``None`` sentinel on every stage input queue (best effort, never
      blocking) so an idle stage wakes at once.
-  3. The driver joins the stages against one deadline (``JOIN_TIMEOUT_S``), then
+  3. The infer stage, while still loading its model (it cannot poll then, and holds
+     nothing that needs an orderly exit), is terminated at once. The driver joins the
+     other stages against one deadline (``JOIN_TIMEOUT_S``), then
      ``terminate()``s survivors, joins briefly, then ``kill()``s and joins again.
      ffmpeg, the decode stage's child, is killed in that stage's ``finally`` and also has
      PR_SET_PDEATHSIG=SIGKILL, so it dies with its stage however the stage ends.
@@ -655,6 +657,7 @@ class Pipeline:
         self._broken: PipelineError | None = None
         self.model_info: dict | None = None
         self._finalizer = None
+        self._state = {"loading": True}  # shared with the finalizer: no reference to self
         self._lock = threading.Lock()  # one job at a time
 
     # -- life cycle -----------------------------------------------------------------------
@@ -702,7 +705,9 @@ class Pipeline:
         except BaseException:
             self.close()
             raise
-        self._finalizer = weakref.finalize(self, Pipeline._cleanup, self._procs, self._rings, self._queues, self._stop, self._inputs)
+        self._finalizer = weakref.finalize(
+            self, Pipeline._cleanup, self._procs, self._rings, self._queues, self._stop, self._inputs, self._state
+        )
         _live_pipelines.add(self)
         return self
 
@@ -724,21 +729,26 @@ class Pipeline:
         if self._finalizer is not None:
             self._finalizer()
         else:
-            Pipeline._cleanup(self._procs, self._rings, self._queues, getattr(self, "_stop", None), getattr(self, "_inputs", {}))
+            Pipeline._cleanup(
+                self._procs, self._rings, self._queues, getattr(self, "_stop", None), getattr(self, "_inputs", {}), self._state
+            )
 
     @staticmethod
-    def _cleanup(procs, rings, queues, stop, inputs) -> None:
+    def _cleanup(procs, rings, queues, stop, inputs, state) -> None:
         if stop is not None:
             stop.set()  # 1
         for q in inputs.values():  # 2
             with contextlib.suppress(Exception):
                 q.put_nowait(None)
+        infer = procs.get("infer")  # 3
+        if state.get("loading") and infer is not None and infer.is_alive():
+            infer.terminate()
         deadline = time.monotonic() + JOIN_TIMEOUT_S  # 3
         for p in procs.values():
             p.join(max(0.0, deadline - time.monotonic()))
         for p in procs.values():
             if p.is_alive():
-                log.warning("stage %s did not stop in time: terminating it", p.name)
+                log.info("stage %s did not stop in time: terminating it", p.name)
                 p.terminate()
         for p in procs.values():
             p.join(2.0)
@@ -895,6 +905,7 @@ class Pipeline:
     def _handle_control(self, msg):
         if msg[0] == "ready":
             self.model_info = msg[2]
+            self._state["loading"] = False
         elif msg[0] == "fatal":
             _, stage, message, tb = msg
             self._fail(StageDied(f"{stage} stage failed: {message}", stage=stage, traceback=tb))
@@ -912,7 +923,7 @@ class Pipeline:
                     if msg[0] == "fatal":
                         self._handle_control(msg)
                     if msg[0] == "ready":
-                        self.model_info = msg[2]
+                        self._handle_control(msg)
                 self._fail(StageDied(f"the {name} stage (pid {p.pid}) {describe_exit(p.exitcode)}", stage=name))
 
     def _fail(self, err: PipelineError):

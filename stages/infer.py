@@ -1,0 +1,382 @@
+"""Inference stage core: log-mel features per window, batched Whisper decoding.
+
+No IPC here. The infer process calls ``prepare`` on each 30 s window as it arrives (so
+the shared-memory slot holding its audio can be freed at once), collects the returned
+features into a batch, and calls ``transcribe`` on the batch.
+
+Decoding is greedy with timestamps, one ``generate`` call per batch:
+
+- The encoder runs once per batch, outside ``generate``, and its output is handed in as
+  ``encoder_outputs``: with ``language=None`` Whisper's ``detect_language`` would
+  otherwise run the whole encoder a second time.
+- ``force_unique_generate_call=True``: for a 30 s input whose last segment has no closing
+  timestamp, Whisper's ``generate`` would otherwise drop that segment, seek to the last
+  timestamp and decode the rest of the window again (a second pass for the whole batch).
+  We keep the open segment instead and mark it ``open_end``; the overlapping next window
+  covers the cut speech, and the stitcher decides.
+- ``max_new_tokens`` defaults to ``max_target_positions // 2`` (224), openai/whisper's
+  ``sample_len``: a batch runs until its longest window stops, so one window stuck in a
+  repetition loop would otherwise hold the whole batch for 445 steps.
+
+Segments are cut from the token ids with the same rules as transformers' ASR pipeline
+(``tokenization_whisper._decode_asr`` for a single 30 s input), so the window's text,
+``"".join(seg.text for seg in segments)``, equals the pipeline's ``text`` with the same
+generate kwargs (tests/test_infer.py checks this on random weights).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.constants import CHUNK_LENGTH, N_FRAMES, N_SAMPLES, TIME_PRECISION
+from pipeline.types import DecodeOptions, Segment, WindowResult
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message is one line: ``cannot load model 'x': ...``."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """First non-empty line of an exception's message (hub errors span many lines)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+class BatchedTimestampRules:
+    """Whisper's timestamp rules (``WhisperTimeStampLogitsProcessor``) without Python loops.
+
+    transformers' processor loops over the batch and calls ``.tolist()`` on every row at
+    every decoding step: on a GPU that is ``batch_size`` device->host syncs per token, which
+    dominates decoding time at batch 64-256. This does the same masking with whole-batch
+    tensor ops and no sync. Rules, per row, on the tokens generated so far:
+
+    - <|notimestamps|> is never generated;
+    - after a timestamp pair (or a timestamp as the first token) text must follow; after a
+      single timestamp, another timestamp or end-of-text must follow;
+    - timestamps never decrease (and a new pair starts strictly after the last one);
+    - the first token is a timestamp no later than ``max_initial_timestamp_index``;
+    - when the timestamps' total probability beats every text token, emit a timestamp.
+    """
+
+    def __init__(self, original):
+        self.no_timestamps_token_id = original.no_timestamps_token_id
+        self.timestamp_begin = original.timestamp_begin
+        self.eos_token_id = original.eos_token_id
+        self.begin_index = original.begin_index
+        self.max_initial_timestamp_index = original.max_initial_timestamp_index
+        self._detect_timestamp_from_logprob = original._detect_timestamp_from_logprob
+
+    def set_begin_index(self, begin_index: int) -> None:
+        self.begin_index = begin_index
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """input_ids: (B, L) int64; scores: (B, V) float. Returns masked scores (B, V)."""
+        tb = self.timestamp_begin
+        neg_inf = -float("inf")
+        scores = scores.clone()
+        scores[:, self.no_timestamps_token_id] = neg_inf
+        ts_scores = scores[:, tb:]  # view: writes land in ``scores``
+
+        seq = input_ids[:, self.begin_index :]
+        n = seq.shape[1]
+        if n > 0:
+            is_ts = seq >= tb  # (B, n)
+            last_ts = is_ts[:, -1]
+            penult_ts = is_ts[:, -2] if n >= 2 else torch.ones_like(last_ts)
+            single = last_ts & ~penult_ts  # a segment was just closed: no text now
+            ts_scores.masked_fill_((last_ts & penult_ts)[:, None], neg_inf)
+            scores[:, : self.eos_token_id].masked_fill_(single[:, None], neg_inf)
+
+            # Value of each row's last timestamp (positions are 1-based so 0 means none).
+            pos = torch.arange(1, n + 1, device=seq.device)
+            last_pos = (is_ts * pos).argmax(dim=1, keepdim=True)  # (B, 1)
+            has_ts = is_ts.any(dim=1)
+            last_val = seq.gather(1, last_pos).squeeze(1) - tb  # (B,)
+            lowest_allowed = torch.where(single, last_val, last_val + 1)
+            lowest_allowed = torch.where(has_ts, lowest_allowed, torch.zeros_like(last_val))
+            cols = torch.arange(ts_scores.shape[1], device=seq.device)
+            ts_scores.masked_fill_(cols[None, :] < lowest_allowed[:, None], neg_inf)
+        else:
+            scores[:, :tb] = neg_inf
+            if self.max_initial_timestamp_index is not None:
+                scores[:, tb + self.max_initial_timestamp_index + 1 :] = neg_inf
+
+        if self._detect_timestamp_from_logprob:
+            logprobs = torch.nn.functional.log_softmax(scores.float(), dim=-1)
+            timestamp_logprob = logprobs[:, tb:].logsumexp(dim=-1)
+            max_text_token_logprob = logprobs[:, :tb].max(dim=-1).values
+            prefer_ts = timestamp_logprob > max_text_token_logprob
+            scores[:, :tb].masked_fill_(prefer_ts[:, None], neg_inf)
+        return scores
+
+
+class WhisperBackend:
+    """A Whisper checkpoint ready for batched, timestamped, greedy decoding of 30 s windows.
+
+    ``model``: hub id or local directory (``from_pretrained``; set HF_HUB_OFFLINE=1 where
+    there is no network). ``device``: None picks "cuda" when available, else "cpu".
+    ``dtype``: "float16" | "bfloat16" | "float32"; None is float16 on CUDA, float32 on CPU.
+    ``batched_timestamp_rules``: replace transformers' per-row timestamp logits processor
+    with the equivalent ``BatchedTimestampRules`` (no per-step GPU syncs).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: str | None = None,
+        dtype: str | None = None,
+        *,
+        batched_timestamp_rules: bool = True,
+    ):
+        from transformers import (
+            AutoTokenizer,
+            WhisperFeatureExtractor,
+            WhisperForConditionalGeneration,
+        )
+
+        self.model_id = str(model)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype is None:
+            dtype = "float16" if torch.device(self.device).type == "cuda" else "float32"
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        self.dtype = dtype
+        self._torch_dtype = DTYPES[dtype]
+
+        try:
+            self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_id)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_id)
+            net = WhisperForConditionalGeneration.from_pretrained(
+                self.model_id, dtype=self._torch_dtype, attn_implementation="sdpa"
+            )
+        except Exception as exc:  # noqa: BLE001 - any loader failure is the same user error
+            raise ModelLoadError(f"cannot load model {self.model_id!r}: {_one_line(exc)}") from exc
+        self.model = net.to(self.device).eval()
+
+        gc = self.model.generation_config
+        if getattr(gc, "no_timestamps_token_id", None) is None:
+            raise ModelLoadError(
+                f"cannot load model {self.model_id!r}: its generation config has no "
+                "no_timestamps_token_id (timestamps are required)"
+            )
+        self.timestamp_begin = gc.no_timestamps_token_id + 1
+        self.eot = gc.eos_token_id if isinstance(gc.eos_token_id, int) else gc.eos_token_id[0]
+        self.multilingual = bool(getattr(gc, "is_multilingual", False))
+        self._id_to_lang = {
+            i: tok[2:-2] for tok, i in (getattr(gc, "lang_to_id", None) or {}).items()
+        }
+        # openai/whisper sample_len: n_text_ctx // 2 tokens per window at most.
+        self.max_new_tokens = self.model.config.max_target_positions // 2
+
+        # Feature extraction constants, on the device once (WhisperFeatureExtractor's torch
+        # path re-creates them and copies its result back to host memory on every call).
+        fe = self.feature_extractor
+        self.n_mels = fe.feature_size
+        self._n_fft, self._hop, self._dither = fe.n_fft, fe.hop_length, fe.dither
+        self._window = torch.hann_window(fe.n_fft, device=self.device)
+        self._mel_filters = torch.from_numpy(fe.mel_filters).to(self.device, torch.float32)
+
+        if batched_timestamp_rules:
+            self._install_batched_timestamp_rules()
+        logger.info(
+            "loaded %s on %s (%s, %d mel bins, multilingual=%s)",
+            self.model_id,
+            self.device,
+            self.dtype,
+            self.n_mels,
+            self.multilingual,
+        )
+
+    def _install_batched_timestamp_rules(self) -> None:
+        """Swap ``WhisperTimeStampLogitsProcessor`` for ``BatchedTimestampRules``.
+
+        Whisper's ``generate`` builds its processors in ``_retrieve_logit_processors``;
+        wrapping it on this instance only (not the class) keeps other models untouched.
+        """
+        from transformers.generation.logits_process import (
+            WhisperTimeStampLogitsProcessor,
+        )
+
+        original = getattr(self.model, "_retrieve_logit_processors", None)
+        if original is None:
+            logger.warning(
+                "transformers has no _retrieve_logit_processors; keeping its timestamp rules"
+            )
+            return
+
+        def retrieve(*args, **kwargs):
+            procs = original(*args, **kwargs)
+            if procs is None:
+                return procs
+            return [
+                (BatchedTimestampRules(p) if type(p) is WhisperTimeStampLogitsProcessor else p)
+                for p in procs
+            ]
+
+        self.model._retrieve_logit_processors = retrieve
+
+    @torch.inference_mode()
+    def prepare(self, audio: np.ndarray) -> torch.Tensor:
+        """Log-mel features of one window, on ``self.device``.
+
+        audio: (480000,) float32, silence-padded in the audio domain (never pad mel frames).
+        Returns (n_mels, 3000) float32, the same computation as WhisperFeatureExtractor's
+        torch path (bit-identical on CPU), without its round trip through host memory.
+        The caller may reuse ``audio``'s memory as soon as this returns.
+        """
+        if audio.shape != (N_SAMPLES,):
+            raise ValueError(f"expected audio of shape ({N_SAMPLES},), got {tuple(audio.shape)}")
+        # A blocking copy: with non_blocking=True a shared-memory slot could be recycled
+        # before the copy to the GPU had read it.
+        wave = torch.from_numpy(np.asarray(audio, dtype=np.float32)).to(self.device)
+        if self._dither != 0.0:
+            wave = wave + self._dither * torch.randn_like(
+                wave
+            )  # out of place: never write the caller's buffer
+        stft = torch.stft(wave, self._n_fft, self._hop, window=self._window, return_complex=True)
+        magnitudes = stft[..., :-1].abs() ** 2  # (n_fft // 2 + 1, 3000)
+        mel = self._mel_filters.T @ magnitudes  # (n_mels, 3000)
+        log_spec = torch.clamp(mel, min=1e-10).log10()
+        log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+        features = (log_spec + 4.0) / 4.0
+        assert features.shape == (self.n_mels, N_FRAMES)
+        return features
+
+    def generate_kwargs(self, options: DecodeOptions) -> dict[str, Any]:
+        """The kwargs ``transcribe`` passes to ``model.generate`` (tests pass them to the pipeline)."""
+        kwargs: dict[str, Any] = {
+            "return_timestamps": True,
+            "num_beams": 1,
+            "do_sample": False,
+            "force_unique_generate_call": True,
+        }
+        if options.tokens_per_window is not None:
+            kwargs["min_new_tokens"] = kwargs["max_new_tokens"] = options.tokens_per_window
+        else:
+            kwargs["max_new_tokens"] = self.max_new_tokens
+        if self.multilingual:
+            kwargs["task"] = options.task
+            if options.language is not None:
+                kwargs["language"] = options.language
+        elif options.task != "transcribe" or options.language not in (None, "en"):
+            raise ValueError(
+                f"{self.model_id} is English-only: it cannot {options.task} {options.language or ''}".rstrip()
+            )
+        return kwargs
+
+    @torch.inference_mode()
+    def transcribe(
+        self, features: list[torch.Tensor], options: DecodeOptions
+    ) -> list[WindowResult]:
+        """Decode a batch of windows in one ``generate`` call.
+
+        features: B tensors (n_mels, 3000) from ``prepare``. Returns B WindowResults, in
+        order, with window-relative segment times in [0, 30] s.
+        """
+        if not features:
+            return []
+        kwargs = self.generate_kwargs(options)
+        batch = torch.stack(features).to(self._torch_dtype)  # (B, n_mels, 3000)
+        encoder_outputs = self.model.get_encoder()(batch)
+        sequences = self.model.generate(encoder_outputs=encoder_outputs, **kwargs)
+        # The only device->host copy: (B, prompt + generated) int64.
+        rows = sequences.cpu().tolist()
+        return self._results(rows, options)
+
+    def _results(self, rows: list[list[int]], options: DecodeOptions) -> list[WindowResult]:
+        """Token rows (prompt + generated + padding) -> WindowResults."""
+        tb, eot = self.timestamp_begin, self.eot
+        pieces: list[tuple[int, float, float, bool, list[int]]] = []  # (row, start, end, open, ids)
+        meta = []
+        for r, row in enumerate(rows):
+            # Prompt: <|startoftranscript|> [<|lang|> <|task|>]; the first generated token is
+            # always a timestamp (the timestamp rules force it), so the prompt is the run of
+            # special tokens at the start.
+            p = 0
+            while p < len(row) and eot <= row[p] < tb:
+                p += 1
+            generated = row[p:]
+            n_tokens = generated.index(eot) + 1 if eot in generated else len(generated)
+            language = self._language(row[:p], options)
+            meta.append((language, n_tokens))
+            for start, end, open_end, ids in self._split(generated[:n_tokens]):
+                pieces.append((r, start, end, open_end, ids))
+
+        texts = self.tokenizer.batch_decode([ids for *_, ids in pieces]) if pieces else []
+        per_row: list[list[Segment]] = [[] for _ in rows]
+        for (r, start, end, open_end, _), text in zip(pieces, texts):
+            per_row[r].append(Segment(start=start, end=end, text=text, open_end=open_end))
+        return [
+            WindowResult(segments=tuple(segs), language=lang, n_tokens=n)
+            for segs, (lang, n) in zip(per_row, meta)
+        ]
+
+    def _language(self, prompt: list[int], options: DecodeOptions) -> str | None:
+        for tok in prompt:
+            if tok in self._id_to_lang:
+                return self._id_to_lang[tok]
+        return options.language or ("en" if not self.multilingual else None)
+
+    def _split(self, tokens: list[int]):
+        """Cut generated ids into segments: yields (start, end, open_end, text_ids).
+
+        Mirrors the ASR pipeline's rules for one 30 s input: the first timestamp opens a
+        segment, a repeat of the opening time is ignored, the next different timestamp
+        closes it; special tokens are skipped. Text after the last closing timestamp is an
+        open segment (starting at its opening timestamp, else at the last timestamp seen) (the speech runs past the window edge): its end is the window end,
+        ``CHUNK_LENGTH``, since no later timestamp says where it stops. Segments without
+        text tokens are dropped.
+        """
+        tb, eot = self.timestamp_begin, self.eot
+        start: float | None = None
+        last = 0.0  # last timestamp seen: the start of text that no timestamp opened
+        ids: list[int] = []
+        for tok in tokens:
+            if tok >= tb:
+                t = last = min(round((tok - tb) * TIME_PRECISION, 2), float(CHUNK_LENGTH))
+                if start is None:
+                    start = t
+                elif t != start:
+                    if ids:
+                        yield start, t, False, ids
+                    start, ids = None, []
+            elif tok < eot:
+                ids.append(tok)
+        if ids:
+            yield (start if start is not None else last), float(CHUNK_LENGTH), True, ids
+
+
+def load_backend(spec: str, model: str, device: str | None = None, dtype: str | None = None):
+    """Make an inference backend from a spec.
+
+    "whisper" -> ``WhisperBackend``; "package.module:ClassName" -> that class, constructed
+    as ``ClassName(model=model, device=device, dtype=dtype)`` (test doubles plug in here;
+    they need ``prepare(audio)`` and ``transcribe(features, options)``).
+    """
+    if spec == "whisper":
+        return WhisperBackend(model, device=device, dtype=dtype)
+    module_name, sep, class_name = spec.partition(":")
+    if not sep or not module_name or not class_name:
+        raise ValueError(
+            f"backend spec must be 'whisper' or 'package.module:ClassName', not {spec!r}"
+        )
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import backend {spec!r}: {_one_line(exc)}") from exc
+    return cls(model=model, device=device, dtype=dtype)

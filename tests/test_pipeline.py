@@ -1,0 +1,365 @@
+"""End-to-end tests of the process pipeline and the CLI (issue 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from pipeline.config import Job, PipelineConfig
+from pipeline.errors import JobError, StageDied
+from pipeline.runtime import Pipeline
+from pipeline.types import DecodeOptions
+from tests import media
+from tests.httpserver import LoopbackServer
+
+REPO = Path(__file__).resolve().parents[1]
+TONE = "tests.tone_backend:ToneBackend"
+
+
+def cli(*args, stdin=None, timeout=120, env=None, input_bytes=None):
+    e = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    e.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *map(str, args)],
+        cwd=REPO,
+        env=e,
+        stdin=stdin,
+        input=input_bytes,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def shm_left(prefix_pid: int) -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if n.startswith(f"wsp{prefix_pid}_")]
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory):
+    d = tmp_path_factory.mktemp("speech")
+    return media.speech(d / "speech.wav", "The quick brown fox jumps over the lazy dog. It was a sunny day.")
+
+
+@pytest.fixture(scope="module")
+def tone_long(tmp_path_factory):
+    """About 6 minutes of tone-coded words, and the truth."""
+    from tests.tone_backend import make_tone_speech
+
+    audio, truth = make_tone_speech(600, seed=3)
+    d = tmp_path_factory.mktemp("tone")
+    return media.write_wav(d / "tones.wav", audio), truth
+
+
+# ---------------------------------------------------------------- transcripts and sources
+
+
+def test_cli_text_equals_transformers_pipeline(tiny_model_dir, speech_wav):
+    """One window, default options: our text is what transformers' own ASR pipeline says."""
+    import transformers
+
+    from stages.infer import WhisperBackend
+
+    r = cli(speech_wav, "--model", tiny_model_dir)
+    assert r.returncode == 0, r.stderr.decode()
+    ours = r.stdout.decode().strip()
+
+    # The same greedy settings our backend uses (num_beams=1, timestamps, one generate call).
+    kwargs = WhisperBackend(str(tiny_model_dir), device="cpu").generate_kwargs(DecodeOptions())
+    kwargs.pop("return_timestamps", None)
+    asr = transformers.pipeline("automatic-speech-recognition", model=str(tiny_model_dir), device="cpu")
+    audio = media_pcm(speech_wav)
+    theirs = asr(audio, return_timestamps=True, generate_kwargs=kwargs)["text"]
+    assert ours == theirs.strip()
+    assert ours  # random weights always say something
+
+
+def media_pcm(path) -> np.ndarray:
+    """16 kHz mono float32 decoded by ffmpeg (the same decoding the pipeline uses)."""
+    from stages.decode import decode_stream
+    from stages.source import iter_source
+
+    return np.concatenate(list(decode_stream(iter_source(str(path)), name=str(path))))
+
+
+def test_file_stdin_and_url_give_the_same_transcript(tiny_model_dir, speech_wav):
+    by_file = cli(speech_wav, "--model", tiny_model_dir, "--format", "json")
+    assert by_file.returncode == 0, by_file.stderr.decode()
+    with open(speech_wav, "rb") as f:
+        by_stdin = cli("-", "--model", tiny_model_dir, "--format", "json", stdin=f)
+    assert by_stdin.returncode == 0, by_stdin.stderr.decode()
+    with LoopbackServer(speech_wav.parent) as srv:
+        by_url = cli(srv.url(speech_wav.name), "--model", tiny_model_dir, "--format", "json")
+    assert by_url.returncode == 0, by_url.stderr.decode()
+    outs = [json.loads(r.stdout) for r in (by_file, by_stdin, by_url)]
+    for o in outs:
+        o.pop("timings")
+    assert outs[0] == outs[1] == outs[2]
+    assert set(outs[0]) == {"text", "language", "duration", "model", "segments"}
+    assert abs(outs[0]["duration"] - media.duration_of(speech_wav)) < 0.1
+
+
+def test_output_file_and_formats(tiny_model_dir, speech_wav, tmp_path):
+    import srt
+    import webvtt
+
+    out = tmp_path / "t.srt"
+    r = cli(speech_wav, "--model", tiny_model_dir, "--format", "srt", "--output", out)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b""
+    subs = list(srt.parse(out.read_text()))
+    assert subs and all(s.start <= s.end for s in subs)
+    r = cli(speech_wav, "--model", tiny_model_dir, "--format", "vtt")
+    vtt = tmp_path / "t.vtt"
+    vtt.write_bytes(r.stdout)
+    assert len(webvtt.read(str(vtt))) == len(subs)
+
+
+# --------------------------------------------------------------- formats through one pipeline
+
+FORMAT_CASES = {
+    "s16_8k.wav": ("-ar", "8000", "-c:a", "pcm_s16le"),
+    "s24_48k.wav": ("-ar", "48000", "-c:a", "pcm_s24le"),
+    "s32_44k.wav": ("-ar", "44100", "-c:a", "pcm_s32le"),
+    "f32_22k.wav": ("-ar", "22050", "-c:a", "pcm_f32le"),
+    "u8_16k.wav": ("-ar", "16000", "-c:a", "pcm_u8"),
+    "a.mp3": ("-c:a", "libmp3lame"),
+    "a.flac": ("-c:a", "flac"),
+    "a.ogg": ("-c:a", "libopus"),
+    "a.m4a": ("-c:a", "aac"),
+    "a.webm": ("-c:a", "libopus"),
+    "surround.wav": ("-ac", "6"),
+    "stereo.flac": ("-ac", "2"),
+}
+
+
+def test_many_formats_in_one_pipeline(tiny_model_dir, speech_wav, tmp_path):
+    """Every container/codec transcribes, one pipeline runs them all in a row, durations are
+    the decoded audio's, and a bad job in the middle does not break the next one."""
+    files = [media.convert(speech_wav, tmp_path / name, *args) for name, args in FORMAT_CASES.items()]
+    video = tmp_path / "video.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10",
+         "-i", str(speech_wav), "-shortest", "-c:v", "mpeg4", "-c:a", "aac", str(video)],
+        check=True,
+    )
+    files.append(video)
+    for name in ("jfk.flac", "hotwords.mp3", "stereo_diarization.wav"):
+        if media.shared_audio(name):
+            files.append(media.shared_audio(name))
+    bad = tmp_path / "page.mp3"
+    bad.write_text("<html><body>not audio</body></html>")
+    cfg = PipelineConfig(model=str(tiny_model_dir), batch_size=2)
+    with Pipeline(cfg) as p:
+        for i, f in enumerate(files):
+            t = p.transcribe(Job(str(f), DecodeOptions(tokens_per_window=4)))
+            assert abs(t.duration - media.duration_of(f)) < 0.1, f.name
+            assert t.segments and t.model == str(tiny_model_dir), f.name
+            if i == 3:
+                with pytest.raises(JobError) as e:
+                    p.transcribe(Job(str(bad)))
+                assert "page.mp3" in str(e.value) and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------- stitching
+
+
+@pytest.mark.parametrize("grouping,batch", [("word", 3), ("phrase", 5)])
+def test_stitching_through_the_pipeline(tone_long, grouping, batch):
+    """Tone-coded words across many window and batch boundaries: every word once, in
+    order, times within 0.1 s of the truth."""
+    from tests.tone_backend import score
+
+    wav, truth = tone_long
+    cfg = PipelineConfig(model=f"tone:{grouping}", backend=TONE, batch_size=batch, window_slots=4)
+    with Pipeline(cfg) as p:
+        out = p.run_job(Job(str(wav)))
+    assert len(out.windows) > 12
+    s = score(list(out.transcript.segments), truth, grouping)
+    assert s == {"lost": 0, "doubled": 0, "misplaced": 0, "out_of_order": 0}, s
+
+
+def test_jobs_stay_apart(tone_long, tmp_path):
+    """Several jobs in a row on one pipeline: each gets exactly its own words."""
+    from tests.tone_backend import make_tone_speech, score
+
+    cfg = PipelineConfig(model="tone:word", backend=TONE, batch_size=4)
+    with Pipeline(cfg) as p:
+        for seed in (1, 2, 3):
+            audio, truth = make_tone_speech(60 + 20 * seed, seed=seed)
+            wav = media.write_wav(tmp_path / f"{seed}.wav", audio)
+            t = p.transcribe(Job(str(wav)))
+            assert score(list(t.segments), truth, "word")["lost"] == 0
+            assert len(t.segments) == len(truth)
+
+
+# ------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, speech_wav):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.wav").write_bytes(b"")
+    (d / "page.mp3").write_text("<!doctype html><html><body><h1>Hello</h1></body></html>\n" * 50)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=red:s=64x64",
+                    "-frames:v", "1", "-f", "image2", "-c:v", "png", str(d / "image.mp3")], check=True)
+    (d / "speech.wav").write_bytes(Path(speech_wav).read_bytes())
+    return d
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "html", "png", "404", "stall"])
+def test_bad_input_fails_fast_with_one_line(tiny_model_dir, bad_inputs, case):
+    with LoopbackServer(bad_inputs) as srv:
+        src = {
+            "missing": bad_inputs / "nope.wav",
+            "empty": bad_inputs / "empty.wav",
+            "html": bad_inputs / "page.mp3",
+            "png": bad_inputs / "image.mp3",
+            "404": srv.url("gone.mp3"),
+            "stall": srv.base + "/stall/speech.wav",
+        }[case]
+        t0 = time.monotonic()
+        r = cli(src, "--model", tiny_model_dir, "--stall-timeout", "2", timeout=60)
+        took = time.monotonic() - t0
+    err = r.stderr.decode()
+    assert r.returncode != 0
+    assert r.stdout == b""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert took < 30, took
+    expect = {"missing": "nope.wav", "empty": "empty", "html": "page.mp3", "png": "image.mp3",
+              "404": "404", "stall": "stall"}[case]
+    assert expect in lines[0].lower() or expect in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------ failures and clean-up
+
+
+def _stage_pids(proc_pid: int, timeout=60) -> dict[str, int]:
+    """The wsp-* stage processes under the CLI process, by stage name."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            kids = psutil.Process(proc_pid).children(recursive=True)
+            named = {k.name()[4:]: k.pid for k in kids if k.name().startswith("wsp-")}
+        except psutil.Error:
+            named = {}
+        if len(named) == 4:
+            return named
+        time.sleep(0.1)
+    raise AssertionError(f"stages did not appear: {named}")
+
+
+def _wait_exit(proc, timeout):
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"CLI still running {timeout} s after the fault")
+
+
+def _assert_all_gone(pids, cli_pid):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive and not shm_left(cli_pid):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"left behind: processes {alive}, shm {shm_left(cli_pid)}")
+
+
+@pytest.fixture(scope="module")
+def slow_input(tmp_path_factory):
+    """Three minutes of noise: with the tiny model at batch 1 the run lasts long enough to
+    kill a stage in the middle of it."""
+    d = tmp_path_factory.mktemp("slow")
+    return media.write_wav(d / "noise.wav", media.noise(180, amp=0.2))
+
+
+def _start_cli(*args, env=None):
+    e = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    e.update(env or {})
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("stage", ["source", "decode", "chunk", "infer"])
+def test_sigkill_of_a_stage_fails_the_run_and_cleans_up(tiny_model_dir, slow_input, stage):
+    proc = _start_cli(slow_input, "--model", tiny_model_dir, "--batch-size", "1", "-v")
+    pids = _stage_pids(proc.pid)
+    ffmpeg = []
+    # Wait until the model is working on the first windows: the run is mid-way.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        ffmpeg = [k.pid for k in kids if k.name() == "ffmpeg"] or ffmpeg
+        if ffmpeg:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(pids[stage], signal.SIGKILL)
+    t0 = time.monotonic()
+    _wait_exit(proc, 15)
+    assert time.monotonic() - t0 < 10
+    err = proc.stderr.read().decode()
+    assert proc.returncode != 0
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and stage in last and "SIGKILL" in last, err[-2000:]
+    _assert_all_gone(list(pids.values()) + ffmpeg, proc.pid)
+
+
+@pytest.mark.parametrize("stage", ["source", "decode", "chunk", "infer"])
+def test_exception_in_a_stage_fails_the_run_with_traceback(tiny_model_dir, slow_input, stage):
+    proc = _start_cli(slow_input, "--model", tiny_model_dir, "--batch-size", "1",
+                      env={"WSP_FAULT": f"{stage}:1"})
+    pids = _stage_pids(proc.pid)
+    _wait_exit(proc, 60)
+    err = proc.stderr.read().decode()
+    assert proc.returncode != 0
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and stage in last and "injected fault" in last, err[-2000:]
+    assert "Traceback" in err  # in the log, for whoever debugs it
+    _assert_all_gone(list(pids.values()), proc.pid)
+
+
+def test_ctrl_c_stops_everything(tiny_model_dir, slow_input):
+    proc = _start_cli(slow_input, "--model", tiny_model_dir, "--batch-size", "1")
+    pids = _stage_pids(proc.pid)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _wait_exit(proc, 15)
+    assert proc.returncode == 130
+    assert proc.stderr.read().decode().strip().splitlines()[-1] == "error: interrupted"
+    _assert_all_gone(list(pids.values()), proc.pid)
+
+
+def test_model_that_does_not_load_is_named(tmp_path, speech_wav):
+    r = cli(speech_wav, "--model", tmp_path / "no-such-model", timeout=60)
+    assert r.returncode != 0
+    last = r.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("error: ") and "infer" in last and "no-such-model" in last
+
+
+def test_in_process_stage_death_is_reported(tiny_model_dir, slow_input):
+    """The Pipeline object (as the RunPod worker uses it) raises StageDied and cleans up."""
+    cfg = PipelineConfig(model=str(tiny_model_dir), batch_size=1)
+    p = Pipeline(cfg).start()
+    prefix = p.shm_prefix
+    pids = p.pids
+    import threading
+
+    threading.Timer(3.0, lambda: os.kill(pids["decode"], signal.SIGKILL)).start()
+    with pytest.raises(StageDied) as e:
+        p.transcribe(Job(str(slow_input)))
+    assert "decode" in str(e.value)
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+    assert not any(psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE for x in pids.values())
