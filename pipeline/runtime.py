@@ -508,7 +508,9 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
     log.info("model %s ready on %s in %.1f s", backend.model_id, backend.device, load_s)
     ctx.report("ready", "infer", info)
 
-    local: queue.Queue = queue.Queue(maxsize=2)  # prepared batches waiting for the GPU
+    # One prepared batch waits while the model works on another: enough to keep the GPU fed,
+    # and feature memory stays at about three batches whatever the audio's length.
+    local: queue.Queue = queue.Queue(maxsize=1)
     jobs: dict = {}
     reader = threading.Thread(
         target=_infer_reader, args=(ctx, backend, ring_in, q_in, local, jobs, cfg), daemon=True
@@ -570,8 +572,22 @@ def _set_process_name(name: str) -> None:
         ctypes.CDLL(None).prctl(15, name.encode()[:15])  # PR_SET_NAME
 
 
+def _fix_malloc_threshold() -> None:
+    """Keep big buffers (features, PCM blocks: ~1 MB each) out of glibc's heap.
+
+    glibc raises its mmap threshold each time a large mmapped block is freed; after that,
+    ~1 MB buffers allocated in one thread and freed in another come from heap arenas,
+    which fragment, and the infer stage's memory crept upward with the audio's length.
+    A fixed threshold (which also turns the dynamic adjustment off) gives every such
+    buffer its own mapping, returned to the OS when freed.
+    """
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+
+
 def _stage_entry(name: str, ctx: StageContext, *args):
     """Entry point of every stage process."""
+    _fix_malloc_threshold()
     os.dup2(2, 1)  # stray prints from libraries go to stderr: stdout is the transcript's
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _set_process_name(f"wsp-{name}")

@@ -40,27 +40,34 @@ def make_audio(path: Path, minutes: float) -> Path:
     return path
 
 
-def tree_pss(pid: int) -> int:
-    total = 0
+def tree_pss(pid: int) -> dict[str, int]:
+    """PSS in bytes of ``pid`` and its descendants, by process name (the driver is "driver";
+    stages name themselves wsp-source, wsp-decode, ...)."""
+    out: dict[str, int] = {}
     try:
         procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
     except psutil.Error:
-        return 0
+        return out
     for p in procs:
         try:
-            total += p.memory_full_info().pss
+            name = "driver" if p.pid == pid else p.name()
+            out[name] = out.get(name, 0) + p.memory_full_info().pss
         except psutil.Error:
             pass
-    return total
+    return out
 
 
 def measure(audio: Path, cfg: PipelineConfig, options: DecodeOptions) -> dict:
     peak = {"pss": 0}
+    per_process: dict[str, int] = {}
     stop = threading.Event()
 
     def sampler():
         while not stop.is_set():
-            peak["pss"] = max(peak["pss"], tree_pss(os.getpid()))
+            sample = tree_pss(os.getpid())
+            peak["pss"] = max(peak["pss"], sum(sample.values()))
+            for name, v in sample.items():
+                per_process[name] = max(per_process.get(name, 0), v)
             time.sleep(0.1)
 
     t = threading.Thread(target=sampler, daemon=True)
@@ -76,6 +83,7 @@ def measure(audio: Path, cfg: PipelineConfig, options: DecodeOptions) -> dict:
         "wall_s": round(time.monotonic() - t0, 2),
         "windows": len(out.windows),
         "peak_pss_mib": round(peak["pss"] / 2**20, 1),
+        "peak_by_process_mib": {k: round(v / 2**20, 1) for k, v in sorted(per_process.items())},
     }
 
 
