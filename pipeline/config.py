@@ -97,7 +97,7 @@ class Job:
 
     source: str | bytes  # URL, path, "-" (stdin) or the audio bytes themselves
     options: DecodeOptions = DecodeOptions()
-    batch_size: int | None = None  # None: the pipeline's; else at most the pipeline's
+    batch_size: int | None = None  # None: the pipeline's (callers bound it: MAX_BATCH_SIZE)
     label: str | None = None  # how errors name the input; default from the source
     job_id: str | None = None  # shown on log lines (the RunPod job id)
     profile: bool = False  # record busy spans for a trace

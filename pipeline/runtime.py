@@ -427,7 +427,7 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
             kind, seq = msg[0], msg[1]
             if kind == "start":
                 info = msg[2]
-                size = min(info.get("batch_size") or cfg.batch_size, cfg.batch_size * 8)
+                size = info.get("batch_size") or cfg.batch_size  # Job checks its bounds
                 jobs[seq] = {"info": info, "batch_size": size, "failed": False}
                 batch = _Batch(seq)
                 put(("start", seq))
@@ -486,12 +486,17 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
     from stages.infer import load_backend
 
     cfg = ctx.config
+    import transformers
+
+    # transformers logs through a handler of its own: send its records (and warnings)
+    # through ours instead, so every line carries the stage and job id.
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
+    logging.captureWarnings(True)
     if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
         # Library chatter (deprecations, generation-config notices) is not for a user's
         # terminal, where a failure must read as one line; -v brings it back.
         import warnings
-
-        import transformers
 
         transformers.utils.logging.set_verbosity_error()
         warnings.simplefilter("ignore")
@@ -499,7 +504,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
     backend = load_backend(cfg.backend, cfg.model, device=cfg.device, dtype=cfg.dtype)
     load_s = time.monotonic() - t0
     info = {
-        "model": backend.model_id,
+        "model": _model_name(backend.model_id),
         "device": str(backend.device),
         "dtype": str(backend.dtype),
         "load_s": load_s,
@@ -561,6 +566,16 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             if st is not None:
                 ctx.report("stats", seq, "infer", st.finish())
             logs.set_job(None)
+
+
+def _model_name(model_id: str) -> str:
+    """The name a transcript reports: a baked copy (``pipeline.bake``) names its source."""
+    import json
+
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        with open(os.path.join(model_id, "bake.json"), encoding="utf-8") as f:
+            return str(json.load(f)["source"])
+    return model_id
 
 
 _STAGE_MAIN = {"source": _run_source, "decode": _run_decode, "chunk": _run_chunk, "infer": _run_infer}

@@ -1,0 +1,464 @@
+"""The RunPod worker's logic, kept apart from the SDK so it can be tested directly.
+
+``runpod_entry.py`` builds one ``Worker`` at start-up (which starts the pipeline, so the
+model loads while the worker waits for its first job and while that job downloads and
+decodes) and hands ``Worker.handle`` to ``runpod.serverless.start``.
+
+Request: ``job["input"]`` with exactly one of ``audio_url`` (the seed project's name),
+``audio`` (RunPod's faster-whisper worker's name) or ``audio_base64``, and options
+``language``, ``task`` / ``translate``, ``transcription``, ``batch_size``, ``profile``.
+Everything is validated before any download; an error names the key at fault. An option
+given as ``null`` counts as not given.
+
+Output: the CLI's JSON transcript (``text``, ``segments``, ``language``, ``duration``,
+``model``, ``timings``) plus ``transcription`` (formatted as asked), ``detected_language``,
+``device`` and ``translation`` (the text when the task is translate, else null). Errors
+come back as ``{"error": "one line"}``; the worker survives every request.
+
+Settings (environment): ``MODEL_ID``, ``MODEL_BATCH_SIZE``, ``MAX_BATCH_SIZE`` (the
+largest ``batch_size`` a request may ask for; default ``MODEL_BATCH_SIZE``),
+``MAX_DOWNLOAD_BYTES``, ``MAX_BASE64_BYTES``, ``LOG_LEVEL`` and
+``RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS`` (the runpod SDK's own switch; off by default).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from pipeline import logs
+from pipeline.config import MAX_BATCH_SIZE, Job, PipelineConfig, env_batch_size, env_model
+from pipeline.errors import JobError, PipelineError, StageDied
+from pipeline.types import TASKS, DecodeOptions
+
+log = logging.getLogger(__name__)
+
+SOURCE_KEYS = ("audio_url", "audio", "audio_base64")
+TRANSCRIPTIONS = ("plain_text", "formatted_text", "srt", "vtt")
+OPTION_KEYS = ("language", "task", "translate", "transcription", "batch_size", "profile")
+ALLOW_PRIVATE_ENV = "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS"  # the runpod SDK's own switch
+MAX_DOWNLOAD_ENV = "MAX_DOWNLOAD_BYTES"
+MAX_BASE64_ENV = "MAX_BASE64_BYTES"
+MAX_BATCH_ENV = "MAX_BATCH_SIZE"
+DEFAULT_MAX_DOWNLOAD = 5 * 1024**3  # the runpod SDK's own download cap (5 GiB)
+# Decoded bytes. /runsync caps the whole request body at 20 MB (/run at 10 MB), so base64
+# audio cannot exceed ~15 MB there anyway; the cap bounds the worker's memory elsewhere.
+DEFAULT_MAX_BASE64 = 15 * 1024**2
+PROGRESS_INTERVAL_S = 1.0
+
+
+class RequestError(ValueError):
+    """A request that cannot be served as given; the message names the key at fault."""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be positive, not {value}")
+    return value
+
+
+def allow_private() -> bool:
+    """``RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS`` is set to true (as the runpod SDK reads it)."""
+    return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def max_base64_bytes() -> int:
+    return _env_int(MAX_BASE64_ENV, DEFAULT_MAX_BASE64)
+
+
+def max_batch_size() -> int:
+    """The largest ``batch_size`` a request may ask for: MAX_BATCH_SIZE, else MODEL_BATCH_SIZE
+    (the operator sized that one to the GPU)."""
+    return min(_env_int(MAX_BATCH_ENV, env_batch_size()), MAX_BATCH_SIZE)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+# Whisper's languages (code -> name), as openai/whisper's tokenizer.py lists them; a test
+# checks this equals transformers' table. Kept here because importing that table costs
+# seconds of the first request (it pulls in the tokenizer stack).
+LANGUAGES = dict(
+    pair.replace("_", " ").split(":")
+    for pair in (
+        "en:english zh:chinese de:german es:spanish ru:russian ko:korean fr:french "
+        "ja:japanese pt:portuguese tr:turkish pl:polish ca:catalan nl:dutch ar:arabic "
+        "sv:swedish it:italian id:indonesian hi:hindi fi:finnish vi:vietnamese he:hebrew "
+        "uk:ukrainian el:greek ms:malay cs:czech ro:romanian da:danish hu:hungarian "
+        "ta:tamil no:norwegian th:thai ur:urdu hr:croatian bg:bulgarian lt:lithuanian "
+        "la:latin mi:maori ml:malayalam cy:welsh sk:slovak te:telugu fa:persian "
+        "lv:latvian bn:bengali sr:serbian az:azerbaijani sl:slovenian kn:kannada "
+        "et:estonian mk:macedonian br:breton eu:basque is:icelandic hy:armenian "
+        "ne:nepali mn:mongolian bs:bosnian kk:kazakh sq:albanian sw:swahili gl:galician "
+        "mr:marathi pa:punjabi si:sinhala km:khmer sn:shona yo:yoruba so:somali "
+        "af:afrikaans oc:occitan ka:georgian be:belarusian tg:tajik sd:sindhi "
+        "gu:gujarati am:amharic yi:yiddish lo:lao uz:uzbek fo:faroese "
+        "ht:haitian_creole ps:pashto tk:turkmen nn:nynorsk mt:maltese sa:sanskrit "
+        "lb:luxembourgish my:myanmar bo:tibetan tl:tagalog mg:malagasy as:assamese "
+        "tt:tatar haw:hawaiian ln:lingala ha:hausa ba:bashkir jw:javanese su:sundanese "
+        "yue:cantonese"
+    ).split()
+)
+TO_LANGUAGE_CODE = {
+    **{name: code for code, name in LANGUAGES.items()},
+    "burmese": "my",
+    "valencian": "ca",
+    "flemish": "nl",
+    "haitian": "ht",
+    "letzeburgesch": "lb",
+    "pushto": "ps",
+    "panjabi": "pa",
+    "moldavian": "ro",
+    "moldovan": "ro",
+    "sinhalese": "si",
+    "castilian": "es",
+    "mandarin": "zh",
+}
+
+
+def _language_code(value) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"language must be a string such as 'en', not {type(value).__name__}")
+    v = value.strip().lower()
+    if v in ("", "auto", "detect"):
+        return None
+    if v in LANGUAGES:
+        return v
+    if v in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[v]
+    raise RequestError(
+        f"language {value!r} is not a Whisper language (use a code such as 'en' or 'de')"
+    )
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+@dataclass(frozen=True)
+class Request:
+    source: str | bytes
+    source_key: str
+    options: DecodeOptions
+    transcription: str = "plain_text"
+    batch_size: int | None = None
+    profile: bool = False
+
+
+def parse_request(
+    inp,
+    *,
+    allow_private_urls: bool | None = None,
+    max_batch: int | None = None,
+    max_base64: int | None = None,
+) -> Request:
+    """Validate ``job["input"]``; raise RequestError naming the key at fault.
+
+    Nothing is downloaded here. URLs are checked for scheme and host, and (without
+    ``allow_private_urls``) for a literal private/loopback/metadata address; host names
+    are checked again on every address DNS gives, when the source stage connects.
+    The limits default to the environment's (see the module docstring).
+    """
+    from stages.source import SourceError, check_url
+
+    if allow_private_urls is None:
+        allow_private_urls = allow_private()
+    if not isinstance(inp, dict):
+        raise RequestError(f"input must be a JSON object, not {_type_name(inp)}")
+    unknown = sorted(set(inp) - set(SOURCE_KEYS) - set(OPTION_KEYS))
+    if unknown:
+        raise RequestError(
+            f"unknown input key {unknown[0]!r} (accepted: {', '.join(SOURCE_KEYS + OPTION_KEYS)})"
+        )
+    given = [k for k in SOURCE_KEYS if inp.get(k) is not None]
+    if len(given) != 1:
+        raise RequestError(
+            "give exactly one of audio_url, audio or audio_base64"
+            + (f" (got {' and '.join(given)})" if given else "")
+        )
+    key = given[0]
+    value = inp[key]
+    if not isinstance(value, str):
+        raise RequestError(f"{key} must be a string, not {_type_name(value)}")
+    if not value.strip():
+        raise RequestError(f"{key} is empty")
+    if key == "audio_base64":
+        cap = max_base64 if max_base64 is not None else max_base64_bytes()
+        payload = value.split(",", 1)[1] if value.startswith("data:") else value
+        payload = "".join(payload.split())  # clients often wrap base64 at 76 columns
+        if len(payload) > (cap + 2) // 3 * 4:  # cheap: before decoding anything
+            raise RequestError(
+                f"audio_base64 is larger than the limit of {_size(cap)} ({MAX_BASE64_ENV})"
+            )
+        try:
+            source: str | bytes = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError("audio_base64 is not valid base64") from None
+        if not source:
+            raise RequestError("audio_base64 is empty")
+        if len(source) > cap:
+            raise RequestError(
+                f"audio_base64 is larger than the limit of {_size(cap)} ({MAX_BASE64_ENV})"
+            )
+    else:
+        value = value.strip()
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in ("http", "https"):
+            raise RequestError(f"{key} must be an http or https URL")
+        try:
+            check_url(value, allow_private=allow_private_urls)
+        except SourceError as exc:
+            raise RequestError(f"{key}: {exc}") from None
+        source = value
+
+    def opt(name, default=None):
+        v = inp.get(name)
+        return default if v is None else v
+
+    task = opt("task")
+    if task is not None and (not isinstance(task, str) or task not in TASKS):
+        raise RequestError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+    translate = opt("translate")
+    if translate is not None and not isinstance(translate, bool):
+        raise RequestError(f"translate must be true or false, not {translate!r}")
+    if translate is not None and task is not None and (task == "translate") != translate:
+        raise RequestError(f"translate={str(translate).lower()} contradicts task={task!r}")
+    task = task or ("translate" if translate else "transcribe")
+
+    transcription = opt("transcription", "plain_text")
+    if not isinstance(transcription, str) or transcription not in TRANSCRIPTIONS:
+        raise RequestError(
+            f"transcription must be one of {', '.join(TRANSCRIPTIONS)}, not {transcription!r}"
+        )
+
+    batch_size = opt("batch_size")
+    if batch_size is not None:
+        top = max_batch if max_batch is not None else max_batch_size()
+        # bool is an int in Python (and passes runpod's own validator): refuse it here.
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or not 1 <= batch_size <= top
+        ):
+            raise RequestError(
+                f"batch_size must be an integer from 1 to {top} ({MAX_BATCH_ENV}), not {batch_size!r}"
+            )
+
+    profile = opt("profile", False)
+    if not isinstance(profile, bool):
+        raise RequestError(f"profile must be true or false, not {profile!r}")
+
+    options = DecodeOptions(language=_language_code(inp.get("language")), task=task)
+    return Request(source, key, options, transcription, batch_size, profile)
+
+
+def formatted(transcript, transcription: str) -> str:
+    """The ``transcription`` field, in the faster-whisper worker's four styles:
+    plain_text (the whole text), formatted_text (one segment per line), srt, vtt."""
+    from pipeline.formats import format_transcript
+
+    if transcription == "plain_text":
+        return transcript.text
+    if transcription == "formatted_text":
+        return "\n".join(t for t in (s.text.strip() for s in transcript.segments) if t)
+    if transcription in ("srt", "vtt"):
+        return format_transcript(transcript, transcription)
+    raise ValueError(f"transcription must be one of {', '.join(TRANSCRIPTIONS)}")
+
+
+class ProgressReporter:
+    """Turns the pipeline's progress calls into throttled updates for RunPod.
+
+    ``send(update)`` gets ``{"share": 0..1 or None, "transcribed_s", "decoded_s",
+    "decode_finished"}`` at most once per ``interval`` seconds; the update that reaches
+    share 1.0 is always sent (so the last one says "done"). ``share`` is the part of the
+    decoded audio already transcribed, None until decoding has finished (decode runs far
+    ahead of inference, so that is early in any long job). A failing ``send`` is logged
+    and never fails the job.
+    """
+
+    def __init__(self, send, interval: float = PROGRESS_INTERVAL_S, clock=time.monotonic):
+        self.send = send
+        self.interval = interval
+        self.clock = clock
+        self._last: float | None = None
+        self._last_share: float | None = None
+        self.sent = 0
+
+    def __call__(self, done_s: float, decoded_s: float | None, decode_finished: bool) -> None:
+        share = None
+        if decode_finished and decoded_s:
+            share = round(min(1.0, done_s / decoded_s), 3)
+        now = self.clock()
+        finishing = share == 1.0 and self._last_share != 1.0
+        if not finishing and self._last is not None and now - self._last < self.interval:
+            return
+        self._last = now
+        self._last_share = share
+        update = {
+            "share": share,
+            "transcribed_s": round(done_s, 1),
+            "decoded_s": None if decoded_s is None else round(decoded_s, 1),
+            "decode_finished": bool(decode_finished),
+        }
+        try:
+            self.send(update)
+            self.sent += 1
+        except Exception:  # noqa: BLE001 - progress is a courtesy, never a failure
+            log.warning("progress update failed", exc_info=True)
+
+
+def _warm_imports() -> None:
+    try:
+        importlib.import_module("stages.source")
+    except Exception:  # noqa: BLE001 - the first request will report it
+        pass
+
+
+class Worker:
+    """One long-lived pipeline serving jobs one at a time; rebuilt if a stage dies.
+
+    ``progress_sender(job, update)``: called (throttled, see ProgressReporter) during a job.
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig | None = None,
+        progress_sender=None,
+        *,
+        max_batch: int | None = None,
+        max_base64: int | None = None,
+        progress_interval: float = PROGRESS_INTERVAL_S,
+    ):
+        self.config = config or self.config_from_env()
+        self.max_batch = max_batch if max_batch is not None else max_batch_size()
+        self.max_base64 = max_base64 if max_base64 is not None else max_base64_bytes()
+        self.progress_sender = progress_sender
+        self.progress_interval = progress_interval
+        self._lock = threading.Lock()
+        self.pipeline = None
+        self._start_pipeline()  # the model starts loading now, in the infer stage
+        # parse_request needs stages.source (aiohttp: a second or so to import); import it
+        # now, alongside the model load, rather than in front of the first job.
+        threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
+
+    @staticmethod
+    def config_from_env() -> PipelineConfig:
+        return PipelineConfig(
+            model=env_model(),
+            batch_size=env_batch_size(),
+            allow_private_urls=allow_private(),
+            max_download_bytes=_env_int(MAX_DOWNLOAD_ENV, DEFAULT_MAX_DOWNLOAD),
+            log_level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        )
+
+    def _start_pipeline(self):
+        from pipeline.runtime import Pipeline
+
+        self.pipeline = Pipeline(self.config).start()
+
+    def close(self):
+        if self.pipeline is not None:
+            self.pipeline.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def handle(self, job: dict) -> dict:
+        """The RunPod handler: never raises; errors come back as {"error": "one line"}."""
+        job_id = job.get("id") if isinstance(job, dict) else None
+        logs.set_job(job_id)
+        try:
+            with self._lock:
+                return self._handle(job, job_id)
+        except RequestError as exc:
+            log.info("bad request: %s", exc)
+            return {"error": str(exc)}
+        except JobError as exc:
+            if exc.traceback:
+                log.error("job failed: %s\n%s", exc, exc.traceback)
+            else:
+                log.info("job failed: %s", exc)
+            return {"error": str(exc)}
+        except StageDied as exc:
+            log.error("pipeline failed: %s; restarting it", exc)
+            self._restart()
+            return {"error": str(exc)}
+        except PipelineError as exc:
+            log.error("pipeline error: %s; restarting it", exc)
+            self._restart()
+            return {"error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any request
+            log.exception("unexpected error")
+            return {"error": f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]}
+        finally:
+            logs.set_job(None)
+
+    def _restart(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            log.exception("closing the failed pipeline")
+        self._start_pipeline()
+
+    def _handle(self, job: dict, job_id) -> dict:
+        t0 = time.monotonic()
+        req = parse_request(
+            job.get("input") if isinstance(job, dict) else None,
+            allow_private_urls=self.config.allow_private_urls,
+            max_batch=self.max_batch,
+            max_base64=self.max_base64,
+        )
+        label = "audio_base64" if req.source_key == "audio_base64" else None
+        progress = None
+        if self.progress_sender is not None:
+            sender = self.progress_sender
+            progress = ProgressReporter(lambda update: sender(job, update), self.progress_interval)
+        log.info("job: %s, %s", req.source_key, req.options)
+        outcome = self.pipeline.run_job(
+            Job(
+                req.source,
+                req.options,
+                batch_size=req.batch_size,
+                label=label,
+                job_id=None if job_id is None else str(job_id),
+                profile=req.profile,
+            ),
+            progress=progress,
+        )
+        t = outcome.transcript
+        out = t.to_dict()
+        out["transcription"] = formatted(t, req.transcription)
+        out["detected_language"] = t.language
+        out["device"] = outcome.model.get("device")
+        out["translation"] = t.text if req.options.task == "translate" else None
+        if req.profile:
+            from pipeline.profile import profile_from_outcome
+
+            out["profile"] = profile_from_outcome(outcome)
+        log.info(
+            "transcribed %.1f s of audio in %.2f s (handler %.2f s)",
+            t.duration,
+            t.timings.get("total_s") or 0,
+            time.monotonic() - t0,
+        )
+        return out

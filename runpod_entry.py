@@ -1,0 +1,63 @@
+"""RunPod serverless entry point: ``python -u runpod_entry.py``.
+
+The pipeline (and with it the model load) starts before the SDK begins taking jobs, so a
+cold start costs about the larger of (model load, first download + decode), not their sum.
+Settings come from the environment: MODEL_ID, MODEL_BATCH_SIZE, MAX_BATCH_SIZE,
+MAX_DOWNLOAD_BYTES, MAX_BASE64_BYTES, LOG_LEVEL and RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS
+(see pipeline/worker.py and README, "Deploying on RunPod").
+
+Local testing with the SDK's own API server:
+``python runpod_entry.py --rp_serve_api --rp_api_port 8000 --rp_api_host 127.0.0.1``
+then POST ``{"input": {...}}`` to ``/runsync``.
+
+Everything happens under ``__main__``, imports included: stage processes are spawned, and
+a spawned child imports this file again as ``__mp_main__``; it must neither build a
+worker of its own nor pay for importing the runpod SDK (seconds, in each of four stages).
+"""
+
+import logging
+import os
+import signal
+import sys
+
+
+def _progress(job, update):
+    import runpod
+
+    # Only on the platform: locally the SDK has no URL to post progress to.
+    if os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT"):
+        runpod.serverless.progress_update(job, update)
+
+
+def main():
+    import runpod  # noqa: F401 - imported first: its import installs a root log handler
+
+    from pipeline import logs
+    from pipeline.worker import Worker
+
+    # runpod.serverless.utils.rp_upload calls logging.basicConfig at import; its handler
+    # would print every one of our records a second time, without the job id. Ours only.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if not getattr(handler, "_wsp", False):
+            root.removeHandler(handler)
+    logs.setup(os.environ.get("LOG_LEVEL", "INFO").upper(), role="worker")
+    log = logging.getLogger("runpod_entry")
+
+    worker = Worker(progress_sender=_progress)  # the model starts loading now
+
+    def on_sigterm(signum, frame):
+        # Until the SDK installs its own handlers (it stops taking jobs, then returns).
+        worker.close()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    log.info("worker started: model %s loading in the background", worker.config.model)
+    try:
+        runpod.serverless.start({"handler": worker.handle})
+    finally:
+        worker.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The RunPod worker's handler driven in-process (no SDK): URL safety without the
+RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS switch, progress updates during a long-ish job, and
+recovery after a stage dies."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.config import PipelineConfig
+from pipeline.worker import Worker
+from tests import media
+from tests.httpserver import LoopbackServer
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_model_dir):
+    """A worker as deployed: private URLs refused (the switch is off)."""
+    cfg = PipelineConfig(model=str(tiny_model_dir), allow_private_urls=False, batch_size=4)
+    with Worker(cfg, max_batch=4) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def speech_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("speech")
+    media.speech(d / "short.wav", "Hello from the loopback server.")
+    # About 80 s: several 30 s windows (step 26 s), so several results come back.
+    text = " ".join(
+        f"Sentence number {i}: the quick brown fox jumps over the lazy dog." for i in range(1, 21)
+    )
+    media.speech(d / "long.wav", text)
+    return d
+
+
+@pytest.fixture(scope="module")
+def files(speech_dir):
+    with LoopbackServer(speech_dir) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize(
+    "host, expect",
+    [
+        ("127.0.0.1", "audio_url: refusing to download"),  # refused when parsed
+        ("localhost", "refusing to download"),  # a DNS name: refused when resolved
+        ("[::ffff:127.0.0.1]", "refusing to download"),
+        ("127.1", "cannot download"),  # short form: yarl calls it invalid
+    ],
+)
+def test_loopback_refused_before_any_byte_is_fetched(worker, files, host, expect):
+    url = files.url("short.wav").replace("127.0.0.1", host)
+    out = worker.handle({"id": "job-private", "input": {"audio_url": url}})
+    assert set(out) == {"error"}, out
+    assert expect in out["error"], out["error"]
+    assert files.requests == []
+
+
+def test_metadata_address_refused(worker, files):
+    out = worker.handle({"id": "m", "input": {"audio": "http://169.254.169.254/latest/meta-data/"}})
+    assert "cloud-metadata" in out["error"]
+
+
+def test_base64_still_works_without_the_switch(worker, speech_dir):
+    b64 = base64.b64encode((speech_dir / "short.wav").read_bytes()).decode()
+    out = worker.handle({"id": "job-b64", "input": {"audio_base64": b64}})
+    assert "error" not in out, out
+    assert out["text"] and out["duration"] == pytest.approx(
+        media.duration_of(speech_dir / "short.wav"), abs=0.1
+    )
+
+
+def test_progress_updates_increase_to_one(worker, speech_dir):
+    wav = speech_dir / "long.wav"
+    duration = media.duration_of(wav)
+    assert duration > 60
+    updates = []
+    t0 = time.monotonic()
+
+    def sender(job, update):
+        assert job["id"] == "job-long"
+        updates.append((time.monotonic() - t0, update))
+
+    # A shorter interval than the deployed 1 s, so that a fast machine still sees several
+    # updates; the throttle itself is tested with a fake clock in test_worker.py.
+    worker.progress_sender, worker.progress_interval = sender, 0.25
+    try:
+        b64 = base64.b64encode(wav.read_bytes()).decode()
+        # batch_size 1: one result per window, so progress moves window by window.
+        out = worker.handle(
+            {"id": "job-long", "input": {"audio_base64": b64, "batch_size": 1, "language": "en"}}
+        )
+    finally:
+        worker.progress_sender, worker.progress_interval = None, 1.0
+    assert "error" not in out, out
+    shares = [u["share"] for _, u in updates if u["share"] is not None]
+    assert len(shares) >= 3, updates
+    assert shares == sorted(shares) and shares[-1] == 1.0, updates
+    assert updates[-1][1]["decoded_s"] == pytest.approx(duration, abs=0.1)
+    # No closer together than the interval (the final "done" update may come sooner).
+    gaps = np.diff([t for t, _ in updates[:-1]])
+    assert (gaps >= 0.24).all(), updates
+
+
+def test_worker_survives_a_dead_stage(worker, speech_dir):
+    b64 = base64.b64encode((speech_dir / "short.wav").read_bytes()).decode()
+    old = worker.pipeline
+    os.kill(old.pids["decode"], signal.SIGKILL)
+    time.sleep(0.3)
+    out = worker.handle({"id": "job-after-kill", "input": {"audio_base64": b64}})
+    assert "decode stage" in out.get("error", ""), out
+    assert worker.pipeline is not old  # rebuilt
+    out = worker.handle({"id": "job-next", "input": {"audio_base64": b64}})
+    assert "error" not in out, out
+    assert out["text"]
