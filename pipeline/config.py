@@ -18,16 +18,23 @@ def env_model() -> str:
     return os.environ.get("MODEL_ID") or DEFAULT_MODEL
 
 
-def env_batch_size() -> int:
-    """``MODEL_BATCH_SIZE`` from the environment (the seed project's knob), else 16."""
-    raw = os.environ.get("MODEL_BATCH_SIZE")
+def env_int(name: str, default: int) -> int:
+    """A positive integer from the environment variable ``name``, else ``default``."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_BATCH_SIZE
+        return default
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"MODEL_BATCH_SIZE must be an integer, not {raw!r}") from None
-    return check_batch_size(value, "MODEL_BATCH_SIZE")
+        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be positive, not {value}")
+    return value
+
+
+def env_batch_size() -> int:
+    """``MODEL_BATCH_SIZE`` from the environment (the seed project's knob), else 16."""
+    return check_batch_size(env_int("MODEL_BATCH_SIZE", DEFAULT_BATCH_SIZE), "MODEL_BATCH_SIZE")
 
 
 def check_batch_size(value, what: str = "batch size") -> int:

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 
 from pipeline import logs
-from pipeline.config import MAX_BATCH_SIZE, Job, PipelineConfig, env_batch_size, env_model
+from pipeline.config import MAX_BATCH_SIZE, Job, PipelineConfig, env_batch_size, env_int, env_model
 from pipeline.errors import JobError, PipelineError, StageDied
 from pipeline.types import TASKS, DecodeOptions
 
@@ -57,32 +57,19 @@ class RequestError(ValueError):
     """A request that cannot be served as given; the message names the key at fault."""
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be positive, not {value}")
-    return value
-
-
 def allow_private() -> bool:
     """``RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS`` is set to true (as the runpod SDK reads it)."""
     return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def max_base64_bytes() -> int:
-    return _env_int(MAX_BASE64_ENV, DEFAULT_MAX_BASE64)
+    return env_int(MAX_BASE64_ENV, DEFAULT_MAX_BASE64)
 
 
 def max_batch_size() -> int:
     """The largest ``batch_size`` a request may ask for: MAX_BATCH_SIZE, else MODEL_BATCH_SIZE
     (the operator sized that one to the GPU)."""
-    return min(_env_int(MAX_BATCH_ENV, env_batch_size()), MAX_BATCH_SIZE)
+    return min(env_int(MAX_BATCH_ENV, env_batch_size()), MAX_BATCH_SIZE)
 
 
 def _size(n: int) -> str:
@@ -364,7 +351,7 @@ class Worker:
             model=env_model(),
             batch_size=env_batch_size(),
             allow_private_urls=allow_private(),
-            max_download_bytes=_env_int(MAX_DOWNLOAD_ENV, DEFAULT_MAX_DOWNLOAD),
+            max_download_bytes=env_int(MAX_DOWNLOAD_ENV, DEFAULT_MAX_DOWNLOAD),
             log_level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         )
 
