@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import queue
-import time
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -122,13 +121,11 @@ def wait_put(q, item, alive, poll: float = 0.1) -> None:
                 raise Stopped()
 
 
-def wait_get(q, alive, poll: float = 0.1, deadline: float | None = None):
-    """``q.get`` that never blocks forever. With a deadline, returns None when it passes."""
+def wait_get(q, alive, poll: float = 0.1):
+    """``q.get`` that never blocks forever: checks ``alive()`` between timeouts."""
     while True:
         try:
             return q.get(timeout=poll)
         except queue.Empty:
             if not alive():
                 raise Stopped()
-            if deadline is not None and time.monotonic() >= deadline:
-                return None

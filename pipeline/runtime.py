@@ -75,7 +75,7 @@ from pipeline.config import Job, PipelineConfig
 from pipeline.constants import N_SAMPLES, PCM_DTYPE, SAMPLE_RATE
 from pipeline.errors import JobError, PipelineError, StageDied, UserError, describe_exit, wrap
 from pipeline.ring import Ring, Stopped, wait_get, wait_put
-from pipeline.types import TimedWindow, WindowResult
+from pipeline.types import TimedWindow
 
 log = logging.getLogger(__name__)
 
@@ -403,23 +403,41 @@ class _Batch:
         self.items = []  # (index, start_sample, valid_samples, prepared)
 
 
-def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: dict, cfg):
+def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: dict, cfg, idle=None):
     """Thread: drains the window ring, prepares features (log-mel) as windows arrive and
     frees their slots at once, and groups them into batches for the main thread. It runs
     while the main thread is inside generate, so features for batch n+1 are ready when
-    batch n finishes and the upstream stages never wait on the GPU for a free slot."""
+    batch n finishes and the upstream stages never wait on the GPU for a free slot.
+
+    Work-conserving batching (issue 4's profile showed infer starved for the first full
+    batch, then busy long after decode had finished): a partial batch goes to the main
+    thread as soon as that thread is idle (``idle`` set, nothing queued) instead of
+    waiting to fill up. Batches grow by themselves while the model is the bottleneck."""
 
     def put(item):
         wait_put(local, item, ctx.alive, POLL_S)
 
+    def get(poll):
+        try:
+            return q_in.get(timeout=poll)
+        except queue.Empty:
+            if not ctx.alive():
+                raise Stopped() from None
+            return _TIMEOUT
+
     batch = None
+    flush_at = 0.0
     try:
         while True:
-            deadline = time.monotonic() + cfg.batch_wait_s if batch and batch.items else None
-            msg = wait_get(q_in, ctx.alive, POLL_S, deadline=deadline)
-            if msg is None and deadline is not None and time.monotonic() >= deadline:
-                put(("batch", batch))  # upstream is slow: don't hold a partial batch back
-                batch = _Batch(batch.seq)
+            if batch is not None and batch.items:
+                if (idle is not None and idle.is_set() and local.empty()) or time.monotonic() >= flush_at:
+                    put(("batch", batch))  # the model would otherwise sit idle
+                    batch = _Batch(batch.seq)
+                    continue
+                msg = get(IDLE_POLL_S)  # short: notice the main thread going idle
+            else:
+                msg = get(POLL_S)
+            if msg is _TIMEOUT:
                 continue
             if msg is None:
                 put(None)
@@ -446,6 +464,7 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
                     ctx.fail_job(seq, exc)
                     continue
                 batch.items.append((index, start, valid, prepared))
+                flush_at = time.monotonic() + cfg.batch_wait_s  # no window for this long: flush
                 if len(batch.items) >= jobs[seq]["batch_size"]:
                     put(("batch", batch))
                     batch = _Batch(seq)
@@ -458,6 +477,10 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
         put_nowait_quiet(local, None)
     except BaseException as exc:  # noqa: BLE001 - hand it to the main thread
         put_nowait_quiet(local, ("crash", exc))
+
+
+_TIMEOUT = object()
+IDLE_POLL_S = 0.005  # the reader's poll while it holds a partial batch
 
 
 def put_nowait_quiet(q, item):
@@ -502,6 +525,13 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         warnings.simplefilter("ignore")
     t0 = time.monotonic()
     backend = load_backend(cfg.backend, cfg.model, device=cfg.device, dtype=cfg.dtype)
+    if str(getattr(backend, "device", "cpu")).startswith("cpu"):
+        # Inference on the CPU: leave a core to the decode stage and ffmpeg, which would
+        # otherwise fight torch's threads for every core (issue 4's profile: the overlap
+        # broke down and wall time exceeded the busiest stage by 29%).
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     load_s = time.monotonic() - t0
     info = {
         "model": _model_name(backend.model_id),
@@ -517,8 +547,9 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
     # and feature memory stays at about three batches whatever the audio's length.
     local: queue.Queue = queue.Queue(maxsize=1)
     jobs: dict = {}
+    idle = threading.Event()  # set while the main thread waits for a batch
     reader = threading.Thread(
-        target=_infer_reader, args=(ctx, backend, ring_in, q_in, local, jobs, cfg), daemon=True
+        target=_infer_reader, args=(ctx, backend, ring_in, q_in, local, jobs, cfg, idle), daemon=True
     )
     reader.start()
     stats: dict[int, StageStats] = {}
@@ -526,12 +557,14 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         msg = None
         st = next(iter(stats.values()), None)
         with st.wait("starved") if st else contextlib.nullcontext():
+            idle.set()
             while msg is None:
                 try:
                     msg = local.get(timeout=POLL_S)
                 except queue.Empty:
                     if not ctx.alive() or not reader.is_alive():
                         raise Stopped()
+            idle.clear()
         if msg[0] == "crash":
             raise msg[1]
         kind = msg[0]
@@ -600,9 +633,21 @@ def _fix_malloc_threshold() -> None:
         ctypes.CDLL(None).mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
 
 
+def _no_library_semaphores() -> None:
+    """Give tqdm (transformers' progress bars) a thread lock instead of the multiprocessing
+    lock it would create. A stage shares the driver's resource tracker; a semaphore made in
+    a stage that is then killed, or that leaves through ``os._exit``, is never unregistered
+    and the tracker prints a "leaked semaphore" warning on the user's terminal."""
+    with contextlib.suppress(ImportError):
+        import tqdm
+
+        tqdm.tqdm.set_lock(threading.RLock())
+
+
 def _stage_entry(name: str, ctx: StageContext, *args):
     """Entry point of every stage process."""
     _fix_malloc_threshold()
+    _no_library_semaphores()
     os.dup2(2, 1)  # stray prints from libraries go to stderr: stdout is the transcript's
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _set_process_name(f"wsp-{name}")
