@@ -40,6 +40,7 @@ RUN cd /opt/bake \
 
 # Run time: the baked copy, and no hub access at all.
 ENV MODEL_ID=/models/whisper \
+    MODEL_BATCH_SIZE=64 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \

@@ -123,6 +123,17 @@ def test_output_file_and_formats(tiny_model_dir, speech_wav, tmp_path):
     assert len(webvtt.read(str(vtt))) == len(subs)
 
 
+def test_cli_profile_goes_to_stderr(tiny_model_dir, speech_wav):
+    plain = cli(speech_wav, "--model", tiny_model_dir)
+    r = cli(speech_wav, "--model", tiny_model_dir, "--profile")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == plain.stdout  # the transcript alone on stdout, profile or not
+    err = r.stderr.decode()
+    for stage in ("download", "decode", "chunk", "infer"):
+        assert any(line.startswith(stage) for line in err.splitlines()), err
+    assert "busiest stage" in err and "real time" in err
+
+
 # --------------------------------------------------------------- formats through one pipeline
 
 FORMAT_CASES = {

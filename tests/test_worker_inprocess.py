@@ -75,6 +75,19 @@ def test_base64_still_works_without_the_switch(worker, speech_dir):
     )
 
 
+def test_profile_request_returns_the_stage_figures(worker, speech_dir):
+    b64 = base64.b64encode((speech_dir / "short.wav").read_bytes()).decode()
+    out = worker.handle({"id": "job-prof", "input": {"audio_base64": b64, "profile": True}})
+    assert "error" not in out, out
+    prof = out["profile"]
+    assert set(prof["stages"]) == {"download", "decode", "chunk", "infer"}
+    for s in prof["stages"].values():
+        assert s["busy_s"] >= 0 and s["starved_s"] >= 0 and s["blocked_s"] >= 0 and s["items"] >= 1
+    assert prof["audio_s"] == out["duration"] and prof["wall_s"] > 0
+    plain = worker.handle({"id": "job-noprof", "input": {"audio_base64": b64}})
+    assert "profile" not in plain
+
+
 def test_progress_updates_increase_to_one(worker, speech_dir):
     wav = speech_dir / "long.wav"
     duration = media.duration_of(wav)
