@@ -14,6 +14,7 @@ import sys
 
 from pipeline import logs
 from pipeline.config import Job, PipelineConfig, env_batch_size, env_model
+from pipeline.constants import DEFAULT_OVERLAP_S
 from pipeline.errors import PipelineError
 from pipeline.types import TASKS, DecodeOptions
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="text", choices=FORMATS, dest="fmt")
     p.add_argument("--output", "-o", default=None, help="write the transcript here, not stdout")
     p.add_argument("--overlap", type=float, default=None,
-                   help="seconds shared by adjacent 30 s windows (default: %(default)s -> 4)")
+                   help=f"seconds shared by adjacent 30 s windows (default: {DEFAULT_OVERLAP_S:g})")
     p.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up on a download that sends nothing for this long (default: 30)")
     p.add_argument("--profile", action="store_true", help="print a stage-level profile on stderr")
