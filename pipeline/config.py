@@ -68,7 +68,6 @@ class PipelineConfig:
     allow_private_urls: bool = True  # the RunPod worker turns this off
     inherit_stdin: bool = False  # the source stage may read our standard input ("-")
     log_level: str = "WARNING"
-    startup_timeout_s: float = 60.0  # for a stage process to come up (not model load)
 
     def __post_init__(self):
         check_batch_size(self.batch_size)

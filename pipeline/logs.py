@@ -30,10 +30,6 @@ def set_job(job_id) -> None:
     _state["job"] = "-" if job_id is None else str(job_id)
 
 
-def current_job() -> str:
-    return _state["job"]
-
-
 def setup(level: str | int = "WARNING", role: str | None = None) -> None:
     """Log to stderr (never stdout: the transcript goes there) with role and job id."""
     if role is not None:

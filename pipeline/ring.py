@@ -58,10 +58,6 @@ class Ring:
         self._owner_shm = None
         self._shm = shared_memory.SharedMemory(name=self.name)
 
-    @property
-    def nbytes(self) -> int:
-        return self.n_slots * self.slot_bytes
-
     def occupancy(self) -> int:
         """Slots in use right now (approximate: the free queue's size)."""
         try:

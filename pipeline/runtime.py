@@ -203,7 +203,6 @@ class JobInput:
         self.ctx, self.q_in, self.ring, self.seq = ctx, q_in, ring, seq
         self.dtype, self.convert, self.stats = dtype, convert, stats
         self.done = False
-        self.end_info: dict = {}
         self._lock = threading.Lock()
 
     def __iter__(self):
@@ -229,7 +228,6 @@ class JobInput:
                         self.ring.release(slot)
                 if kind == "end":
                     self.done = True
-                    self.end_info = msg[2]
                     if msg[2].get("aborted") or self.ctx.cancelled(seq):
                         raise JobCancelled()
             raise StopIteration
@@ -403,7 +401,7 @@ class _Batch:
         self.items = []  # (index, start_sample, valid_samples, prepared)
 
 
-def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: dict, cfg, idle=None):
+def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: dict, cfg, idle):
     """Thread: drains the window ring, prepares features (log-mel) as windows arrive and
     frees their slots at once, and groups them into batches for the main thread. It runs
     while the main thread is inside generate, so features for batch n+1 are ready when
@@ -430,7 +428,7 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
     try:
         while True:
             if batch is not None and batch.items:
-                if (idle is not None and idle.is_set() and local.empty()) or time.monotonic() >= flush_at:
+                if (idle.is_set() and local.empty()) or time.monotonic() >= flush_at:
                     put(("batch", batch))  # the model would otherwise sit idle
                     batch = _Batch(batch.seq)
                     continue
@@ -490,13 +488,13 @@ def put_nowait_quiet(q, item):
 
 def _transcribe_batch(backend, feats, options):
     """backend.transcribe, halving the batch on CUDA out-of-memory instead of failing."""
+    import torch
+
     try:
         return backend.transcribe(feats, options)
-    except Exception as exc:
-        if type(exc).__name__ != "OutOfMemoryError" or len(feats) == 1:
+    except torch.cuda.OutOfMemoryError:
+        if len(feats) == 1:
             raise
-        import torch
-
         torch.cuda.empty_cache()
         half = len(feats) // 2
         log.warning("out of GPU memory at batch %d: retrying as %d + %d", len(feats), half, len(feats) - half)
@@ -704,9 +702,6 @@ class JobOutcome:
     windows: list  # TimedWindow, in order
 
 
-_live_pipelines: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
-
-
 class Pipeline:
     """The stage processes, their rings, and the driver's end of the queues.
 
@@ -777,7 +772,6 @@ class Pipeline:
         self._finalizer = weakref.finalize(
             self, Pipeline._cleanup, self._procs, self._rings, self._queues, self._stop, self._inputs, self._state
         )
-        _live_pipelines.add(self)
         return self
 
     def __enter__(self):
@@ -871,6 +865,7 @@ class Pipeline:
         windows: list[TimedWindow] = []
         stages: dict = {}
         decoded_samples = None
+        done_s = 0.0  # seconds of audio transcribed: each window's new audio, counted once
         done_info = None
         t_first = None
         self._put_job(("job", seq, job, t_submit))
@@ -892,10 +887,11 @@ class Pipeline:
                     if t_first is None:
                         t_first = time.monotonic()
                     windows.append(TimedWindow(index=index, start=start_s, valid=valid_s, result=res))
+                    # A window after the first repeats the previous one's overlap.
+                    done_s += max(0.0, valid_s - (self.config.overlap_s if index > 0 else 0.0))
                     if progress is not None:
-                        done = sum(w.valid for w in windows)  # cheap: a few thousand at most
                         dec = decoded_samples / SAMPLE_RATE if decoded_samples is not None else None
-                        progress(done, dec, decoded_samples is not None)
+                        progress(done_s, dec, decoded_samples is not None)
                 elif kind == "meta":
                     if msg[2] == "decode":
                         decoded_samples = msg[3]["samples"]
@@ -989,9 +985,7 @@ class Pipeline:
                         msg = self._out.get(timeout=0.1)
                     except queue.Empty:
                         continue
-                    if msg[0] == "fatal":
-                        self._handle_control(msg)
-                    if msg[0] == "ready":
+                    if msg[0] in ("fatal", "ready"):
                         self._handle_control(msg)
                 self._fail(StageDied(f"the {name} stage (pid {p.pid}) {describe_exit(p.exitcode)}", stage=name))
 

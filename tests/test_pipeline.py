@@ -374,3 +374,48 @@ def test_in_process_stage_death_is_reported(tiny_model_dir, slow_input):
     assert "decode" in str(e.value)
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
     assert not any(psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE for x in pids.values())
+
+
+# ------------------------------------------------------------------ batches and progress
+
+
+def test_out_of_gpu_memory_halves_the_batch():
+    """A batch that does not fit is split in halves (recursively), results in order."""
+    import torch
+
+    from pipeline.runtime import _transcribe_batch
+
+    class Tight:
+        calls = []
+
+        def transcribe(self, feats, options):
+            self.calls.append(len(feats))
+            if len(feats) > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            return [f * 10 for f in feats]
+
+    b = Tight()
+    assert _transcribe_batch(b, [1, 2, 3, 4, 5], DecodeOptions()) == [10, 20, 30, 40, 50]
+    assert b.calls == [5, 2, 3, 1, 2]
+
+    class Broken:
+        def transcribe(self, feats, options):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # even one window does not fit
+        _transcribe_batch(Broken(), [1, 2], DecodeOptions())
+
+
+def test_progress_counts_each_second_once(tmp_path):
+    """Progress rises monotonically to the audio's duration: overlaps are not counted twice."""
+    from tests.tone_backend import make_tone_speech
+
+    audio, _ = make_tone_speech(250, seed=5)
+    wav = media.write_wav(tmp_path / "p.wav", audio)
+    seen = []
+    cfg = PipelineConfig(model="tone:word", backend=TONE, batch_size=2)
+    with Pipeline(cfg) as p:
+        t = p.transcribe(Job(str(wav)), progress=lambda done, dec, fin: seen.append(done))
+    assert len(seen) > 5
+    assert seen == sorted(seen)
+    assert seen[-1] == pytest.approx(t.duration, abs=0.01)
