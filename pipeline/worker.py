@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from pipeline import logs
 from pipeline.config import MAX_BATCH_SIZE, Job, PipelineConfig, env_batch_size, env_int, env_model
-from pipeline.errors import JobError, PipelineError, StageDied
+from pipeline.errors import JobError, PipelineError
 from pipeline.types import TASKS, DecodeOptions
 
 log = logging.getLogger(__name__)
@@ -386,12 +386,8 @@ class Worker:
             else:
                 log.info("job failed: %s", exc)
             return {"error": str(exc)}
-        except StageDied as exc:
+        except PipelineError as exc:  # a stage died (StageDied) or the pipeline is unusable
             log.error("pipeline failed: %s; restarting it", exc)
-            self._restart()
-            return {"error": str(exc)}
-        except PipelineError as exc:
-            log.error("pipeline error: %s; restarting it", exc)
             self._restart()
             return {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - the worker must survive any request
