@@ -270,12 +270,24 @@ def _stage_pids(proc_pid: int, timeout=60) -> dict[str, int]:
     raise AssertionError(f"stages did not appear: {named}")
 
 
-def _wait_exit(proc, timeout):
+def _wait_exit(proc, timeout) -> str:
+    """Wait for the CLI to exit and return its stderr. Reads the pipes while waiting (a
+    verbose run must never block on a full pipe), and never leaves the process behind: an
+    un-reaped Popen would surface later as a ResourceWarning in some unrelated test."""
     try:
-        proc.wait(timeout=timeout)
+        _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise AssertionError(f"CLI still running {timeout} s after the fault")
+        proc.communicate()
+        raise AssertionError(f"CLI still running {timeout} s after the fault") from None
+    return err.decode()
+
+
+def _logged_stage_pids(err: str) -> dict[str, int]:
+    """Stage pids from the driver's own debug log (``-vv``): "stage NAME started, pid N"."""
+    import re
+
+    return {m[1]: int(m[2]) for m in re.finditer(r"stage (\w+) started, pid (\d+)", err)}
 
 
 def _assert_all_gone(pids, cli_pid):
@@ -296,11 +308,27 @@ def slow_input(tmp_path_factory):
     return media.write_wav(d / "noise.wav", media.noise(180, amp=0.2))
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_started_clis():
+    """Whatever a test's assertions do, every CLI it started is gone when it ends."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 def _start_cli(*args, env=None):
     e = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     e.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=e,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=e,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _STARTED.append(proc)
+    return proc
 
 
 @pytest.mark.parametrize("stage", ["source", "decode", "chunk", "infer"])
@@ -319,9 +347,8 @@ def test_sigkill_of_a_stage_fails_the_run_and_cleans_up(tiny_model_dir, slow_inp
     time.sleep(1.0)
     os.kill(pids[stage], signal.SIGKILL)
     t0 = time.monotonic()
-    _wait_exit(proc, 15)
+    err = _wait_exit(proc, 15)
     assert time.monotonic() - t0 < 10
-    err = proc.stderr.read().decode()
     assert proc.returncode != 0
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and stage in last and "SIGKILL" in last, err[-2000:]
@@ -330,15 +357,18 @@ def test_sigkill_of_a_stage_fails_the_run_and_cleans_up(tiny_model_dir, slow_inp
 
 @pytest.mark.parametrize("stage", ["source", "decode", "chunk", "infer"])
 def test_exception_in_a_stage_fails_the_run_with_traceback(tiny_model_dir, slow_input, stage):
-    proc = _start_cli(slow_input, "--model", tiny_model_dir, "--batch-size", "1",
+    # The stage pids come from the driver's debug log, not from watching the process tree:
+    # a fault early in the source stage can end the run before the last stage to boot has
+    # even named itself, so "all four seen at once" is a race (it failed now and then).
+    proc = _start_cli(slow_input, "--model", tiny_model_dir, "--batch-size", "1", "-vv",
                       env={"WSP_FAULT": f"{stage}:1"})
-    pids = _stage_pids(proc.pid)
-    _wait_exit(proc, 60)
-    err = proc.stderr.read().decode()
+    err = _wait_exit(proc, 60)
     assert proc.returncode != 0
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and stage in last and "injected fault" in last, err[-2000:]
     assert "Traceback" in err  # in the log, for whoever debugs it
+    pids = _logged_stage_pids(err)
+    assert sorted(pids) == sorted(("source", "decode", "chunk", "infer")), err[-2000:]
     _assert_all_gone(list(pids.values()), proc.pid)
 
 
@@ -347,9 +377,9 @@ def test_ctrl_c_stops_everything(tiny_model_dir, slow_input):
     pids = _stage_pids(proc.pid)
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
-    _wait_exit(proc, 15)
+    err = _wait_exit(proc, 15)
     assert proc.returncode == 130
-    assert proc.stderr.read().decode().strip().splitlines()[-1] == "error: interrupted"
+    assert err.strip().splitlines()[-1] == "error: interrupted"
     _assert_all_gone(list(pids.values()), proc.pid)
 
 
