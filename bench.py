@@ -1,7 +1,9 @@
 """Benchmark the pipeline on one input, optionally against the transformers ASR pipeline.
 
-    python bench.py SOURCE [--model ID_OR_DIR | --synthetic ARCH] [--tokens-per-window N]
+    python bench.py SOURCE [--model SPEC | --synthetic ARCH] [--tokens-per-window N]
                     [--batch-size N] [--runs N] [--baseline] [--overhead]
+                    [--reference TEXT_FILE] [--baselines chunked,sequential,faster-whisper]
+                    [--faster-whisper-model CT2_DIR]
                     [--json FILE] [--trace FILE] [--plot FILE] [--device DEV] [--dtype T]
 
 SOURCE is a file, an http(s) URL or "-" (standard input, read once into memory).
@@ -25,6 +27,30 @@ What it does (issue 4):
   (on CUDA directly on the GPU in float16). ``--show-config`` prints its dimensions only.
 - ``--overhead``: runs every timed job a second time with profiling off and reports the
   ratio of median wall times (the cost of recording spans and ring occupancy).
+- ``--model SPEC`` goes through ``pipeline.weights.resolve_model`` when that module exists
+  (a CTranslate2 Whisper directory or a short name such as ``tiny.en`` becomes a
+  transformers checkpoint directory); otherwise SPEC is used as it is.
+
+Accuracy (issue 8):
+- ``--reference FILE`` (plain text): scores our transcript (the median run's) with
+  ``pipeline.accuracy.score``: WER after transformers' English normaliser, substitutions /
+  deletions / insertions, the longest run of reference words lost, the longest
+  back-to-back repeat. Printed as a table; in ``--json`` under "accuracy" (one dict per
+  decoder) and "reference".
+- Baseline decoders, each run after ours (never at the same time), with the same weights,
+  device and dtype, greedy (num_beams=1, no sampling, no temperature fallback), timed the
+  same way (whole download + ffmpeg decode + decoding), and scored the same way:
+  ``chunked``: transformers' chunked ASR pipeline (the seed's method, above);
+  ``sequential``: transformers' long-form ``generate`` over the whole audio's features
+  (OpenAI's seek algorithm; batch of one; condition_on_prev_tokens=False);
+  ``faster-whisper``: ``WhisperModel`` on the CTranslate2 directory (beam_size=1,
+  temperature 0 only, condition_on_previous_text=False, vad_filter=False), run when
+  faster_whisper imports and a CTranslate2 directory is known (``--faster-whisper-model``,
+  a CTranslate2 ``--model`` directory, or what ``pipeline.weights`` says a short name came
+  from); otherwise it is skipped with the reason.
+  ``--baselines LIST`` picks them (and implies ``--baseline``); ``--baseline`` alone runs
+  ``chunked``, plus ``sequential`` when ``--reference`` is given. Timing details of every
+  baseline go in ``--json`` under "baselines"; "baseline" stays the chunked pipeline's.
 
 Set HF_HUB_OFFLINE=1 where there is no network: a hub id then fails in seconds.
 """
@@ -59,6 +85,7 @@ log = logging.getLogger("bench")
 # Figures summarised over runs (minimum and median) besides the per-stage busy time.
 SUMMARY_KEYS = ("wall_s", "rtfx", "first_result_s")
 WARMUP_S = 35.0  # two windows: every code path of a job runs once before timing
+BASELINES = ("chunked", "sequential", "faster-whisper")  # --baselines, in the order they run
 
 
 # ------------------------------------------------------------------------------- arguments
@@ -73,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", nargs="?", help="audio file, http(s) URL, or - for standard input")
     m = p.add_mutually_exclusive_group()
-    m.add_argument("--model", default=None, help="hub id or checkpoint directory (default: $MODEL_ID)")
+    m.add_argument("--model", default=None,
+                   help="hub id, checkpoint directory, CTranslate2 Whisper directory or short name "
+                        "such as tiny.en (default: $MODEL_ID)")
     m.add_argument("--synthetic", metavar="ARCH", choices=tuple(ARCHS),
                    help=f"random-weight model of a Whisper architecture: {', '.join(ARCHS)}")
     p.add_argument("--synthetic-dir", default=None, metavar="DIR",
@@ -89,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the short untimed warm-up job before the timed runs")
     p.add_argument("--baseline", action="store_true",
                    help="also time transformers' ASR pipeline (chunk_length_s=30) on the same input")
+    p.add_argument("--baselines", default=None, metavar="LIST",
+                   help=f"comma-separated baseline decoders to run after ours: {','.join(BASELINES)} "
+                        "(implies --baseline; default with --baseline: chunked, plus sequential "
+                        "with --reference)")
+    p.add_argument("--reference", default=None, metavar="FILE",
+                   help="plain-text reference transcript: score WER etc. of ours and every baseline")
+    p.add_argument("--faster-whisper-model", default=None, metavar="CT2_DIR",
+                   help="CTranslate2 Whisper directory for the faster-whisper baseline "
+                        "(default: --model when it is one, or its source per pipeline.weights)")
     p.add_argument("--overhead", action="store_true",
                    help="also run each job with profiling off and report the profiling overhead")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
@@ -139,6 +177,60 @@ def build_synthetic(arch: str, directory: Path, device: str | None) -> Path:
     build_checkpoint(directory, arch, **kw)
     log.info("built synthetic %s in %.1f s", arch, time.perf_counter() - t0)
     return directory
+
+
+def _weights_module():
+    """``pipeline.weights`` when it exists (imported lazily: it may import torch), else None.
+    An import error inside an existing module is raised, not hidden."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("pipeline.weights") is None:
+        return None
+    return importlib.import_module("pipeline.weights")
+
+
+def resolve_model_spec(spec: str) -> str:
+    """``--model`` as a transformers checkpoint (directory or hub id): through
+    ``pipeline.weights.resolve_model`` when that module exists, else ``spec`` unchanged."""
+    weights = _weights_module()
+    if weights is None or not hasattr(weights, "resolve_model"):
+        return spec
+    return str(weights.resolve_model(spec))
+
+
+def is_ct2_dir(path) -> bool:
+    """A CTranslate2 model directory: ``model.bin`` and a ``config.json`` that names no
+    transformers ``model_type``."""
+    p = Path(str(path))
+    if not ((p / "model.bin").is_file() and (p / "config.json").is_file()):
+        return False
+    try:
+        return "model_type" not in json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def ct2_source(args, spec: str | None) -> tuple[str | None, str]:
+    """(CTranslate2 directory for faster-whisper, or None; how it was found or why not)."""
+    if args.faster_whisper_model:
+        if not is_ct2_dir(args.faster_whisper_model):
+            return None, f"--faster-whisper-model {args.faster_whisper_model} is not a CTranslate2 directory"
+        return args.faster_whisper_model, "--faster-whisper-model"
+    if spec is None:
+        return None, "no --model (pass --faster-whisper-model CT2_DIR)"
+    if is_ct2_dir(spec):
+        return spec, "--model is a CTranslate2 directory"
+    weights = _weights_module()
+    packaged = getattr(weights, "PACKAGED", {}) if weights is not None else {}
+    if spec in packaged and hasattr(weights, "packaged_ct2_dir"):
+        try:  # the pip-installed CTranslate2 folder the short name is converted from
+            found = weights.packaged_ct2_dir(spec)
+        except Exception as exc:  # noqa: BLE001 - a note in the table, not a failure
+            return None, f"pipeline.weights.packaged_ct2_dir({spec!r}) failed: {exc}"
+        if is_ct2_dir(found):
+            return str(found), "pipeline.weights.packaged_ct2_dir"
+    return None, f"no CTranslate2 directory known for {spec!r} (pass --faster-whisper-model CT2_DIR)"
 
 
 def _is_cuda(device: str | None) -> bool:
@@ -243,16 +335,7 @@ def _median_index(values) -> int:
 # -------------------------------------------------------------------------------- baseline
 
 
-def run_baseline(args, model: str, source, options: DecodeOptions, device: str, dtype: str) -> dict:
-    """The seed project's method, timed the same way as ours: the whole download, ffmpeg
-    decode to 16 kHz float32, then transformers' chunked ASR pipeline (30 s windows with
-    its default 5 s strides) with our generate kwargs and timestamps."""
-    import torch
-    from transformers import pipeline as hf_pipeline
-    from transformers.pipelines.audio_utils import ffmpeg_read
-
-    from stages.infer import WhisperBackend
-
+def _quiet_transformers(args) -> None:
     if args.verbose < 1:
         import warnings
 
@@ -260,10 +343,79 @@ def run_baseline(args, model: str, source, options: DecodeOptions, device: str, 
 
         transformers.utils.logging.set_verbosity_error()
         warnings.simplefilter("ignore")
+
+
+def load_baseline_backend(model: str, device: str, dtype: str):
+    """(backend, load seconds): the same loader (from_pretrained, sdpa attention, dtype,
+    device) as our infer stage, with transformers' own timestamp logits processor: the
+    baselines get none of our changes. The chunked and sequential baselines share it."""
+    from stages.infer import WhisperBackend
+
     t0 = time.monotonic()
-    # Same loader (from_pretrained, sdpa attention, dtype, device) as our infer stage, with
-    # transformers' own timestamp logits processor: the baseline gets none of our changes.
     backend = WhisperBackend(model, device=device, dtype=dtype, batched_timestamp_rules=False)
+    return backend, time.monotonic() - t0
+
+
+def _timed_runs(args, source, device: str, label: str, transcribe, after_run=None) -> list[dict]:
+    """``args.runs`` timed runs of: the whole download, ffmpeg decode to 16 kHz float32
+    (transformers' ``ffmpeg_read``, as the seed did), then ``transcribe(audio) -> text``.
+    ``after_run(run)`` may add figures to each run's dict. Each run keeps its text."""
+    from transformers.pipelines.audio_utils import ffmpeg_read
+
+    runs = []
+    for i in range(args.runs):
+        _sync(device)
+        t_start = time.monotonic()
+        data = fetch(source)
+        t_dl = time.monotonic()
+        audio = ffmpeg_read(data, SAMPLE_RATE)
+        t_dec = time.monotonic()
+        text = transcribe(audio)
+        _sync(device)
+        t_end = time.monotonic()
+        wall = t_end - t_start
+        audio_s = len(audio) / SAMPLE_RATE
+        run = {
+            "wall_s": round(wall, 4),
+            "rtfx": round(audio_s / wall, 2) if wall > 0 else None,
+            "download_s": round(t_dl - t_start, 4),
+            "decode_s": round(t_dec - t_dl, 4),
+            "asr_s": round(t_end - t_dec, 4),
+            "audio_s": round(audio_s, 3),
+            "text_chars": len(text),
+            "text": text,
+        }
+        if after_run is not None:
+            after_run(run)
+        log.info("%s run %d/%d: wall %.2f s", label, i + 1, args.runs, wall)
+        runs.append(run)
+    return runs
+
+
+def _result(runs: list[dict], **extra) -> dict:
+    """The median run's figures at the top level (its text as "text"), then ``extra``, then
+    every run (without texts) and a summary."""
+    med = runs[_median_index([r["wall_s"] for r in runs])]
+    text = med["text"]
+    runs = [{k: v for k, v in r.items() if k != "text"} for r in runs]
+    med = {k: v for k, v in med.items() if k != "text"}
+    return {**med, **extra, "text": text, "runs": runs, "summary": _summary(runs, ("wall_s", "rtfx"))}
+
+
+def _noise(seconds: float = WARMUP_S) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+
+
+def run_baseline(args, backend, load_s: float, source, options: DecodeOptions, device: str) -> dict:
+    """The seed project's method, timed the same way as ours: the whole download, ffmpeg
+    decode to 16 kHz float32, then transformers' chunked ASR pipeline (30 s windows with
+    its default 5 s strides) with our generate kwargs and timestamps."""
+    import torch
+    from transformers import pipeline as hf_pipeline
+
+    _quiet_transformers(args)
+    t0 = time.monotonic()
     gen = backend.generate_kwargs(options)
     asr = hf_pipeline(
         "automatic-speech-recognition",
@@ -274,7 +426,7 @@ def run_baseline(args, model: str, source, options: DecodeOptions, device: str, 
         batch_size=args.batch_size,
         device=torch.device(device),  # the model is already there, in our dtype
     )
-    load_s = time.monotonic() - t0
+    load_s += time.monotonic() - t0
     shapes: list[tuple[int, int]] = []
     generate = asr.model.generate
 
@@ -284,50 +436,246 @@ def run_baseline(args, model: str, source, options: DecodeOptions, device: str, 
         shapes.append((int(seqs.shape[0]), int(seqs.shape[1])))
         return out
 
-    asr.model.generate = counting_generate
-
     def transcribe(audio):
-        return asr(audio, return_timestamps=True, generate_kwargs=dict(gen))
+        shapes.clear()
+        return asr(audio, return_timestamps=True, generate_kwargs=dict(gen)).get("text", "")
+
+    def after_run(run):
+        run["windows"] = sum(b for b, _ in shapes)
+        run["generate_calls"] = len(shapes)
+        run["sequence_len_max"] = max((n for _, n in shapes), default=0)
+
+    asr.model.generate = counting_generate  # on this instance only; removed below
+    try:
+        if args.warmup:
+            transcribe(_noise())
+        runs = _timed_runs(args, source, device, "chunked baseline", transcribe, after_run)
+    finally:
+        del asr.model.generate  # the class's generate again (the sequential baseline shares the model)
+    return _result(
+        runs,
+        model_load_s=round(load_s, 3),
+        method=f"transformers pipeline(chunk_length_s=30, batch_size={args.batch_size})",
+        generate_kwargs={k: v for k, v in gen.items()},
+    )
+
+
+def sequential_generate_kwargs(backend, options: DecodeOptions) -> dict:
+    """transformers' defaults for greedy long-form decoding (OpenAI's seek algorithm):
+    timestamps on, one beam, no sampling, no temperature fallback (temperature None, no
+    compression-ratio / log-prob thresholds), each 30 s segment decoded without the
+    previous one's text as a prompt. Language and task as our backend passes them (an
+    English-only model takes neither); ``--tokens-per-window`` fixes every segment's length."""
+    ours = backend.generate_kwargs(options)  # validates language/task against the model
+    kw = {"return_timestamps": True, "num_beams": 1, "do_sample": False, "condition_on_prev_tokens": False}
+    for key in ("language", "task"):
+        if key in ours:
+            kw[key] = ours[key]
+    if options.tokens_per_window is not None:
+        kw["min_new_tokens"] = kw["max_new_tokens"] = options.tokens_per_window
+    return kw
+
+
+def run_sequential(args, backend, load_s: float, source, options: DecodeOptions, device: str) -> dict:
+    """transformers' sequential long-form ``generate`` on the whole audio, batch of one: the
+    features of all of it (``truncation=False, padding="longest", return_attention_mask=True``;
+    audio of 30 s or less is padded to one 30 s window, as short-form requires)."""
+    import torch
+
+    from pipeline.constants import N_SAMPLES
+
+    _quiet_transformers(args)
+    gen = sequential_generate_kwargs(backend, options)
+    fe = backend.feature_extractor
+
+    @torch.inference_mode()
+    def transcribe(audio):
+        long_form = len(audio) > N_SAMPLES
+        feats = fe(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True,
+                   **({"truncation": False, "padding": "longest"} if long_form else {}))  # fmt: skip
+        x = feats.input_features.to(device, backend._torch_dtype)
+        mask = feats.attention_mask.to(device)
+        seqs = backend.model.generate(x, attention_mask=mask, **gen)
+        seqs = seqs["sequences"] if isinstance(seqs, dict) else seqs
+        return backend.tokenizer.batch_decode(seqs, skip_special_tokens=True)[0]
 
     if args.warmup:
-        rng = np.random.default_rng(0)
-        transcribe((0.1 * rng.standard_normal(int(WARMUP_S * SAMPLE_RATE))).astype(np.float32))
-    runs = []
-    for i in range(args.runs):
-        shapes.clear()
-        _sync(device)
-        t_start = time.monotonic()
-        data = fetch(source)
-        t_dl = time.monotonic()
-        audio = ffmpeg_read(data, SAMPLE_RATE)
-        t_dec = time.monotonic()
-        result = transcribe(audio)
-        _sync(device)
-        t_end = time.monotonic()
-        wall = t_end - t_start
-        audio_s = len(audio) / SAMPLE_RATE
-        runs.append({
-            "wall_s": round(wall, 4),
-            "rtfx": round(audio_s / wall, 2) if wall > 0 else None,
-            "download_s": round(t_dl - t_start, 4),
-            "decode_s": round(t_dec - t_dl, 4),
-            "asr_s": round(t_end - t_dec, 4),
-            "audio_s": round(audio_s, 3),
-            "windows": sum(b for b, _ in shapes),
-            "generate_calls": len(shapes),
-            "sequence_len_max": max((n for _, n in shapes), default=0),
-            "text_chars": len(result.get("text", "")),
-        })  # fmt: skip
-        log.info("baseline run %d/%d: wall %.2f s", i + 1, args.runs, wall)
-    med = runs[_median_index([r["wall_s"] for r in runs])]
-    return {
-        **med,
-        "model_load_s": round(load_s, 3),
-        "method": f"transformers pipeline(chunk_length_s=30, batch_size={args.batch_size})",
-        "generate_kwargs": {k: v for k, v in gen.items()},
-        "runs": runs,
-        "summary": _summary(runs, ("wall_s", "rtfx")),
-    }
+        transcribe(_noise())
+    runs = _timed_runs(args, source, device, "sequential baseline", transcribe)
+    return _result(
+        runs,
+        model_load_s=round(load_s, 3),
+        method="transformers generate, sequential long-form (batch 1)",
+        generate_kwargs=gen,
+    )
+
+
+def run_faster_whisper(args, ct2_dir: str, source, options: DecodeOptions, device: str, dtype: str) -> dict:
+    """faster-whisper's sequential ``WhisperModel.transcribe`` on the CTranslate2 directory
+    the transformers checkpoint came from: greedy, temperature 0 only (no fallback), no
+    previous-text prompt, no VAD; its other options at their defaults. On CPU it gets as many
+    threads as torch uses for the other decoders."""
+    import torch
+    from faster_whisper import WhisperModel
+
+    dev, _, index = device.partition(":")
+    t0 = time.monotonic()
+    model = WhisperModel(
+        ct2_dir,
+        device="cuda" if dev == "cuda" else "cpu",
+        device_index=int(index or 0),
+        compute_type=dtype,
+        cpu_threads=torch.get_num_threads() if dev != "cuda" else 0,
+    )
+    load_s = time.monotonic() - t0
+    kw = {"language": options.language, "task": options.task, "beam_size": 1, "best_of": 1,
+          "temperature": [0.0], "condition_on_previous_text": False, "vad_filter": False}  # fmt: skip
+    if options.tokens_per_window is not None:
+        kw["max_new_tokens"] = options.tokens_per_window  # it has no minimum: an upper bound only
+    if not model.model.is_multilingual:
+        kw["language"], kw["task"] = None, "transcribe"  # English-only: it takes neither
+
+    def transcribe(audio):
+        segments, _info = model.transcribe(audio, **kw)
+        return "".join(s.text for s in segments)
+
+    if args.warmup:
+        transcribe(_noise())
+    runs = _timed_runs(args, source, device, "faster-whisper baseline", transcribe)
+    return _result(
+        runs,
+        model_load_s=round(load_s, 3),
+        method=f"faster-whisper WhisperModel.transcribe, sequential ({ct2_dir})",
+        transcribe_kwargs=kw,
+        compute_type=dtype,
+    )
+
+
+def faster_whisper_unavailable(ct2_dir: str | None, why: str) -> str | None:
+    """Why the faster-whisper baseline cannot run, or None when it can."""
+    try:
+        import faster_whisper  # noqa: F401
+    except ImportError as exc:
+        return f"faster_whisper is not importable ({exc})"
+    if ct2_dir is None:
+        return why
+    d = Path(ct2_dir)
+    if not (d / "tokenizer.json").is_file():
+        return f"{ct2_dir} has no tokenizer.json (faster-whisper would fetch one from the hub)"
+    if not any((d / f"vocabulary.{ext}").is_file() for ext in ("json", "txt")):
+        return f"{ct2_dir} has no vocabulary.json/.txt (CTranslate2 cannot load it)"
+    return None
+
+
+def run_baselines(args, names: list[str], model: str, spec: str | None, source, options, device, dtype) -> dict:
+    """Each selected baseline in turn (ours has finished; they never overlap): name -> its
+    result, or {"skipped": reason}. The chunked and sequential ones share one model load."""
+    import gc
+
+    out: dict[str, dict] = {}
+    backend = None
+    load_s = 0.0
+    for name in names:
+        if name in ("chunked", "sequential"):
+            if backend is None:
+                backend, load_s = load_baseline_backend(model, device, dtype)
+            run = run_baseline if name == "chunked" else run_sequential
+            out[name] = run(args, backend, load_s, source, options, device)
+        elif name == "faster-whisper":
+            backend = None  # free the transformers model first (large models on a GPU)
+            gc.collect()
+            ct2_dir, why = ct2_source(args, spec)
+            reason = faster_whisper_unavailable(ct2_dir, why)
+            if reason:
+                log.warning("faster-whisper baseline skipped: %s", reason)
+                out[name] = {"skipped": reason}
+            else:
+                out[name] = run_faster_whisper(args, ct2_dir, source, options, device, dtype)
+    return out
+
+
+def selected_baselines(args) -> list[str]:
+    """The baseline decoders to run, in BASELINES order. Raises ValueError for unknown names."""
+    if args.baselines is not None:
+        names = [n.strip() for n in args.baselines.split(",") if n.strip()]
+        unknown = [n for n in names if n not in BASELINES]
+        if unknown or not names:
+            raise ValueError(f"--baselines takes a comma-separated subset of {','.join(BASELINES)}, "
+                             f"not {args.baselines!r}")  # fmt: skip
+        return [n for n in BASELINES if n in names]
+    if args.baseline:
+        return ["chunked", "sequential"] if args.reference else ["chunked"]
+    return []
+
+
+# -------------------------------------------------------------------------------- accuracy
+
+
+def accuracy_rows(ours: dict, baselines: dict, reference: str | None) -> dict:
+    """decoder -> {method, wall_s, rtfx, ratio_vs_ours, [score fields], text}, ours first;
+    a skipped baseline is {"skipped": reason}. ``ratio_vs_ours`` is the decoder's wall time
+    over ours (above 1: ours is faster). Score fields (``pipeline.accuracy.Score``) only
+    with a reference."""
+    from pipeline.accuracy import score
+
+    p = ours["median"]
+    our_wall = p["wall_s"]
+    entries = {"ours": {"method": "this pipeline", "wall_s": p["wall_s"], "rtfx": p["rtfx"],
+                        "text": ours["outcome"].transcript.text}}  # fmt: skip
+    for name, b in baselines.items():
+        if "skipped" in b:
+            entries[name] = {"skipped": b["skipped"]}
+        else:
+            entries[name] = {"method": b["method"], "wall_s": b["wall_s"], "rtfx": b["rtfx"], "text": b["text"]}
+    for e in entries.values():
+        if "skipped" in e:
+            continue
+        e["ratio_vs_ours"] = round(e["wall_s"] / our_wall, 3) if our_wall > 0 else None
+        if reference is not None:
+            e.update(score(reference, e["text"]).to_dict())
+        e["text"] = e.pop("text")  # last: the long field
+    return entries
+
+
+def format_accuracy(rows: dict, reference: dict | None) -> str:
+    """The decoders side by side, as a Markdown table:
+
+    | decoder | WER | sub/del/ins | longest lost run | longest repeat | wall s | rtfx | ratio vs ours |
+    """
+    head = ("decoder", "WER", "sub/del/ins", "longest lost run", "longest repeat", "wall s", "rtfx", "ratio vs ours")
+    table, notes = [], []
+    for name, e in rows.items():
+        if "skipped" in e:
+            table.append((name,) + ("-",) * (len(head) - 1))
+            notes.append(f"{name} skipped: {e['skipped']}")
+            continue
+        scored = "wer" in e
+        table.append((
+            name,
+            f"{100 * e['wer']:.1f}%" if scored else "-",
+            f"{e['substitutions']}/{e['deletions']}/{e['insertions']}" if scored else "-",
+            str(e["longest_lost_run"]) if scored else "-",
+            str(e["longest_repeat"]) if scored else "-",
+            f"{e['wall_s']:.2f}",
+            f"{e['rtfx']:.1f}" if e["rtfx"] is not None else "-",
+            f"{e['ratio_vs_ours']:.2f}" if e["ratio_vs_ours"] is not None else "-",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in (head, *table)) for i in range(len(head))]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    if reference:
+        title = (f"accuracy against {reference['path']} ({reference['words']} words after normalising; "
+                 "greedy, same weights):")  # fmt: skip
+    else:
+        title = "decoders (no --reference: timings only; greedy, same weights):"
+    out = [title, line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in table]
+    out.append("ratio vs ours: the decoder's wall time / ours (above 1: ours is faster); "
+               "wall times include download and decode")  # fmt: skip
+    out += notes
+    return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------------- figures
@@ -348,14 +696,18 @@ def _summary(profiles: list[dict], keys=SUMMARY_KEYS) -> dict:
     return out
 
 
-def report(ours: dict, baseline: dict | None, args, synthetic: dict | None) -> dict:
-    """The JSON document: the median run's profile at the top level, plus everything else."""
+def report(ours: dict, baselines: dict | None, args, synthetic: dict | None, reference: dict | None = None) -> dict:
+    """The JSON document: the median run's profile at the top level, plus everything else.
+    ``baselines``: name -> result (``run_baselines``); ``reference``: {"path", "text"}."""
     p = dict(ours["median"])
     cfg = ours["config"]
     info = ours["model_info"]
+    baselines = baselines or {}
+    baseline = baselines.get("chunked")
     doc = {
         **p,
         "model": info.get("model"),
+        "model_spec": getattr(args, "model_spec", None),
         "synthetic": synthetic,
         "device": info.get("device"),
         "dtype": info.get("dtype"),
@@ -382,8 +734,24 @@ def report(ours: dict, baseline: dict | None, args, synthetic: dict | None) -> d
             "ratio": round(on / off, 4) if off > 0 else None,
         }
     if baseline is not None:
-        doc["baseline"] = baseline
+        doc["baseline"] = {k: v for k, v in baseline.items() if k != "text"}
         doc["speedup_vs_baseline"] = round(baseline["wall_s"] / p["wall_s"], 3) if p["wall_s"] > 0 else None
+    if baselines:
+        doc["baselines"] = {n: {k: v for k, v in b.items() if k != "text"} for n, b in baselines.items()}
+    if reference is not None or set(baselines) - {"chunked"}:
+        rows = accuracy_rows(ours, baselines, reference["text"] if reference else None)
+        if reference is not None:
+            from pipeline.accuracy import default_normalizer, normalize
+
+            doc["reference"] = {
+                "path": reference["path"],
+                "words": len(normalize(reference["text"]).split()),
+                "normalizer": "transformers EnglishTextNormalizer, spelling map entries: "
+                f"{default_normalizer().spelling_entries}",
+            }
+            doc["accuracy"] = rows
+        else:  # timings side by side only; no texts kept without a reference to judge them
+            doc["decoders"] = {n: {k: v for k, v in e.items() if k != "text"} for n, e in rows.items()}
     return doc
 
 
@@ -418,7 +786,11 @@ def format_report(doc: dict) -> str:
         sp = doc["speedup_vs_baseline"] or 0.0
         verdict = f"{sp:.2f}x faster" if sp >= 1 else f"{1 / sp:.2f}x SLOWER" if sp > 0 else "?"
         lines.append(f"ours {doc['wall_s']:.2f} s vs baseline {b['wall_s']:.2f} s: ours is {verdict}")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    rows = doc.get("accuracy") or doc.get("decoders")
+    if rows:
+        text += "\n" + format_accuracy(rows, doc.get("reference"))
+    return text
 
 
 # ------------------------------------------------------------------------------------ main
@@ -441,6 +813,7 @@ def main(argv=None) -> int:
         print("error: --runs must be at least 1", file=sys.stderr)
         return 2
     try:
+        baseline_names = selected_baselines(args)
         args.batch_size = args.batch_size if args.batch_size is not None else env_batch_size()
         options = DecodeOptions(language=args.language, task=args.task,
                                 tokens_per_window=args.tokens_per_window)  # fmt: skip
@@ -456,8 +829,17 @@ def main(argv=None) -> int:
         print(f"error: no such file: {source}", file=sys.stderr)
         return 1
 
+    reference = None
+    if args.reference:
+        try:
+            reference = {"path": args.reference, "text": Path(args.reference).read_text(encoding="utf-8")}
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: cannot read --reference {args.reference}: {exc}", file=sys.stderr)
+            return 1
+
     tmp = None
     synthetic = None
+    args.model_spec = None
     try:
         if args.synthetic:
             if args.synthetic_dir:
@@ -469,14 +851,18 @@ def main(argv=None) -> int:
             model = str(build_synthetic(args.synthetic, directory, args.device))
             synthetic = {**synthetic_description(args.synthetic), "build_s": round(time.monotonic() - t0, 2)}
         else:
-            model = args.model or env_model()
+            args.model_spec = args.model or env_model()
+            model = resolve_model_spec(args.model_spec)
+            if model != args.model_spec:
+                log.info("model %s resolved to %s", args.model_spec, model)
 
         ours = run_ours(args, model, source, options)
-        baseline = None
-        if args.baseline:
+        baselines = None
+        if baseline_names:
             info = ours["model_info"]
-            baseline = run_baseline(args, model, source, options, info["device"], info["dtype"])
-        doc = report(ours, baseline, args, synthetic)
+            baselines = run_baselines(args, baseline_names, model, args.model_spec, source, options,
+                                      info["device"], info["dtype"])  # fmt: skip
+        doc = report(ours, baselines, args, synthetic, reference)
         sys.stdout.write(format_report(doc))
         if args.json_path:
             Path(args.json_path).write_text(json.dumps(doc, indent=1, default=str) + "\n")
