@@ -722,6 +722,7 @@ def report(ours: dict, baselines: dict | None, args, synthetic: dict | None, ref
         "run_profiles": ours["profiles"],
         "cold_start": {"model_load_s": round(info["load_s"], 3), "pipeline_ready_s": round(ours["ready_s"], 3)},
         "cpu_count": os.cpu_count(),
+        "load_average_at_start": getattr(args, "load_at_start", None),
     }
     if ours["unprofiled_wall_s"]:
         on = statistics.median(p_["wall_s"] for p_ in ours["profiles"])
@@ -761,6 +762,11 @@ def format_report(doc: dict) -> str:
     lines = [f"model {doc['model']} on {doc['device']} ({doc['dtype']}), batch {doc['batch_size']}, "
              f"tokens/window {doc['tokens_per_window'] or 'free'}, {doc['runs']} run(s)"
              + (", median run:" if doc["runs"] > 1 else ":")]  # fmt: skip
+    load = doc.get("load_average_at_start")
+    if load and doc.get("cpu_count") and load[0] > 0.5 * doc["cpu_count"]:
+        # Other work on the machine slows every decoder, and not evenly: say so.
+        lines.insert(0, f"warning: the machine was busy before the bench started (load average "
+                        f"{load[0]:.1f} on {doc['cpu_count']} CPUs): wall times are not comparable")  # fmt: skip
     lines.append(format_profile(doc).rstrip("\n"))
     if doc["runs"] > 1:
         s = doc["summary"]
@@ -798,6 +804,8 @@ def format_report(doc: dict) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # 1, 5 and 15-minute load averages before any of our work: a busy machine skews timings.
+    args.load_at_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     logs.setup(("WARNING", "INFO", "DEBUG")[min(args.verbose, 2)], role="bench")
     log.setLevel(logging.DEBUG if args.verbose else logging.INFO)  # progress lines on stderr
     if args.show_config:

@@ -87,6 +87,7 @@ def test_bench_report_and_json(bench_run, mp3_dir):
     for key in ("audio_s", "wall_s", "rtfx", "model_load_s", "first_result_s", "stages", "baseline"):
         assert doc[key] is not None, key
     assert doc["audio_s"] == pytest.approx(75.0, abs=0.2)
+    assert len(doc["load_average_at_start"]) == 3  # a busy machine is visible in the figures
     assert doc["rtfx"] == pytest.approx(doc["audio_s"] / doc["wall_s"], rel=0.01)
     assert list(doc["stages"]) == ["download", "decode", "chunk", "infer"]
     for name, s in doc["stages"].items():
