@@ -28,6 +28,14 @@ class WindowResult:
     segments: tuple[Segment, ...]
     language: str | None = None  # language code the model used or detected ("en")
     n_tokens: int = 0  # tokens generated (for throughput figures)
+    # Quality signals (openai/whisper's names), None where the backend gives none:
+    # mean log-probability of the generated tokens, the probability of the no-speech
+    # token at the start of the transcript, and the gzip compression ratio of the text
+    # (a repetition loop compresses well).
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    compression_ratio: float | None = None
+    temperature: float = 0.0  # 0: greedy; above: a fallback decode sampled at this temperature
 
 
 @dataclass(frozen=True)

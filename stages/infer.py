@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import zlib
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,65 @@ class BatchedTimestampRules:
         return scores
 
 
+class StepRecorder:
+    """The last logits processor of a ``generate`` call: records each row's token
+    log-probabilities and, for rows given a temperature, samples instead of taking the
+    argmax, reproducibly.
+
+    Recording: at every step, for each row still running, the log-probability (under the
+    fully processed distribution, unscaled: openai/whisper's ``sum_logprobs``) of the token
+    greedy search is about to pick is added to ``sum_logprob`` and ``count``; the step that
+    picks end-of-text is included, later padding steps are not.
+
+    Sampling at temperature T > 0 uses the Gumbel-max trick: ``argmax(s + T * g)`` with
+    ``g ~ Gumbel(0, 1)`` is a sample from ``softmax(s / T)``, so greedy search then samples.
+    Each row draws its noise from its own generator seeded by ``seeds[row]``: a row's
+    result depends on its seed and audio alone, not on which rows share its batch (torch's
+    global generator, which ``do_sample`` uses, would tie it to the batch's make-up).
+    """
+
+    def __init__(self, batch: int, eos: int, temperatures=None, seeds=None, device="cpu"):
+        self.eos = eos
+        self.sum_logprob = torch.zeros(batch, dtype=torch.float64, device=device)
+        self.count = torch.zeros(batch, dtype=torch.long, device=device)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.hot: list[tuple[int, float, torch.Generator]] = []
+        for row, t in enumerate(temperatures or ()):
+            if t > 0:
+                g = torch.Generator(device=device)
+                g.manual_seed(int(seeds[row]) if seeds is not None else row)
+                self.hot.append((row, float(t), g))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """input_ids: (B, L) int64; scores: (B, V). Returns scores (noised rows for T > 0)."""
+        if self.hot:
+            scores = scores.clone()
+            for row, t, g in self.hot:
+                u = torch.rand(scores.shape[1], generator=g, device=scores.device)
+                gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
+                scores[row] += (t * gumbel).to(scores.dtype)
+        logprobs = torch.nn.functional.log_softmax(scores.float(), dim=-1)
+        picked = scores.argmax(dim=-1, keepdim=True)
+        running = ~self.done
+        self.sum_logprob += torch.where(running, logprobs.gather(1, picked).squeeze(1), 0.0).double()
+        self.count += running.long()
+        self.done |= picked.squeeze(1) == self.eos
+        return scores
+
+    def avg_logprobs(self) -> list[float]:
+        """Per row: summed log-probability over the tokens before end-of-text (openai/whisper
+        divides by the token count without end-of-text, but sums its log-probability)."""
+        n = (self.count - 1).clamp(min=1)
+        return (self.sum_logprob / n).tolist()
+
+
+def compression_ratio(text: str) -> float:
+    """gzip compression ratio of a window's text (openai/whisper's repetition signal: a
+    loop like "to benefit, to benefit, ..." compresses far better than speech)."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
 class WhisperBackend:
     """A Whisper checkpoint ready for batched, timestamped, greedy decoding of 30 s windows.
 
@@ -184,6 +244,9 @@ class WhisperBackend:
         self._id_to_lang = {
             i: tok[2:-2] for tok, i in (getattr(gc, "lang_to_id", None) or {}).items()
         }
+        self._lang_ids = sorted(self._id_to_lang)
+        # <|nocaptions|> (<|nospeech|> from large-v3 on) sits just before <|notimestamps|>.
+        self.no_speech_id = gc.no_timestamps_token_id - 1
         # openai/whisper sample_len: n_text_ctx // 2 tokens per window at most.
         self.max_new_tokens = self.model.config.max_target_positions // 2
 
@@ -285,25 +348,73 @@ class WhisperBackend:
 
     @torch.inference_mode()
     def transcribe(
-        self, features: list[torch.Tensor], options: DecodeOptions
+        self,
+        features: list[torch.Tensor],
+        options: DecodeOptions,
+        temperatures: list[float] | None = None,
+        seeds: list[int] | None = None,
     ) -> list[WindowResult]:
         """Decode a batch of windows in one ``generate`` call.
 
-        features: B tensors (n_mels, 3000) from ``prepare``. Returns B WindowResults, in
-        order, with window-relative segment times in [0, 30] s.
+        features: B tensors (n_mels, 3000) from ``prepare``. ``temperatures``: per row, 0
+        (greedy, the default) or a fallback temperature at which that row is sampled,
+        reproducibly from ``seeds[row]`` (see ``StepRecorder``). Returns B WindowResults, in
+        order, with window-relative segment times in [0, 30] s and the quality signals.
         """
         if not features:
             return []
         kwargs = self.generate_kwargs(options)
         batch = torch.stack(features).to(self._torch_dtype)  # (B, n_mels, 3000)
         encoder_outputs = self.model.get_encoder()(batch)
-        sequences = self.model.generate(encoder_outputs=encoder_outputs, **kwargs)
-        # The only device->host copy: (B, prompt + generated) int64.
+        no_speech, languages = self._first_step(encoder_outputs.last_hidden_state, options)
+        if languages is not None:
+            kwargs["language"] = [f"<|{code}|>" for code in languages]
+        recorder = StepRecorder(len(features), self.eot, temperatures, seeds, device=batch.device)
+        sequences = self.model.generate(
+            encoder_outputs=encoder_outputs, logits_processor=[recorder], **kwargs
+        )
+        # The only device->host copies: (B, prompt + generated) int64 and per-row figures.
         rows = sequences.cpu().tolist()
-        return self._results(rows, options)
+        return self._results(rows, options, recorder.avg_logprobs(), no_speech, temperatures)
 
-    def _results(self, rows: list[list[int]], options: DecodeOptions) -> list[WindowResult]:
-        """Token rows (prompt + generated + padding) -> WindowResults."""
+    @torch.inference_mode()
+    def _first_step(self, encoder_hidden: torch.Tensor, options: DecodeOptions):
+        """One decoder step on <|startoftranscript|> alone, as openai/whisper does before
+        decoding: the probability of the no-speech token there (its ``no_speech_prob``)
+        and, when the language is not given, each row's most likely language (what
+        transformers' ``detect_language`` computes with the same step: doing it here
+        saves ``generate`` a second encoder pass over the batch).
+
+        encoder_hidden: (B, 1500, d_model). Returns (B floats, B language codes or None).
+        """
+        n = encoder_hidden.shape[0]
+        sot = self.model.generation_config.decoder_start_token_id
+        ids = torch.full((n, 1), sot, dtype=torch.long, device=encoder_hidden.device)
+        hidden = self.model.model.decoder(
+            input_ids=ids, encoder_hidden_states=encoder_hidden, use_cache=False
+        ).last_hidden_state
+        logits = self.model.proj_out(hidden[:, -1]).float()  # (B, V)
+        no_speech = logits.softmax(dim=-1)[:, self.no_speech_id].tolist()
+        languages = None
+        if self.multilingual and options.language is None and self._lang_ids:
+            lang_ids = torch.tensor(self._lang_ids, device=logits.device)
+            best = logits[:, lang_ids].argmax(dim=-1).tolist()
+            languages = [self._id_to_lang[self._lang_ids[i]] for i in best]
+        return no_speech, languages
+
+    def _results(
+        self,
+        rows: list[list[int]],
+        options: DecodeOptions,
+        avg_logprobs: list[float] | None = None,
+        no_speech: list[float] | None = None,
+        temperatures: list[float] | None = None,
+    ) -> list[WindowResult]:
+        """Token rows (prompt + generated + padding) -> WindowResults, with each row's
+        quality signals where given."""
+        none = [None] * len(rows)
+        avg_logprobs, no_speech = avg_logprobs or none, no_speech or none
+        temperatures = temperatures or [0.0] * len(rows)
         tb, eot = self.timestamp_begin, self.eot
         pieces: list[tuple[int, float, float, bool, list[int]]] = []  # (row, start, end, open, ids)
         meta = []
@@ -326,8 +437,16 @@ class WhisperBackend:
         for (r, start, end, open_end, _), text in zip(pieces, texts):
             per_row[r].append(Segment(start=start, end=end, text=text, open_end=open_end))
         return [
-            WindowResult(segments=tuple(segs), language=lang, n_tokens=n)
-            for segs, (lang, n) in zip(per_row, meta)
+            WindowResult(
+                segments=tuple(segs),
+                language=lang,
+                n_tokens=n,
+                avg_logprob=avg_logprobs[r],
+                no_speech_prob=no_speech[r],
+                compression_ratio=compression_ratio("".join(seg.text for seg in segs).strip()),
+                temperature=temperatures[r],
+            )
+            for r, (segs, (lang, n)) in enumerate(zip(per_row, meta))
         ]
 
     def _language(self, prompt: list[int], options: DecodeOptions) -> str | None:
