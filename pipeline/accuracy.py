@@ -129,12 +129,27 @@ class Score:
         return d
 
 
-def score(reference: str, hypothesis: str, *, normalizer: Normalizer | None = None) -> Score:
+def score(
+    reference: str,
+    hypothesis: str,
+    *,
+    normalizer: Normalizer | None = None,
+    read_aloud: bool = True,
+) -> Score:
     """Score ``hypothesis`` against ``reference`` (both raw text; each is normalised here).
-    See ``Score`` for what each figure means."""
+    See ``Score`` for what each figure means.
+
+    ``read_aloud``: the reference is a text that was read aloud in full (the project's test
+    readings), so words in parentheses in it were spoken and count. Whisper's normaliser
+    deletes parenthesised words (meant for annotations such as "(laughs)"): without this,
+    every "(used for debugging)" a reader spoke and a decoder heard would score as
+    inserted words. Square-bracketed annotations ("[Music]") are still removed.
+    """
     import jiwer
 
     norm = normalizer or default_normalizer()
+    if read_aloud:
+        reference = reference.replace("(", ", ").replace(")", ", ")
     ref = norm(reference).split()
     hyp = norm(hypothesis).split()
     repeat, phrase = longest_repeat(hyp)

@@ -1,0 +1,453 @@
+"""Transcript quality: what to do with each window's decode, and which spans to decode again.
+
+No IPC and no torch here: the infer stage feeds each window through a ``WindowReview`` and
+runs the decode requests it asks for in its batches (issue 8). The rules, each measured on
+real tiny.en and base weights against sequential long-form decoding (see README, Accuracy):
+
+- **Energy gate** (``gate``): a window that is digital silence, or whose level never rises
+  above its own steady background (hum, hiss, fan noise), is not decoded at all. Whisper
+  transcribes 90 s of silence as "you" and pink noise as "." or invented sentences; a
+  level contrast is not a VAD model, only a test that something louder than the floor
+  happens in the window.
+- **Temperature fallback** (openai/whisper ``decode_with_fallback``): a decode whose text
+  compresses too well (a repetition loop) or whose mean token log-probability is too low
+  is decoded again at the next temperature, sampled reproducibly; if every temperature
+  fails, the attempt with the best mean log-probability among those that did not loop is
+  kept (faster-whisper's choice), else the last.
+- **No-speech rule** (openai/whisper): a decode whose no-speech probability is high and
+  whose mean log-probability is low gives no text.
+- **Junk segments**: a segment with no letter or digit (".", "...", "-") is dropped: it
+  carries nothing a reader wants, and in noise Whisper fills a window with them.
+- **Tail re-decode**: Whisper often ends a window early, stopping at a sentence end with
+  seconds of speech still to come (greedy ``generate`` on windows cut at quiet points lost
+  a 21-word run on a 10-minute reading that way). When the last complete segment ends
+  at least ``tail_min_s`` before the window's audio does and the rest holds speech, the
+  rest is decoded again as a window of its own, starting where that segment ended, and
+  its segments take the place of whatever the first decode said there. This is openai's
+  seek step, taken only where a window dropped speech, so windows stay independent and
+  batched instead of sequential.
+
+Times here are seconds from the window's start unless said otherwise; audio is 16 kHz
+mono float32 (``pipeline.constants``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from pipeline.constants import N_SAMPLES, SAMPLE_RATE
+from pipeline.types import Segment, WindowResult
+
+logger = logging.getLogger(__name__)
+
+FRAME = SAMPLE_RATE // 20  # 50 ms frames for level measurements
+_WORD_CHAR = re.compile(r"\w")  # any letter or digit, in any script
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """The thresholds (openai/whisper's defaults where it has one)."""
+
+    compression_ratio_threshold: float = 2.4
+    logprob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+    temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)  # after the greedy decode
+    silence_dbfs: float = -60.0  # loudest 50 ms frame below this: a silent window
+    steady_spread_db: float = 10.0  # 95th - 10th percentile frame level below this, and
+    steady_peak_db: float = 12.0  # loudest frame - median below this: a steady window
+    tail_min_s: float = 1.0  # a dropped tail shorter than this is not decoded again
+    speech_rise_db: float = 10.0  # a frame this far above the window's floor is sound
+    tail_speech_s: float = 0.3  # ... and a tail needs this much of it to be re-decoded
+    max_tail_redecodes: int = 1  # per window (a backstop behind the decoder's veto)
+    # The mean log-probability test needs this many tokens: over a short decode (a tail of
+    # a few words) it is dominated by the uncertain timestamp and end tokens.
+    logprob_min_tokens: int = 16
+    max_words_per_sound_s: float = 10.0  # more words than this per second of sound: invented
+    timing_slack_s: float = 0.3
+    # A segment over this much sound saying under ``skip_ratio`` of what the job's pace
+    # predicts (and ``skip_min_units`` letters short) is decoded again in two halves.
+    skip_min_sound_s: float = 8.0
+    skip_ratio: float = 0.65
+    skip_min_units: int = 60
+
+    def __post_init__(self):
+        if any(not 0 < t <= 2 for t in self.temperatures) or list(self.temperatures) != sorted(
+            self.temperatures
+        ):
+            raise ValueError("fallback temperatures must rise, each in (0, 2]")
+        if self.max_tail_redecodes < 0 or self.tail_min_s <= 0:
+            raise ValueError("max_tail_redecodes must be >= 0 and tail_min_s positive")
+
+
+# ------------------------------------------------------------------------------ levels
+
+
+def frame_levels(audio: np.ndarray) -> np.ndarray:
+    """Level of each 50 ms frame in dBFS: audio (n,) float32 -> (n // 800,) float64.
+    A sine at full scale is -3 dBFS; digital silence is -120."""
+    n = len(audio) // FRAME
+    if n == 0:
+        return np.full(1, -120.0)
+    x = np.asarray(audio[: n * FRAME], dtype=np.float64).reshape(n, FRAME)
+    return 10.0 * np.log10(np.mean(x * x, axis=1) + 1e-12)
+
+
+def gate(levels: np.ndarray, cfg: QualityConfig) -> str | None:
+    """Why a window need not be decoded: "silent", "steady", or None (decode it).
+
+    levels: ``frame_levels`` of the window's real audio (not its padding).
+    """
+    if levels.max() < cfg.silence_dbfs:
+        return "silent"
+    p10, p50, p95 = np.percentile(levels, (10, 50, 95))
+    if p95 - p10 < cfg.steady_spread_db and levels.max() - p50 < cfg.steady_peak_db:
+        return "steady"
+    return None
+
+
+def loud_frames(levels: np.ndarray, cfg: QualityConfig) -> np.ndarray:
+    """Which 50 ms frames hold sound: (F,) bool, a frame rising ``speech_rise_db`` above
+    the window's floor (its 10th percentile level) and above the silence level."""
+    floor_db = float(np.percentile(levels, 10))
+    return levels > max(floor_db + cfg.speech_rise_db, cfg.silence_dbfs)
+
+
+def sound_profile(loud: np.ndarray) -> np.ndarray:
+    """Cumulative seconds of sound at each 50 ms frame boundary: (F + 1,) float32, from
+    ``loud_frames``. The decoder's end-of-text veto reads it (``stages.infer.EotVeto``)."""
+    return np.concatenate([[0.0], np.cumsum(loud) * (FRAME / SAMPLE_RATE)]).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- decisions
+
+
+def is_junk(text: str) -> bool:
+    """A segment with no letter or digit (".", "-", "...")."""
+    return not _WORD_CHAR.search(text)
+
+
+def too_fast(seg: Segment, loud: np.ndarray, cfg: QualityConfig) -> bool:
+    """A segment claiming more words than the sound under it could hold: more than
+    ``max_words_per_sound_s`` words per second of loud 50 ms frames within its span
+    (widened by ``timing_slack_s`` each side: timestamps are a few hundred ms off at
+    times). Whisper writes such segments into silence (a sentence repeated after speech
+    ended, "Thank you." in a pause); no speaker says 14 words in 0.3 s.
+
+    seg: window seconds; loud: ``loud_frames`` of the window."""
+    words = len(seg.text.split())
+    a = max(0, int((seg.start - cfg.timing_slack_s) * 20))
+    b = max(a, int(np.ceil((seg.end + cfg.timing_slack_s) * 20)))
+    sound_s = float(np.count_nonzero(loud[a:b])) / 20.0
+    return words > cfg.max_words_per_sound_s * max(sound_s, 0.0) and words >= 2
+
+
+def needs_fallback(result: WindowResult, cfg: QualityConfig) -> bool:
+    """openai/whisper's retry test: a loop (compresses too well) or an unlikely text."""
+    if result.compression_ratio is not None and result.compression_ratio > cfg.compression_ratio_threshold:
+        return True
+    return (
+        result.avg_logprob is not None
+        and result.n_tokens >= cfg.logprob_min_tokens
+        and result.avg_logprob < cfg.logprob_threshold
+    )
+
+
+def is_no_speech(result: WindowResult, cfg: QualityConfig) -> bool:
+    """openai/whisper's skip test: the model thinks there is no speech and its text is
+    unlikely (a confident transcript overrides the no-speech probability)."""
+    if result.no_speech_prob is None or result.no_speech_prob <= cfg.no_speech_threshold:
+        return False
+    return result.avg_logprob is None or result.avg_logprob < cfg.logprob_threshold
+
+
+def best_attempt(attempts: list[WindowResult], cfg: QualityConfig) -> WindowResult:
+    """When every temperature failed: the best mean log-probability among attempts that
+    did not loop, else the last attempt (faster-whisper's choice)."""
+    fine = [
+        a
+        for a in attempts
+        if a.compression_ratio is None or a.compression_ratio <= cfg.compression_ratio_threshold
+    ]
+    if not fine:
+        return attempts[-1]
+    return max(fine, key=lambda a: a.avg_logprob if a.avg_logprob is not None else -np.inf)
+
+
+# -------------------------------------------------------------------------------- pace
+
+
+def text_units(text: str) -> int:
+    """How much a text says, in any script: its letters and digits (an English word is
+    about 4.5 of them; scripts written without spaces count the same way)."""
+    return len(_WORD_CHAR.findall(text))
+
+
+class Pace:
+    """A job's speaking rate so far: letters per second of sound, over the segments of
+    windows already decided (``note``), for ``too_slow``. Shared by a job's reviews; the
+    median of the last 200 segments, so one odd window cannot move it."""
+
+    def __init__(self, window: int = 200):
+        self._rates: list[float] = []
+        self._window = window
+
+    def note(self, units: int, sound_s: float) -> None:
+        if sound_s >= 2.0 and units > 0:
+            self._rates.append(units / sound_s)
+            del self._rates[: -self._window]
+
+    def rate(self) -> float | None:
+        """Median letters per sound-second, or None before 5 segments were noted."""
+        if len(self._rates) < 5:
+            return None
+        return float(np.median(self._rates))
+
+
+def loud_seconds(loud: np.ndarray, t0: float, t1: float) -> float:
+    """Seconds of loud 50 ms frames within [t0, t1) (window seconds)."""
+    a, b = max(0, int(t0 * 20)), max(0, int(np.ceil(t1 * 20)))
+    return float(np.count_nonzero(loud[a:b])) / 20.0
+
+
+def too_slow(seg: Segment, loud: np.ndarray, pace: Pace | None, cfg: QualityConfig) -> bool:
+    """A segment saying far less than the sound under it at the job's pace: Whisper
+    sometimes jumps over a sentence or two inside one long segment (a 26.7 s segment
+    holding 35 of 64 words on a 3-minute reading; issue 8 saw a 13 s segment holding three
+    words). Flagged when at least ``skip_min_sound_s`` of sound lies under it and it holds
+    less than ``skip_ratio`` of the letters the job's pace predicts, ``skip_min_units``
+    letters short at least."""
+    rate = pace.rate() if pace is not None else None
+    if rate is None:
+        return False
+    sound_s = loud_seconds(loud, seg.start, seg.end)
+    if sound_s < cfg.skip_min_sound_s:
+        return False
+    expected = rate * sound_s
+    units = text_units(seg.text)
+    return units < cfg.skip_ratio * expected and expected - units >= cfg.skip_min_units
+
+
+# ------------------------------------------------------------------------------ review
+
+
+@dataclass(frozen=True)
+class Request:
+    """One decode a window review asks for: its audio from ``start`` to ``end`` (samples
+    from the window's start), decoded at ``temperature`` (0: greedy) with ``seed``."""
+
+    window: int  # the window's index in its job
+    start: int
+    end: int
+    temperature: float = 0.0
+    seed: int = 0
+    kind: str = "window"  # "window" | "fallback" | "tail" | "split": for figures and logs
+
+
+@dataclass
+class _Span:
+    """A stretch of the window decoded as one request, and what its decodes gave."""
+
+    start: int
+    end: int
+    depth: int  # 0: the window itself; 1: a re-decode of part of it
+    attempts: list = field(default_factory=list)
+    group: object = None  # a split: the _Split this half belongs to
+
+
+@dataclass
+class _Split:
+    """A segment decoded again in two halves: kept if the halves say more."""
+
+    owner: tuple  # (start, end) of the span whose segment it may replace
+    old: Segment
+    halves: dict = field(default_factory=dict)  # half start -> segments, once decoded
+
+
+KINDS = ("window", "fallback", "tail", "split")
+
+
+class WindowReview:
+    """Decides a window's transcript from one or more decodes.
+
+    ``audio``: the window's real samples (no padding), float32, at most 30 s. ``pace``:
+    the job's ``Pace``, shared by its reviews (None: no skip check). Call ``requests()``
+    for what to decode first, then ``feed(request, result)`` with each result, which
+    returns the further requests it needs (a fallback, a tail, the halves of a split);
+    when ``done``, ``result()`` is the window's final WindowResult (times from the window's
+    start). One review per window; requests of many windows share batches.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        audio: np.ndarray,
+        cfg: QualityConfig = QualityConfig(),
+        pace: Pace | None = None,
+    ):
+        if len(audio) > N_SAMPLES:
+            raise ValueError(f"a window holds at most {N_SAMPLES} samples, not {len(audio)}")
+        self.index = index
+        self.audio = audio
+        self.cfg = cfg
+        self.pace = pace
+        self.levels = frame_levels(audio)
+        self.loud = loud_frames(self.levels, cfg)
+        self.gated = gate(self.levels, cfg)
+        self._pending: set[Request] = set()
+        self._spans: dict[tuple[int, int], _Span] = {}  # by (start, end) sample
+        self._final: dict[tuple[int, int], list[Segment]] = {}  # span -> its kept segments
+        self._first: WindowResult | None = None
+        self.counts = dict.fromkeys(KINDS, 0)
+
+    # -- protocol ------------------------------------------------------------------------
+
+    def requests(self) -> list[Request]:
+        """The first decode (none when the energy gate says there is nothing to hear)."""
+        if self.gated is not None or len(self.audio) == 0:
+            return []
+        return [self._ask(_Span(0, len(self.audio), 0), 0.0, "window")]
+
+    @property
+    def done(self) -> bool:
+        return not self._pending
+
+    def window_audio(self, request: Request) -> np.ndarray:
+        """The (480000,) float32 input of a request: its span, zero-padded in the audio
+        domain (never pad mel frames: padded log-mel makes Whisper hallucinate)."""
+        out = np.zeros(N_SAMPLES, dtype=np.float32)
+        out[: request.end - request.start] = self.audio[request.start : request.end]
+        return out
+
+    def sound(self, request: Request):
+        """What the decoder's end-of-text veto needs for a request: (seconds of audio,
+        cumulative sound seconds per 50 ms frame), measured against the whole window's
+        floor."""
+        a, b = request.start // FRAME, -(-request.end // FRAME)
+        return (request.end - request.start) / SAMPLE_RATE, sound_profile(self.loud[a:b])
+
+    def feed(self, request: Request, result: WindowResult) -> list[Request]:
+        """Take one decode's result; return the requests it leads to."""
+        self._pending.discard(request)
+        span = self._spans[(request.start, request.end)]
+        span.attempts.append(result)
+        if self._first is None:
+            self._first = result
+        cfg = self.cfg
+        if needs_fallback(result, cfg) and not is_no_speech(result, cfg):
+            hotter = [t for t in cfg.temperatures if t > max(a.temperature for a in span.attempts)]
+            if hotter:
+                return [self._ask(span, hotter[0], "fallback")]
+            result = best_attempt(span.attempts, cfg)
+        segments: list[Segment] = []
+        if not is_no_speech(result, cfg):
+            placed = (self._place(s, span) for s in result.segments if not is_junk(s.text))
+            segments = [seg for seg in placed if not too_fast(seg, self.loud, cfg)]
+        if span.group is not None:
+            return self._half_done(span, segments)
+        follow: list[Request] = []
+        tail = self._tail(span, segments)
+        if tail is not None:
+            cut, segments = tail
+            follow.append(self._ask(_Span(cut, span.end, span.depth + 1), 0.0, "tail"))
+        if span.depth == 0:
+            # The window's own segments join the pace first: with a batch of a job's first
+            # windows decided together, the pace has figures from the third window on.
+            self._note_pace(segments)
+            for seg in segments:
+                if too_slow(seg, self.loud, self.pace, cfg):
+                    follow.extend(self._split(span, seg))
+        self._final[(span.start, span.end)] = segments
+        return follow
+
+    def result(self) -> WindowResult:
+        """The window's transcript: every span's kept segments in time order, with the
+        first decode's language and signals (the window as a whole)."""
+        if not self.done:
+            raise RuntimeError(f"window {self.index}: decodes still pending")
+        segments: list[Segment] = []
+        for start in sorted(self._final):
+            segments.extend(self._final[start])
+        segments.sort(key=lambda s: (s.start, s.end))
+        first = self._first or WindowResult(())
+        n_tokens = sum(a.n_tokens for s in self._spans.values() for a in s.attempts)
+        return replace(first, segments=tuple(segments), n_tokens=n_tokens)
+
+    # -- rules ---------------------------------------------------------------------------
+
+    def _ask(self, span: _Span, temperature: float, kind: str) -> Request:
+        self._spans[(span.start, span.end)] = span
+        # A seed fixed by where the span is and how hot: the same audio decodes the same
+        # way whichever batch it rides in.
+        seed = self.index * 1_000_003 + span.start * 31 + int(round(temperature * 10))
+        req = Request(self.index, span.start, span.end, temperature, seed, kind)
+        self._pending.add(req)
+        self.counts[kind] += 1
+        return req
+
+    @staticmethod
+    def _place(seg: Segment, span: _Span) -> Segment:
+        """A segment of a span's decode in window seconds, inside the span's audio (the
+        decode saw padding after it, and may put an end time there)."""
+        off, limit = span.start / SAMPLE_RATE, span.end / SAMPLE_RATE
+        start = min(seg.start + off, limit)
+        return replace(seg, start=round(start, 3), end=round(min(max(seg.end + off, start), limit), 3))
+
+    def _note_pace(self, segments: list[Segment]) -> None:
+        if self.pace is not None:
+            for seg in segments:
+                self.pace.note(text_units(seg.text), loud_seconds(self.loud, seg.start, seg.end))
+
+    def _tail(self, span: _Span, segments: list[Segment]):
+        """(cut sample, segments kept) when the span's end went untranscribed, else None.
+
+        A backstop behind the decoder's end-of-text veto (``stages.infer.EotVeto``), for
+        a row that used up its vetoes or ended on an open segment. The cut is where the
+        last complete segment ends (an open last segment, whose end the model never
+        gave, is dropped and decoded again with the rest)."""
+        cfg = self.cfg
+        if span.depth >= cfg.max_tail_redecodes:
+            return None
+        span_start_s, span_end_s = span.start / SAMPLE_RATE, span.end / SAMPLE_RATE
+        kept = list(segments)
+        if kept and kept[-1].open_end:
+            kept.pop()
+        heard_to = kept[-1].end if kept else span_start_s
+        if span_end_s - heard_to < cfg.tail_min_s:
+            return None
+        if loud_seconds(self.loud, heard_to + cfg.timing_slack_s, span_end_s) < cfg.tail_speech_s:
+            return None
+        cut = int(round(heard_to * SAMPLE_RATE))
+        if cut <= span.start:  # nothing was heard: decoding the same span again gains nothing
+            return None
+        return cut, kept
+
+    def _split(self, span: _Span, seg: Segment) -> list[Request]:
+        """Decode a too-slow segment again as two windows cut at its quietest 100 ms near
+        its middle: a different context that need not jump where this one did."""
+        a, b = int(seg.start * SAMPLE_RATE), min(int(seg.end * SAMPLE_RATE), len(self.audio))
+        lo, hi = a + (b - a) * 3 // 10, a + (b - a) * 7 // 10
+        fa, fb = lo // FRAME, max(lo // FRAME + 2, hi // FRAME)
+        pair = self.levels[fa:fb][:-1] + self.levels[fa:fb][1:]
+        mid = (fa + int(np.argmin(pair)) + 1) * FRAME if len(pair) else (a + b) // 2
+        if not a < mid < b or (a, mid) in self._spans or (mid, b) in self._spans:
+            return []
+        group = _Split(owner=(span.start, span.end), old=seg)
+        return [
+            self._ask(_Span(a, mid, span.depth + 1, group=group), 0.0, "split"),
+            self._ask(_Span(mid, b, span.depth + 1, group=group), 0.0, "split"),
+        ]
+
+    def _half_done(self, span: _Span, segments: list[Segment]) -> list[Request]:
+        group: _Split = span.group
+        group.halves[span.start] = segments
+        if len(group.halves) < 2:
+            return []
+        new = [s for start in sorted(group.halves) for s in group.halves[start]]
+        if sum(text_units(s.text) for s in new) > text_units(group.old.text):
+            owned = self._final[group.owner]
+            self._final[group.owner] = [s for s in owned if s is not group.old] + new
+        return []
