@@ -79,6 +79,7 @@ from pipeline import logs  # noqa: E402
 from pipeline.config import Job, PipelineConfig, env_batch_size, env_model  # noqa: E402
 from pipeline.constants import SAMPLE_RATE  # noqa: E402
 from pipeline.types import DecodeOptions  # noqa: E402
+from stages.quality import QualityConfig  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -134,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model precision (default: float16 on cuda, float32 on cpu)")
     p.add_argument("--language", default=None, help="language code for both (default: detect)")
     p.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
-    p.add_argument("--overlap", type=float, default=None, help="our window overlap in seconds")
+    p.add_argument("--plain", action="store_true",
+                   help="our pipeline with its accuracy machinery off (one greedy decode per window, "
+                        "kept as decoded): what the machinery is measured against")
     p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write the figures as JSON")
     p.add_argument("--trace", default=None, metavar="FILE", help="write a Chrome trace (Perfetto) of the median run")
     p.add_argument("--plot", default=None, metavar="FILE", help="write a PNG timeline of the median run")
@@ -286,8 +289,8 @@ def run_ours(args, model: str, source, options: DecodeOptions) -> dict:
 
     kw = dict(model=model, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
               log_level=("WARNING", "INFO", "DEBUG")[min(args.verbose, 2)])  # fmt: skip
-    if args.overlap is not None:
-        kw["overlap_s"] = args.overlap
+    if args.plain:
+        kw["quality"] = QualityConfig(enabled=False)
     cfg = PipelineConfig(**kw)
     t0 = time.monotonic()
     with Pipeline(cfg) as pipe:
@@ -712,7 +715,7 @@ def report(ours: dict, baselines: dict | None, args, synthetic: dict | None, ref
         "device": info.get("device"),
         "dtype": info.get("dtype"),
         "batch_size": cfg.batch_size,
-        "overlap_s": cfg.overlap_s,
+        "quality": cfg.quality.enabled,
         "tokens_per_window": args.tokens_per_window,
         "tokens_per_window_seen": ours["tokens_per_window"],
         "ring_slots": {"bytes": cfg.byte_slots, "pcm": cfg.pcm_slots, "window": cfg.window_slots},

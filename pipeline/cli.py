@@ -14,7 +14,6 @@ import sys
 
 from pipeline import logs
 from pipeline.config import Job, PipelineConfig, env_batch_size, env_model
-from pipeline.constants import DEFAULT_OVERLAP_S
 from pipeline.errors import PipelineError
 from pipeline.types import TASKS, DecodeOptions
 
@@ -44,8 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="transcribe", choices=TASKS)
     p.add_argument("--format", default="text", choices=FORMATS, dest="fmt")
     p.add_argument("--output", "-o", default=None, help="write the transcript here, not stdout")
-    p.add_argument("--overlap", type=float, default=None,
-                   help=f"seconds shared by adjacent 30 s windows (default: {DEFAULT_OVERLAP_S:g})")
     p.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up on a download that sends nothing for this long (default: 30)")
     p.add_argument("--profile", action="store_true", help="print a stage-level profile on stderr")
@@ -65,8 +62,6 @@ def _config(args) -> PipelineConfig:
         stall_timeout_s=args.stall_timeout,
         log_level=("WARNING", "INFO", "DEBUG")[min(args.verbose, 2)],
     )
-    if args.overlap is not None:
-        kw["overlap_s"] = args.overlap
     return PipelineConfig(**kw)
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from pipeline.constants import DEFAULT_OVERLAP_S, N_SAMPLES, PCM_ITEMSIZE, SAMPLE_RATE
+from pipeline.constants import N_SAMPLES, PCM_ITEMSIZE, SAMPLE_RATE
 from pipeline.types import DecodeOptions
+from stages.chunk import WindowPlan
+from stages.quality import QualityConfig
 
 DEFAULT_MODEL = "openai/whisper-large-v3-turbo"
 DEFAULT_BATCH_SIZE = 16
@@ -52,7 +54,8 @@ class PipelineConfig:
     device: str | None = None  # None: cuda when present, else cpu
     dtype: str | None = None  # None: float16 on cuda, float32 on cpu
     batch_size: int = field(default_factory=env_batch_size)  # most windows per generate
-    overlap_s: float = DEFAULT_OVERLAP_S
+    window_plan: WindowPlan = WindowPlan()  # where windows are cut (stages/chunk.py)
+    quality: QualityConfig = QualityConfig()  # re-decodes and filters (stages/quality.py)
     # Ring sizes. Memory in use is fixed by these, whatever the audio's length.
     byte_block: int = 256 * 1024
     byte_slots: int = 16
@@ -73,8 +76,8 @@ class PipelineConfig:
         check_batch_size(self.batch_size)
         if not isinstance(self.model, str) or not self.model:
             raise ValueError("model must be a hub id or a directory")
-        if not 0 <= self.overlap_s < N_SAMPLES / SAMPLE_RATE / 2:
-            raise ValueError(f"overlap must be at least 0 and under 15 s, not {self.overlap_s}")
+        if not isinstance(self.window_plan, WindowPlan) or not isinstance(self.quality, QualityConfig):
+            raise ValueError("window_plan and quality must be a WindowPlan and a QualityConfig")
         if self.device is not None and not (
             self.device == "cpu" or self.device.startswith("cuda")
         ):

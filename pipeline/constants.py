@@ -21,5 +21,3 @@ TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
 
 PCM_DTYPE = np.dtype(np.float32)  # decoded audio: mono float32 in [-1, 1]
 PCM_ITEMSIZE = PCM_DTYPE.itemsize  # bytes per sample; never write a literal 4
-
-DEFAULT_OVERLAP_S = 4.0  # seconds shared by adjacent windows (window step 26 s)

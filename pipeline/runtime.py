@@ -53,6 +53,7 @@ shutdown note is the model):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import itertools
@@ -349,9 +350,9 @@ def _run_decode(ctx: StageContext, ring_in: Ring, q_in, ring_out: Ring, q_out):
 
 
 def _run_chunk(ctx: StageContext, ring_in: Ring, q_in, ring_out: Ring, q_out):
-    from stages.chunk import WindowPlan, iter_windows
+    from stages.chunk import iter_windows
 
-    plan = WindowPlan.from_seconds(ctx.config.overlap_s)
+    plan = ctx.config.window_plan
     while True:
         msg = wait_get(q_in, ctx.alive, POLL_S)
         if msg is None:
@@ -372,7 +373,8 @@ def _run_chunk(ctx: StageContext, ring_in: Ring, q_in, ring_out: Ring, q_out):
                 with stats.wait("blocked"):
                     slot = ring_out.acquire(ctx.alive, POLL_S)
                 ring_out.view(slot, PCM_DTYPE, N_SAMPLES)[:] = w.audio
-                _forward(ctx, q_out, ("data", seq, slot, N_SAMPLES, w.index, w.start, w.valid), stats)
+                meta = (w.index, w.start, w.valid, w.covered_from)
+                _forward(ctx, q_out, ("data", seq, slot, N_SAMPLES, *meta), stats)
                 n += 1
                 stats.produced(1, ring_out)
             _forward(ctx, q_out, ("end", seq, {"windows": n}), stats)
@@ -398,19 +400,43 @@ class _Batch:
 
     def __init__(self, seq):
         self.seq = seq
-        self.items = []  # (index, start_sample, valid_samples, prepared)
+        self.items = []  # _Item, in window order
+
+
+class _Item:
+    """One decode for the main thread: a window review's request and its features, or a
+    review that needs no decode at all (the energy gate passed over it: ``request`` None)."""
+
+    __slots__ = ("seq", "review", "request", "features", "sound")
+
+    def __init__(self, seq, review, request=None, features=None, sound=None):
+        self.seq, self.review, self.request = seq, review, request
+        self.features, self.sound = features, sound
+
+
+def _prepare_items(backend, seq, review, requests, veto: bool) -> list:
+    """Features (and the end-of-text veto's sound profile) for a review's requests."""
+    if not requests:
+        return [_Item(seq, review)]
+    return [
+        _Item(seq, review, r, backend.prepare(review.window_audio(r)), review.sound(r) if veto else None)
+        for r in requests
+    ]
 
 
 def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: dict, cfg, idle):
-    """Thread: drains the window ring, prepares features (log-mel) as windows arrive and
-    frees their slots at once, and groups them into batches for the main thread. It runs
-    while the main thread is inside generate, so features for batch n+1 are ready when
-    batch n finishes and the upstream stages never wait on the GPU for a free slot.
+    """Thread: drains the window ring, opens a review for each window as it arrives
+    (``stages.quality.WindowReview``: the energy gate and the first decode request),
+    prepares its features (log-mel) and frees the ring slot at once, and groups the
+    decodes into batches for the main thread. It runs while the main thread is inside
+    generate, so features for batch n+1 are ready when batch n finishes and the upstream
+    stages never wait on the GPU for a free slot.
 
     Work-conserving batching (issue 4's profile showed infer starved for the first full
     batch, then busy long after decode had finished): a partial batch goes to the main
     thread as soon as that thread is idle (``idle`` set, nothing queued) instead of
     waiting to fill up. Batches grow by themselves while the model is the bottleneck."""
+    from stages.quality import Pace, WindowReview
 
     def put(item):
         wait_put(local, item, ctx.alive, POLL_S)
@@ -444,24 +470,26 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
             if kind == "start":
                 info = msg[2]
                 size = info.get("batch_size") or cfg.batch_size  # Job checks its bounds
-                jobs[seq] = {"info": info, "batch_size": size, "failed": False}
+                jobs[seq] = {"info": info, "batch_size": size, "failed": False, "pace": Pace()}
                 batch = _Batch(seq)
                 put(("start", seq))
             elif kind == "data":
-                _, _, slot, n, index, start, valid = msg
+                _, _, slot, n, index, start, valid, covered_from = msg
                 try:
                     if ctx.cancelled(seq) or jobs[seq]["failed"]:
                         continue
-                    audio = np.array(ring_in.view(slot, PCM_DTYPE, n))  # own copy
+                    audio = np.array(ring_in.view(slot, PCM_DTYPE, n)[:valid])  # own copy
                 finally:
                     ring_in.release(slot)
                 try:
-                    prepared = backend.prepare(audio)
+                    review = WindowReview(index, audio, cfg.quality, jobs[seq]["pace"])
+                    review.place = (start, valid, covered_from)
+                    items = _prepare_items(backend, seq, review, review.requests(), cfg.quality.enabled)
                 except Exception as exc:  # noqa: BLE001
                     jobs[seq]["failed"] = True
                     ctx.fail_job(seq, exc)
                     continue
-                batch.items.append((index, start, valid, prepared))
+                batch.items.extend(items)
                 flush_at = time.monotonic() + cfg.batch_wait_s  # no window for this long: flush
                 if len(batch.items) >= jobs[seq]["batch_size"]:
                     put(("batch", batch))
@@ -486,21 +514,42 @@ def put_nowait_quiet(q, item):
         q.put_nowait(item)
 
 
-def _transcribe_batch(backend, feats, options):
-    """backend.transcribe, halving the batch on CUDA out-of-memory instead of failing."""
+def _transcribe_batch(backend, items: list, options) -> list:
+    """backend.transcribe on items' features (each row with its request's temperature,
+    seed and end-of-text veto profile), halving the batch on CUDA out-of-memory instead of
+    failing."""
     import torch
 
     try:
-        return backend.transcribe(feats, options)
+        sound = [it.sound for it in items]
+        return backend.transcribe(
+            [it.features for it in items],
+            options,
+            temperatures=[it.request.temperature for it in items],
+            seeds=[it.request.seed for it in items],
+            sound=sound if any(x is not None for x in sound) else None,
+        )
     except torch.cuda.OutOfMemoryError:
-        if len(feats) == 1:
+        if len(items) == 1:
             raise
         torch.cuda.empty_cache()
-        half = len(feats) // 2
-        log.warning("out of GPU memory at batch %d: retrying as %d + %d", len(feats), half, len(feats) - half)
-        return _transcribe_batch(backend, feats[:half], options) + _transcribe_batch(
-            backend, feats[half:], options
+        half = len(items) // 2
+        log.warning("out of GPU memory at batch %d: retrying as %d + %d", len(items), half, len(items) - half)
+        return _transcribe_batch(backend, items[:half], options) + _transcribe_batch(
+            backend, items[half:], options
         )
+
+
+class _InferJob:
+    """The main thread's view of one job: reviews not yet decided, whether the reader has
+    sent everything, figures for the profile."""
+
+    def __init__(self, seq, info, stats):
+        self.seq, self.info, self.stats = seq, info, stats
+        self.open = 0  # reviews whose window result has not gone out
+        self.ended: dict | None = None  # the reader's "end" info, once it came
+        self.failed = False
+        self.decodes = dict.fromkeys(("window", "fallback", "tail", "split"), 0)
 
 
 def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
@@ -543,10 +592,76 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         target=_infer_reader, args=(ctx, backend, ring_in, q_in, local, jobs, cfg, idle), daemon=True
     )
     reader.start()
-    stats: dict[int, StageStats] = {}
+    veto = cfg.quality.enabled
+    running: dict[int, _InferJob] = {}
+    work: collections.deque = collections.deque()  # _Items to decode: re-decodes first
+
+    def finish_if_done(job: _InferJob) -> None:
+        if job.ended is None:
+            return
+        if not (job.failed or ctx.cancelled(job.seq)) and (job.open or any(it.seq == job.seq for it in work)):
+            return
+        for it in [it for it in work if it.seq == job.seq]:
+            work.remove(it)
+        running.pop(job.seq, None)
+        jobs.pop(job.seq, None)
+        if not job.failed and not job.ended.get("aborted") and not ctx.cancelled(job.seq):
+            ctx.report("done", job.seq, {**job.ended, "decodes": dict(job.decodes)})
+        stats = job.stats.finish()
+        stats["decodes"] = dict(job.decodes)
+        ctx.report("stats", job.seq, "infer", stats)
+        logs.set_job(None)
+
+    def report(job: _InferJob, review) -> None:
+        start, valid, covered_from = review.place
+        with job.stats.wait("blocked"):
+            ctx.report(
+                "result", job.seq, review.index, start / SAMPLE_RATE, valid / SAMPLE_RATE,
+                covered_from / SAMPLE_RATE, review.result(),
+            )
+        job.open -= 1
+
+    def run_batch() -> None:
+        seq = work[0].seq
+        job = running[seq]
+        size = jobs[seq]["batch_size"] if seq in jobs else cfg.batch_size
+        items = []
+        while work and work[0].seq == seq and len(items) < size:
+            items.append(work.popleft())
+        if job.failed or ctx.cancelled(seq):
+            return
+        try:
+            ctx.maybe_fault(job.stats.items)
+            results = _transcribe_batch(backend, items, job.info["options"])
+        except Exception as exc:  # noqa: BLE001
+            job.failed = True
+            jobs[seq]["failed"] = True
+            ctx.fail_job(seq, exc)
+            return
+        again = []
+        for it, res in zip(items, results):
+            job.decodes[it.request.kind] += 1
+            follow = it.review.feed(it.request, res)
+            again.extend(_prepare_items(backend, seq, it.review, follow, veto) if follow else [])
+            if it.review.done:
+                report(job, it.review)
+        job.stats.produced(len(results))
+        work.extendleft(reversed(again))  # re-decodes ride in the next batch, first
+
     while True:
+        if work:
+            job = running.get(work[0].seq)
+            if job is None or job.failed or ctx.cancelled(work[0].seq):
+                work.popleft()
+                if job is not None:
+                    finish_if_done(job)
+                continue
+            if len(work) >= (jobs.get(job.seq) or {}).get("batch_size", cfg.batch_size) or local.empty():
+                run_batch()
+                finish_if_done(job)
+                continue
         msg = None
-        st = next(iter(stats.values()), None)
+        st = next(iter(running.values())).stats if running else None
         with st.wait("starved") if st else contextlib.nullcontext():
             idle.set()
             while msg is None:
@@ -561,35 +676,29 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         kind = msg[0]
         if kind == "start":
             seq = msg[1]
-            logs.set_job(jobs[seq]["info"].get("job_id") or seq)
-            stats = {seq: StageStats(t_start=time.monotonic(), profile=_profiling(jobs[seq]["info"]))}
+            info = jobs[seq]["info"]
+            logs.set_job(info.get("job_id") or seq)
+            running[seq] = _InferJob(seq, info, StageStats(t_start=time.monotonic(), profile=_profiling(info)))
         elif kind == "batch":
             batch = msg[1]
-            seq, job = batch.seq, jobs[batch.seq]
-            if ctx.cancelled(seq) or job["failed"] or not batch.items:
+            job = running.get(batch.seq)
+            if job is None or job.failed or ctx.cancelled(batch.seq):
                 continue
-            st = stats[seq]
-            feats = [it[3] for it in batch.items]
-            try:
-                ctx.maybe_fault(st.items)
-                results = _transcribe_batch(backend, feats, job["info"]["options"])
-            except Exception as exc:  # noqa: BLE001
-                job["failed"] = True
-                ctx.fail_job(seq, exc)
-                continue
-            with st.wait("blocked"):
-                for (index, start, valid, _), res in zip(batch.items, results):
-                    ctx.report("result", seq, index, start / SAMPLE_RATE, valid / SAMPLE_RATE, res)
-            st.produced(len(results))
+            for it in batch.items:
+                job.open += 1
+                if it.request is None:  # nothing to decode: the gate decided
+                    report(job, it.review)
+                else:
+                    work.append(it)
         elif kind == "end":
             seq, end_info = msg[1], msg[2]
-            job = jobs.pop(seq, None)
-            st = stats.pop(seq, None)
-            if job is not None and not job["failed"] and not end_info.get("aborted") and not ctx.cancelled(seq):
-                ctx.report("done", seq, end_info)
-            if st is not None:
-                ctx.report("stats", seq, "infer", st.finish())
-            logs.set_job(None)
+            job = running.get(seq)
+            if job is None:
+                continue
+            job.ended = end_info
+            if jobs.get(seq, {}).get("failed"):
+                job.failed = True
+            finish_if_done(job)
 
 
 def _model_name(model_id: str) -> str:
@@ -883,12 +992,12 @@ class Pipeline:
                 if msg[1] != seq:
                     continue  # a message of an earlier, abandoned job
                 if kind == "result":
-                    _, _, index, start_s, valid_s, res = msg
+                    _, _, index, start_s, valid_s, covered_s, res = msg
                     if t_first is None:
                         t_first = time.monotonic()
                     windows.append(TimedWindow(index=index, start=start_s, valid=valid_s, result=res))
-                    # A window after the first repeats the previous one's overlap.
-                    done_s += max(0.0, valid_s - (self.config.overlap_s if index > 0 else 0.0))
+                    # Each window's share: its audio and the quiet stretch before it.
+                    done_s += start_s + valid_s - covered_s
                     if progress is not None:
                         dec = decoded_samples / SAMPLE_RATE if decoded_samples is not None else None
                         progress(done_s, dec, decoded_samples is not None)
@@ -922,7 +1031,7 @@ class Pipeline:
         t_end = time.monotonic()
         duration = (decoded_samples or 0) / SAMPLE_RATE
         windows.sort(key=lambda w: w.index)
-        segments = stitch(windows, overlap=self.config.overlap_s, duration=duration)
+        segments = stitch(windows, duration=duration)
         language = job.options.language or majority_language(windows)
         wall = t_end - t_submit
         timings = _timings(stages, self.model_info, t_submit, t_end, duration)

@@ -52,6 +52,9 @@ _WORD_CHAR = re.compile(r"\w")  # any letter or digit, in any script
 class QualityConfig:
     """The thresholds (openai/whisper's defaults where it has one)."""
 
+    # False: every window is decoded once, greedy, and kept as decoded (no gate, veto,
+    # fallback, filters or re-decodes): the baseline the machinery is measured against.
+    enabled: bool = True
     compression_ratio_threshold: float = 2.4
     logprob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
@@ -307,7 +310,7 @@ class WindowReview:
 
     def requests(self) -> list[Request]:
         """The first decode (none when the energy gate says there is nothing to hear)."""
-        if self.gated is not None or len(self.audio) == 0:
+        if len(self.audio) == 0 or (self.cfg.enabled and self.gated is not None):
             return []
         return [self._ask(_Span(0, len(self.audio), 0), 0.0, "window")]
 
@@ -337,6 +340,9 @@ class WindowReview:
         if self._first is None:
             self._first = result
         cfg = self.cfg
+        if not cfg.enabled:
+            self._final[(span.start, span.end)] = [self._place(s, span) for s in result.segments]
+            return []
         if needs_fallback(result, cfg) and not is_no_speech(result, cfg):
             hotter = [t for t in cfg.temperatures if t > max(a.temperature for a in span.attempts)]
             if hotter:

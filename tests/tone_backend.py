@@ -92,8 +92,10 @@ class ToneBackend:
             )
         return audio
 
-    def transcribe(self, prepared: list, options: DecodeOptions) -> list[WindowResult]:
-        """One ``WindowResult`` per prepared window, segments in window-relative seconds."""
+    def transcribe(self, prepared: list, options: DecodeOptions, **_per_row) -> list[WindowResult]:
+        """One ``WindowResult`` per prepared window, segments in window-relative seconds.
+        The per-row keywords of ``WhisperBackend.transcribe`` (temperatures, seeds, sound)
+        change nothing here: tones are heard the same way every time."""
         language = options.language or "en"
         results = []
         for audio in prepared:
