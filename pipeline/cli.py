@@ -16,6 +16,7 @@ from pipeline import logs
 from pipeline.config import Job, PipelineConfig, env_batch_size, env_model
 from pipeline.errors import PipelineError
 from pipeline.types import TASKS, DecodeOptions
+from stages.quality import QualityConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default=None, help="write the transcript here, not stdout")
     p.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up on a download that sends nothing for this long (default: 30)")
+    p.add_argument("--plain", action="store_true",
+                   help="decode each window once and keep what the model said: no re-decodes, "
+                        "filters or energy gate (to measure what they add)")
     p.add_argument("--profile", action="store_true", help="print a stage-level profile on stderr")
     p.add_argument("--backend", default="whisper", help=argparse.SUPPRESS)  # module:Class double
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
@@ -62,6 +66,8 @@ def _config(args) -> PipelineConfig:
         stall_timeout_s=args.stall_timeout,
         log_level=("WARNING", "INFO", "DEBUG")[min(args.verbose, 2)],
     )
+    if args.plain:
+        kw["quality"] = QualityConfig(enabled=False)
     return PipelineConfig(**kw)
 
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import itertools
 import logging
 import multiprocessing as mp
@@ -470,7 +471,13 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
             if kind == "start":
                 info = msg[2]
                 size = info.get("batch_size") or cfg.batch_size  # Job checks its bounds
-                jobs[seq] = {"info": info, "batch_size": size, "failed": False, "pace": Pace()}
+                quality = cfg.quality
+                if info["options"].tokens_per_window is not None:
+                    # A forced decode length (benchmarks with random weights) leaves nothing
+                    # for the review to judge: every window is decoded once, as it comes.
+                    quality = dataclasses.replace(quality, enabled=False)
+                jobs[seq] = {"info": info, "batch_size": size, "failed": False, "pace": Pace(),
+                             "quality": quality}
                 batch = _Batch(seq)
                 put(("start", seq))
             elif kind == "data":
@@ -482,9 +489,9 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
                 finally:
                     ring_in.release(slot)
                 try:
-                    review = WindowReview(index, audio, cfg.quality, jobs[seq]["pace"])
+                    review = WindowReview(index, audio, jobs[seq]["quality"], jobs[seq]["pace"])
                     review.place = (start, valid, covered_from)
-                    items = _prepare_items(backend, seq, review, review.requests(), cfg.quality.enabled)
+                    items = _prepare_items(backend, seq, review, review.requests(), review.cfg.enabled)
                 except Exception as exc:  # noqa: BLE001
                     jobs[seq]["failed"] = True
                     ctx.fail_job(seq, exc)
@@ -592,7 +599,6 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         target=_infer_reader, args=(ctx, backend, ring_in, q_in, local, jobs, cfg, idle), daemon=True
     )
     reader.start()
-    veto = cfg.quality.enabled
     running: dict[int, _InferJob] = {}
     work: collections.deque = collections.deque()  # _Items to decode: re-decodes first
 
@@ -642,7 +648,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         for it, res in zip(items, results):
             job.decodes[it.request.kind] += 1
             follow = it.review.feed(it.request, res)
-            again.extend(_prepare_items(backend, seq, it.review, follow, veto) if follow else [])
+            again.extend(_prepare_items(backend, seq, it.review, follow, it.review.cfg.enabled) if follow else [])
             if it.review.done:
                 report(job, it.review)
         job.stats.produced(len(results))

@@ -42,6 +42,23 @@ def noise(seconds: float, rate: int = 16000, amp: float = 0.1, seed: int = 0) ->
     return (amp * rng.standard_normal(int(round(seconds * rate)))).astype(np.float32)
 
 
+def babble(seconds: float, rate: int = 16000, amp: float = 0.2, seed: int = 0) -> np.ndarray:
+    """Noise in bursts like syllables (80-300 ms on, 40-200 ms off, a longer pause now and
+    then): level changes like speech, so the chunker finds pauses and windows in it, and a
+    model decodes it like any sound. Steady noise or a tone is, correctly, no window at all
+    (stages/chunk.py skips audio that never rises above its own floor)."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * rate))
+    env = np.zeros(n, dtype=np.float32)
+    i = 0
+    while i < n:
+        on = int(rng.uniform(0.08, 0.3) * rate)
+        off = int((rng.uniform(0.4, 0.7) if rng.random() < 0.1 else rng.uniform(0.04, 0.2)) * rate)
+        env[i : i + on] = 1.0
+        i += on + off
+    return (amp * env * rng.standard_normal(n)).astype(np.float32)
+
+
 def speech(path, text: str, rate: int = 16000, voice: str = "en") -> Path:
     """espeak-ng speech saved as a WAV at ``rate`` Hz (espeak's own 22050 Hz resampled)."""
     path = Path(path)

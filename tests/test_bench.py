@@ -18,7 +18,7 @@ import pytest
 import bench
 from pipeline.synthetic import ARCHS
 from tests.httpserver import LoopbackServer
-from tests.media import convert, noise, speech, tone, write_wav
+from tests.media import babble, convert, noise, speech, tone, write_wav
 from tests.test_profile import check_trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def run_bench(*args, timeout=240, input=None):
 def mp3_dir(tmp_path_factory):
     """75 s MP3 (tone over noise, 44.1 kHz stereo like a real file): 3 windows."""
     d = tmp_path_factory.mktemp("bench-audio")
-    x = tone(330.0, 75.0) * 0.5 + noise(75.0, amp=0.05)
+    x = tone(330.0, 75.0) * 0.2 + babble(75.0, amp=0.3)
     wav = write_wav(d / "a.wav", x)
     convert(wav, d / "a.mp3", "-ar", "44100", "-ac", "2", "-b:a", "128k")
     return d
@@ -158,7 +158,7 @@ def test_synthetic_show_config_cli():
 def test_synthetic_run_from_stdin_with_runs_and_overhead(tmp_path):
     """--synthetic builds a checkpoint on the fly; SOURCE "-" is read once and reused by
     every run; --runs gives min/median; --overhead times runs with profiling off."""
-    wav = write_wav(tmp_path / "s.wav", noise(40.0))
+    wav = write_wav(tmp_path / "s.wav", babble(40.0))
     out = tmp_path / "s.json"
     r = run_bench("-", "--synthetic", "test", "--tokens-per-window", 2, "--batch-size", 2,
                   "--runs", 2, "--overhead", "--no-warmup", "--json", out,
@@ -230,7 +230,7 @@ def ct2_model_dir(tiny_model_dir, tmp_path_factory):
 def accuracy_audio(tmp_path_factory):
     """40 s (two of our windows; long-form for the sequential baseline) and a reference."""
     d = tmp_path_factory.mktemp("acc-audio")
-    write_wav(d / "a.wav", tone(440.0, 40.0) * 0.3 + noise(40.0, amp=0.05))
+    write_wav(d / "a.wav", tone(440.0, 40.0) * 0.1 + babble(40.0, amp=0.3))
     (d / "ref.txt").write_text(REFERENCE + "\n")
     return d
 

@@ -202,9 +202,9 @@ def test_real_job_bookkeeping(tmp_path):
     life and match its totals, and busy + starved + blocked = life."""
     from pipeline.config import Job, PipelineConfig
     from pipeline.runtime import Pipeline
-    from tests.media import noise, write_wav
+    from tests.media import babble, write_wav
 
-    wav = write_wav(tmp_path / "n.wav", noise(70.0))
+    wav = write_wav(tmp_path / "n.wav", babble(70.0))
     cfg = PipelineConfig(model="tone", backend=TONE, batch_size=2, pcm_block_samples=16000)
     with Pipeline(cfg) as pipe:
         pipe.wait_ready(timeout=120)
