@@ -1025,6 +1025,10 @@ class Pipeline:
         expected = done_info.get("windows", len(windows))
         if len(windows) != expected:
             raise JobError(f"internal error: {expected} windows sent but {len(windows)} came back")
+        if progress is not None and decoded_samples is not None:
+            # Quiet audio after the last window was never a window's share: the job is done.
+            total_s = decoded_samples / SAMPLE_RATE
+            progress(total_s, total_s, True)
         # The other stages' stats left before infer's "done" was possible; give the queue a
         # moment to deliver them.
         grace = time.monotonic() + 1.0

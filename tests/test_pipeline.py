@@ -447,7 +447,8 @@ def test_out_of_gpu_memory_halves_the_batch():
 
 
 def test_progress_counts_each_second_once(tmp_path):
-    """Progress rises monotonically to the audio's duration: overlaps are not counted twice."""
+    """Progress rises monotonically to the audio's duration, each second counted once (a
+    window's share is its audio and the quiet stretch before it)."""
     from tests.tone_backend import make_tone_speech
 
     audio, _ = make_tone_speech(250, seed=5)
