@@ -2,7 +2,7 @@
 
     python bench.py SOURCE [--model SPEC | --synthetic ARCH] [--tokens-per-window N]
                     [--batch-size N] [--runs N] [--baseline] [--overhead]
-                    [--reference TEXT_FILE] [--baselines chunked,sequential,faster-whisper]
+                    [--reference TEXT_FILE] [--baselines plain,chunked,sequential,faster-whisper]
                     [--faster-whisper-model CT2_DIR]
                     [--json FILE] [--trace FILE] [--plot FILE] [--device DEV] [--dtype T]
 
@@ -40,6 +40,8 @@ Accuracy (issue 8):
 - Baseline decoders, each run after ours (never at the same time), with the same weights,
   device and dtype, greedy (num_beams=1, no sampling, no temperature fallback), timed the
   same way (whole download + ffmpeg decode + decoding), and scored the same way:
+  ``plain``: this pipeline with its accuracy machinery off (``--plain``: one greedy decode
+  per window, kept as decoded), timed like ours (pipeline jobs): what the machinery costs;
   ``chunked``: transformers' chunked ASR pipeline (the seed's method, above);
   ``sequential``: transformers' long-form ``generate`` over the whole audio's features
   (OpenAI's seek algorithm; batch of one; condition_on_prev_tokens=False);
@@ -86,7 +88,7 @@ log = logging.getLogger("bench")
 # Figures summarised over runs (minimum and median) besides the per-stage busy time.
 SUMMARY_KEYS = ("wall_s", "rtfx", "first_result_s")
 WARMUP_S = 35.0  # two windows: every code path of a job runs once before timing
-BASELINES = ("chunked", "sequential", "faster-whisper")  # --baselines, in the order they run
+BASELINES = ("plain", "chunked", "sequential", "faster-whisper")  # --baselines, in the order they run
 
 
 # ------------------------------------------------------------------------------- arguments
@@ -256,9 +258,10 @@ def _sync(device: str | None) -> None:
 
 
 def warmup_wav(seconds: float = WARMUP_S) -> bytes:
-    """A small WAV (noise) that goes through every stage: the warm-up job's input."""
-    rng = np.random.default_rng(0)
-    x = (0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).clip(-1, 1)
+    """A small WAV that goes through every stage: the warm-up job's input. Noise in
+    syllable-like bursts: steady noise would be no window at all (the chunker skips audio
+    that never rises above its floor), and the model would never run."""
+    x = _bursts(seconds).clip(-1, 1)
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
@@ -405,9 +408,14 @@ def _result(runs: list[dict], **extra) -> dict:
     return {**med, **extra, "text": text, "runs": runs, "summary": _summary(runs, ("wall_s", "rtfx"))}
 
 
-def _noise(seconds: float = WARMUP_S) -> np.ndarray:
+def _bursts(seconds: float = WARMUP_S) -> np.ndarray:
+    """Noise switched on and off every 150 ms (seeded): level changes like speech."""
     rng = np.random.default_rng(0)
-    return (0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+    n = int(seconds * SAMPLE_RATE)
+    on = (np.arange(n) // int(0.15 * SAMPLE_RATE)) % 2 == 0
+    return (0.1 * on * rng.standard_normal(n)).astype(np.float32)
+
+
 
 
 def run_baseline(args, backend, load_s: float, source, options: DecodeOptions, device: str) -> dict:
@@ -451,7 +459,7 @@ def run_baseline(args, backend, load_s: float, source, options: DecodeOptions, d
     asr.model.generate = counting_generate  # on this instance only; removed below
     try:
         if args.warmup:
-            transcribe(_noise())
+            transcribe(_bursts())
         runs = _timed_runs(args, source, device, "chunked baseline", transcribe, after_run)
     finally:
         del asr.model.generate  # the class's generate again (the sequential baseline shares the model)
@@ -461,6 +469,27 @@ def run_baseline(args, backend, load_s: float, source, options: DecodeOptions, d
         method=f"transformers pipeline(chunk_length_s=30, batch_size={args.batch_size})",
         generate_kwargs={k: v for k, v in gen.items()},
     )
+
+
+def run_plain(args, model: str, source, options: DecodeOptions) -> dict:
+    """This pipeline with its accuracy machinery off (``--plain``: each window decoded once,
+    greedy, kept as decoded; same windows, batches and model), timed exactly like ours:
+    what the machinery costs and what it buys, in one run."""
+    import types
+
+    plain = run_ours(types.SimpleNamespace(**{**vars(args), "plain": True, "overhead": False}),
+                     model, source, options)  # fmt: skip
+    runs = [{"wall_s": p["wall_s"], "rtfx": p["rtfx"]} for p in plain["profiles"]]
+    med = plain["median"]
+    return {
+        "wall_s": med["wall_s"],
+        "rtfx": med["rtfx"],
+        "model_load_s": round(plain["model_info"]["load_s"], 3),
+        "method": "this pipeline, --plain (accuracy machinery off)",
+        "text": plain["outcome"].transcript.text,
+        "runs": runs,
+        "summary": _summary(runs, ("wall_s", "rtfx")),
+    }
 
 
 def sequential_generate_kwargs(backend, options: DecodeOptions) -> dict:
@@ -503,7 +532,7 @@ def run_sequential(args, backend, load_s: float, source, options: DecodeOptions,
         return backend.tokenizer.batch_decode(seqs, skip_special_tokens=True)[0]
 
     if args.warmup:
-        transcribe(_noise())
+        transcribe(_bursts())
     runs = _timed_runs(args, source, device, "sequential baseline", transcribe)
     return _result(
         runs,
@@ -543,7 +572,7 @@ def run_faster_whisper(args, ct2_dir: str, source, options: DecodeOptions, devic
         return "".join(s.text for s in segments)
 
     if args.warmup:
-        transcribe(_noise())
+        transcribe(_bursts())
     runs = _timed_runs(args, source, device, "faster-whisper baseline", transcribe)
     return _result(
         runs,
@@ -579,7 +608,9 @@ def run_baselines(args, names: list[str], model: str, spec: str | None, source, 
     backend = None
     load_s = 0.0
     for name in names:
-        if name in ("chunked", "sequential"):
+        if name == "plain":
+            out[name] = run_plain(args, model, source, options)
+        elif name in ("chunked", "sequential"):
             if backend is None:
                 backend, load_s = load_baseline_backend(model, device, dtype)
             run = run_baseline if name == "chunked" else run_sequential

@@ -15,7 +15,6 @@ never committed as audio.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
