@@ -163,6 +163,9 @@ def profile_from_outcome(outcome) -> dict:
         "model_waited_s": round(max(0.0, ready - t0), 3) if ready else None,
         "first_result_s": round(outcome.t_first_result - t0, 4) if outcome.t_first_result else None,
         "windows": len(outcome.windows),
+        # Decodes the infer stage ran, by kind (stages/quality.py): "window" (each window's
+        # first), "fallback" (a hotter temperature), "tail", "split" (re-decodes).
+        "decodes": dict((outcome.stages.get("infer") or {}).get("decodes") or {}),
         "tokens": tokens,
         "busiest": busiest,
         "wall_over_busiest": round(wall / top, 3) if top > 0 else None,
@@ -185,6 +188,9 @@ def format_profile(p: dict) -> str:
             f"{_f(s['throughput_per_s'], 1):>9}{s.get('ring') or '-':>8}{_f(s['ring_mean'], 1):>6}"
             f"{_f(s['ring_max'], 0):>5}"
         )
+    decodes = p.get("decodes") or {}
+    if decodes:
+        lines.append("decodes: " + ", ".join(f"{k} {v}" for k, v in decodes.items()))
     busiest = p.get("busiest")
     if busiest:
         b = p["stages"][busiest]["busy_s"]

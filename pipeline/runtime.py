@@ -638,7 +638,13 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             return
         try:
             ctx.maybe_fault(job.stats.items)
+            t0 = time.monotonic()
             results = _transcribe_batch(backend, items, job.info["options"])
+            log.debug(
+                "decoded %d (%s) in %.2f s, tokens up to %d", len(items),
+                ",".join(it.request.kind for it in items), time.monotonic() - t0,
+                max((r.n_tokens for r in results), default=0),
+            )  # fmt: skip
         except Exception as exc:  # noqa: BLE001
             job.failed = True
             jobs[seq]["failed"] = True

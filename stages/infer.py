@@ -240,17 +240,18 @@ class EotVeto:
         self.min_left_s, self.min_sound_s, self.grace_s = min_left_s, min_sound_s, grace_s
 
     def __call__(self, generated: torch.LongTensor, scores: torch.FloatTensor, eos: int, running) -> torch.FloatTensor:
-        """generated: (B, n) tokens after the prompt; scores: (B, V). Returns scores."""
+        """generated: (B, n) tokens after the prompt; scores: (B, V). Returns scores.
+
+        Whole-batch tensor ops with no branch on their values: no device->host sync per
+        step on a GPU (the reason ``BatchedTimestampRules`` exists)."""
         wants_eos = (scores.argmax(dim=-1) == eos) & running & self.active & (self.left > 0)
-        if not bool(wants_eos.any()):
-            return scores
         n = generated.shape[1]
         if n:
             is_ts = generated >= self.tb
             pos = torch.arange(1, n + 1, device=generated.device)
             last_pos = (is_ts * pos).argmax(dim=1, keepdim=True)
-            last_t = (generated.gather(1, last_pos).squeeze(1) - self.tb).clamp(min=0) * 0.02
-            last_t = torch.where(is_ts.any(dim=1), last_t.float(), torch.zeros_like(last_t, dtype=torch.float32))
+            last_val = (generated.gather(1, last_pos).squeeze(1) - self.tb).clamp(min=0).float()
+            last_t = torch.where(is_ts.any(dim=1), last_val * 0.02, torch.zeros_like(last_val))
         else:
             last_t = torch.zeros(generated.shape[0], device=generated.device)
         # Sound within ``grace_s`` of the last timestamp is the end of its own word (the
@@ -258,10 +259,9 @@ class EotVeto:
         frame = ((last_t + self.grace_s) / self.FRAME_S).long().clamp(0, self.cum.shape[1] - 1)
         after = self.cum[:, -1] - self.cum.gather(1, frame[:, None]).squeeze(1)
         veto = wants_eos & (self.valid - last_t >= self.min_left_s) & (after >= self.min_sound_s)
-        if bool(veto.any()):
-            scores = scores.clone()
-            scores[veto, eos] = -float("inf")
-            self.left -= veto.long()
+        scores = scores.clone()
+        scores[:, eos] = torch.where(veto, torch.full_like(scores[:, eos], -float("inf")), scores[:, eos])
+        self.left -= veto.long()
         return scores
 
 
