@@ -1,0 +1,770 @@
+"""stages/quality.py: the rules alone, with crafted inputs and exact expectations, and the
+``WindowReview`` protocol end to end against a scripted fake decoder (no model, no torch).
+
+Audio here is built frame by frame (50 ms frames, the module's ``FRAME``): each frame is
+seeded Gaussian noise at a chosen amplitude, or exact zeros, so levels, loud frames and the
+quietest point of a span are known in advance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from pipeline.constants import N_SAMPLES, SAMPLE_RATE
+from pipeline.types import Segment, WindowResult
+from stages.quality import (
+    FRAME,
+    Pace,
+    QualityConfig,
+    Request,
+    WindowReview,
+    best_attempt,
+    frame_levels,
+    gate,
+    is_junk,
+    is_no_speech,
+    loud_frames,
+    loud_seconds,
+    needs_fallback,
+    sound_profile,
+    text_units,
+    too_fast,
+    too_slow,
+)
+
+CFG = QualityConfig()
+FPS = SAMPLE_RATE // FRAME  # 20 frames a second
+
+LOUD_AMP = 0.1  # about -20 dBFS
+FLOOR_AMP = 1e-3  # about -60 dBFS: the pauses between "syllables"
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def from_frames(amps, seed: int = 0) -> np.ndarray:
+    """(len(amps) * FRAME,) float32: frame i is Gaussian noise of RMS amps[i] (0: zeros)."""
+    amps = np.asarray(amps, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(len(amps) * FRAME) * np.repeat(amps, FRAME)
+    return x.astype(np.float32)
+
+
+def speech_like_amps(seconds: float, on: int = 8, off: int = 2) -> np.ndarray:
+    """Per-frame amplitudes: ``on`` loud frames, ``off`` quiet ones, repeated."""
+    n = int(round(seconds * FPS))
+    period = np.r_[np.full(on, LOUD_AMP), np.full(off, FLOOR_AMP)]
+    return np.resize(period, n)
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    return from_frames(speech_like_amps(seconds), seed)
+
+
+def hum(seconds: float, amp: float = 0.05) -> np.ndarray:
+    """Mains hum: 60 Hz and two harmonics (whole cycles in every 50 ms frame)."""
+    t = np.arange(int(round(seconds * SAMPLE_RATE))) / SAMPLE_RATE
+    x = sum(a * np.sin(2 * np.pi * f * t) for f, a in ((60, 1.0), (120, 0.5), (180, 0.25)))
+    return (amp * x).astype(np.float32)
+
+
+def pinkish(seconds: float, amp: float = 0.05, seed: int = 3) -> np.ndarray:
+    """Noise with a 1/f power spectrum above 100 Hz (fan or hiss), RMS ``amp``."""
+    n = int(round(seconds * SAMPLE_RATE))
+    rng = np.random.default_rng(seed)
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    spec *= np.where(f >= 100, 1 / np.sqrt(np.maximum(f, 1.0)), 0.0)
+    x = np.fft.irfft(spec, n)
+    return (amp * x / np.sqrt(np.mean(x * x))).astype(np.float32)
+
+
+def loud_mask(seconds: float, *spans) -> np.ndarray:
+    """(seconds * 20,) bool: True on the frames of each (t0, t1) span (frame indices)."""
+    m = np.zeros(int(round(seconds * FPS)), dtype=bool)
+    for t0, t1 in spans:
+        m[int(round(t0 * FPS)) : int(round(t1 * FPS))] = True
+    return m
+
+
+def seg(start, end, text, open_end=False) -> Segment:
+    return Segment(start=start, end=end, text=text, open_end=open_end)
+
+
+def res(*segments, T=0.0, cr=1.3, lp=-0.3, ns=0.01, n=24, lang="en") -> WindowResult:
+    """A WindowResult as a decoder would give it (temperature as asked)."""
+    return WindowResult(
+        segments=tuple(segments),
+        language=lang,
+        n_tokens=n,
+        avg_logprob=lp,
+        no_speech_prob=ns,
+        compression_ratio=cr,
+        temperature=T,
+    )
+
+
+def words(n: int, word: str = "word") -> str:
+    return " " + " ".join([word] * n)
+
+
+class FakeDecoder:
+    """Stands in for the backend: ``script(request) -> WindowResult`` (times from the
+    request's start, as the backend gives them); it records every request it saw."""
+
+    def __init__(self, script):
+        self.script = script
+        self.seen: list[Request] = []
+
+    def __call__(self, request: Request) -> WindowResult:
+        self.seen.append(request)
+        out = self.script(request)
+        # The backend reports the temperature it decoded at.
+        return replace(out, temperature=request.temperature)
+
+
+def drive(review: WindowReview, decoder: FakeDecoder, limit: int = 50) -> WindowResult:
+    """The infer stage's loop for one window: decode what the review asks for, feed it back,
+    until nothing is pending; then its result."""
+    queue = list(review.requests())
+    while queue:
+        assert limit > 0, "the review keeps asking for decodes"
+        limit -= 1
+        req = queue.pop(0)
+        assert not review.done
+        queue.extend(review.feed(req, decoder(req)))
+    assert review.done
+    return review.result()
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="rise"):
+        QualityConfig(temperatures=(0.4, 0.2))
+    with pytest.raises(ValueError, match="rise"):
+        QualityConfig(temperatures=(0.0, 0.2))
+    with pytest.raises(ValueError, match="rise"):
+        QualityConfig(temperatures=(0.2, 2.5))
+    with pytest.raises(ValueError):
+        QualityConfig(tail_min_s=0)
+    with pytest.raises(ValueError):
+        QualityConfig(max_tail_redecodes=-1)
+    QualityConfig(temperatures=())  # greedy only: allowed
+    QualityConfig(temperatures=(2.0,))
+
+
+# ------------------------------------------------------------------------------ levels
+
+
+def test_frame_levels_known_values():
+    full_sine = np.sin(2 * np.pi * 1000 * np.arange(SAMPLE_RATE) / SAMPLE_RATE).astype(np.float32)
+    lv = frame_levels(full_sine)
+    assert lv.shape == (20,)
+    np.testing.assert_allclose(lv, -3.0103, atol=0.01)
+    assert np.all(frame_levels(np.zeros(SAMPLE_RATE, np.float32)) == -120.0)
+    # A trailing partial frame is ignored; less than a frame is one silent frame.
+    assert frame_levels(np.ones(FRAME + 10, np.float32)).shape == (1,)
+    np.testing.assert_array_equal(frame_levels(np.ones(FRAME - 1, np.float32)), [-120.0])
+
+
+def test_gate_digital_silence():
+    assert gate(frame_levels(np.zeros(10 * SAMPLE_RATE, np.float32)), CFG) == "silent"
+    # Dither far below -60 dBFS is still silence.
+    quiet = from_frames(np.full(200, 1e-5))
+    assert gate(frame_levels(quiet), CFG) == "silent"
+
+
+@pytest.mark.parametrize("make", [hum, pinkish, lambda s: from_frames(np.full(int(s * FPS), 0.05))])
+def test_gate_steady_background(make):
+    levels = frame_levels(make(20.0))
+    assert levels.max() > CFG.silence_dbfs  # audible: not "silent"
+    assert gate(levels, CFG) == "steady"
+
+
+def test_gate_speech_like_bursts():
+    assert gate(frame_levels(speech_like(20.0)), CFG) is None
+    # Bursts over a loud hum are still a level contrast.
+    mix = hum(20.0, amp=0.01) + speech_like(20.0)
+    assert gate(frame_levels(mix), CFG) is None
+    # A short burst in silence: little spread, but its peak stands far above the median.
+    amps = np.full(200, FLOOR_AMP)
+    amps[100:106] = LOUD_AMP
+    lv = frame_levels(from_frames(amps))
+    p10, p95 = np.percentile(lv, (10, 95))
+    assert p95 - p10 < CFG.steady_spread_db
+    assert gate(lv, CFG) is None
+
+
+def test_gate_edges_are_strict():
+    # Loudest frame exactly at the silence level is not silent (strictly below is).
+    lv = np.full(100, -80.0)
+    lv[0] = -60.0
+    assert gate(lv, CFG) != "silent"
+    lv[0] = -60.001
+    assert gate(lv, CFG) == "silent"
+    # A steady level with one frame 12 dB up: not steady (the peak test is strict).
+    lv = np.full(100, -40.0)
+    lv[50] = -28.0
+    assert gate(lv, CFG) is None
+    lv[50] = -28.01
+    assert gate(lv, CFG) == "steady"
+
+
+def test_loud_frames_and_sound_profile():
+    amps = speech_like_amps(2.0)  # 40 frames: 8 loud, 2 quiet
+    loud = loud_frames(frame_levels(from_frames(amps)), CFG)
+    np.testing.assert_array_equal(loud, amps == LOUD_AMP)
+    prof = sound_profile(loud)
+    assert prof.shape == (41,) and prof.dtype == np.float32
+    assert prof[0] == 0 and prof[-1] == pytest.approx(32 * 0.05)
+    assert np.all(np.diff(prof) >= 0)
+    assert prof[8] == pytest.approx(0.4) and prof[10] == pytest.approx(0.4)
+    # Above the floor but below the silence level: not sound.
+    quiet = frame_levels(from_frames(np.r_[np.full(30, 1e-6), np.full(10, 1e-4)]))
+    assert not loud_frames(quiet, CFG).any()
+    # Digital silence everywhere: no sound, no crash.
+    assert not loud_frames(frame_levels(np.zeros(SAMPLE_RATE, np.float32)), CFG).any()
+
+
+def test_loud_seconds():
+    loud = loud_mask(10.0, (2.0, 3.0), (5.0, 5.5))
+    assert loud_seconds(loud, 0.0, 10.0) == pytest.approx(1.5)
+    assert loud_seconds(loud, 2.5, 5.25) == pytest.approx(0.75)
+    assert loud_seconds(loud, 6.0, 40.0) == 0.0
+    assert loud_seconds(loud, -1.0, 2.1) == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------------- decisions
+
+
+@pytest.mark.parametrize(
+    "text, junk",
+    [(".", True), ("...", True), (" - ", True), ("", True), (" ♪ ♪", True), ("?!", True),
+     (" Hi.", False), ("1", False), (" 三", False), (" é", False), (" Ok...", False)],
+)  # fmt: skip
+def test_is_junk(text, junk):
+    assert is_junk(text) is junk
+
+
+def test_too_fast():
+    loud = loud_mask(30.0, (10.0, 10.3))  # 0.3 s of sound
+    fourteen = words(14)
+    assert too_fast(seg(10.0, 12.0, fourteen), loud, CFG)
+    assert too_fast(seg(9.0, 13.0, fourteen), loud, CFG)
+    # The same words over plenty of sound: a normal segment.
+    speech = loud_mask(30.0, (8.0, 14.0))
+    assert not too_fast(seg(10.0, 12.0, fourteen), speech, CFG)
+    # 3 words in 0.3 s is 10 a second: the limit itself is allowed, one more word is not.
+    assert not too_fast(seg(10.0, 10.3, words(3)), loud, CFG)
+    assert too_fast(seg(10.0, 10.3, words(4)), loud, CFG)
+    # One word never counts (a lone "Okay." in a short sound).
+    assert not too_fast(seg(20.0, 21.0, " Okay."), loud, CFG)
+    # Two words in pure silence are too fast.
+    assert too_fast(seg(20.0, 21.0, " Thank you."), loud, CFG)
+
+
+def test_too_fast_timing_slack():
+    # The sound lies just before the segment's start (timestamps a little late).
+    loud = loud_mask(30.0, (9.8, 10.0))  # 0.2 s
+    s = seg(10.0, 11.0, " Thank you.")
+    assert not too_fast(s, loud, CFG)  # slack 0.3 s reaches it: 2 words <= 10 * 0.2
+    assert too_fast(s, loud, replace(CFG, timing_slack_s=0.0))
+    # ... and just after its end.
+    loud = loud_mask(30.0, (11.0, 11.2))
+    assert not too_fast(s, loud, CFG)
+    assert too_fast(s, loud, replace(CFG, timing_slack_s=0.0))
+    # Beyond the slack it does not count.
+    loud = loud_mask(30.0, (11.4, 11.6))
+    assert too_fast(s, loud, CFG)
+    # A segment at the window's start: the slack does not wrap to the end.
+    loud = loud_mask(30.0, (29.0, 30.0))
+    assert too_fast(seg(0.0, 0.5, " Thank you."), loud, CFG)
+
+
+def test_needs_fallback():
+    assert not needs_fallback(res(), CFG)
+    assert needs_fallback(res(cr=2.41), CFG)
+    assert not needs_fallback(res(cr=2.4), CFG)  # strictly above the threshold
+    assert needs_fallback(res(lp=-1.2, n=16), CFG)
+    assert not needs_fallback(res(lp=-1.2, n=15), CFG)  # too few tokens to judge
+    assert not needs_fallback(res(lp=-1.0, n=100), CFG)  # strictly below
+    assert needs_fallback(res(lp=-1.0001, n=100), CFG)
+    # Signals a backend does not give never ask for a fallback.
+    assert not needs_fallback(WindowResult((), n_tokens=100), CFG)
+    assert needs_fallback(res(cr=3.0, lp=None), CFG)
+    assert needs_fallback(res(cr=None, lp=-3.0, n=20), CFG)
+    assert not needs_fallback(res(lp=-1.2, n=20), replace(CFG, logprob_min_tokens=21))
+
+
+def test_is_no_speech():
+    assert is_no_speech(res(ns=0.9, lp=-1.5), CFG)
+    assert not is_no_speech(res(ns=0.9, lp=-0.5), CFG)  # a confident transcript wins
+    assert is_no_speech(res(ns=0.9, lp=None), CFG)
+    assert not is_no_speech(res(ns=0.6, lp=-3.0), CFG)  # strictly above the threshold
+    assert is_no_speech(res(ns=0.6001, lp=-3.0), CFG)
+    assert not is_no_speech(res(ns=None, lp=-3.0), CFG)
+    assert not is_no_speech(res(ns=0.9, lp=-1.0), CFG)  # strictly below the log-prob line
+    # Unlike the fallback test, the token count plays no part.
+    assert is_no_speech(res(ns=0.9, lp=-1.5, n=2), CFG)
+
+
+def test_best_attempt():
+    a = res(T=0.0, cr=3.0, lp=-0.1)  # a loop, however likely
+    b = res(T=0.2, cr=1.5, lp=-1.6)
+    c = res(T=0.4, cr=1.5, lp=-1.2)
+    d = res(T=0.6, cr=2.4, lp=-1.4)  # at the threshold: not a loop
+    e = res(T=0.8, cr=2.9, lp=-0.2)
+    assert best_attempt([a, b, c, d, e], CFG) is c
+    assert best_attempt([a, e], CFG) is e  # every attempt loops: the last
+    assert best_attempt([a, d], CFG) is d
+    # Unknown log-probability ranks last among attempts that did not loop; unknown
+    # compression counts as no loop.
+    f = res(T=1.0, cr=None, lp=None)
+    assert best_attempt([f, b], CFG) is b
+    assert best_attempt([a, f], CFG) is f
+    assert best_attempt([res(cr=None, lp=-2.0), res(cr=None, lp=-1.9)], CFG).avg_logprob == -1.9
+
+
+# -------------------------------------------------------------------------------- pace
+
+
+def test_text_units():
+    assert text_units(" Hello, world!") == 10
+    assert text_units("...") == 0
+    assert text_units(" It's 42.") == 5
+    assert text_units("こんにちは") == 5
+
+
+def test_pace_median_and_warm_up():
+    p = Pace()
+    assert p.rate() is None
+    for units, sound_s in ((30, 2.0), (45, 3.0), (150, 10.0), (200, 10.0)):
+        p.note(units, sound_s)
+    assert p.rate() is None  # 4 segments: not yet
+    p.note(100, 10.0)
+    assert p.rate() == 15.0  # median of 15, 15, 15, 20, 10
+    p.note(1000, 2.0)  # one odd segment does not move the median much
+    assert p.rate() == 15.0
+    # Too little sound or no letters: not noted at all.
+    q = Pace()
+    for _ in range(10):
+        q.note(50, 1.99)
+        q.note(0, 10.0)
+    assert q.rate() is None
+
+
+def test_pace_keeps_the_last_window():
+    p = Pace(window=5)
+    for _ in range(5):
+        p.note(10, 10.0)  # rate 1
+    assert p.rate() == 1.0
+    for _ in range(3):
+        p.note(100, 10.0)  # rate 10
+    assert p.rate() == 10.0  # the last 5: 1, 1, 10, 10, 10
+
+
+def _warm_pace(rate: float = 15.0, n: int = 5) -> Pace:
+    p = Pace()
+    for _ in range(n):
+        p.note(int(rate * 10), 10.0)
+    return p
+
+
+def test_too_slow():
+    loud = loud_mask(30.0, (0.0, 20.0))
+    pace = _warm_pace(15.0)
+    few = seg(0.0, 20.0, " Hello there.")  # 10 letters where the pace says 300
+    assert too_slow(few, loud, pace, CFG)
+    normal = seg(0.0, 20.0, words(56, "words"))  # 280 letters
+    assert not too_slow(normal, loud, pace, CFG)
+    # Just under skip_ratio: 0.65 * 300 = 195 letters.
+    assert too_slow(seg(0.0, 20.0, " " + "a" * 194), loud, pace, CFG)
+    assert not too_slow(seg(0.0, 20.0, " " + "a" * 195), loud, pace, CFG)
+    # Not enough sound under the segment (8 s needed), whatever its length.
+    quiet = loud_mask(30.0, (0.0, 7.9))
+    assert not too_slow(few, quiet, pace, CFG)
+    # No pace, or one not yet warmed up: no judgement.
+    assert not too_slow(few, loud, None, CFG)
+    assert not too_slow(few, loud, _warm_pace(15.0, n=4), CFG)
+    # A slow job: short of the ratio but fewer than skip_min_units letters short.
+    slow = _warm_pace(2.0)  # 8 s of sound -> 16 expected
+    assert not too_slow(seg(0.0, 8.0, " Hi"), loud, slow, CFG)
+
+
+# ------------------------------------------------------------------------------ review
+
+
+def test_review_rejects_more_than_a_window():
+    with pytest.raises(ValueError, match=str(N_SAMPLES)):
+        WindowReview(0, np.zeros(N_SAMPLES + 1, np.float32))
+
+
+def test_gated_window_needs_no_request():
+    for audio, why in ((np.zeros(20 * SAMPLE_RATE, np.float32), "silent"), (hum(20.0), "steady")):
+        review = WindowReview(3, audio)
+        assert review.gated == why
+        assert review.requests() == []
+        assert review.done
+        out = review.result()
+        assert out.segments == () and out.n_tokens == 0
+    empty = WindowReview(0, np.zeros(0, np.float32), QualityConfig(enabled=False))
+    assert empty.requests() == [] and empty.result().segments == ()
+
+
+def test_clean_window_one_request():
+    audio = speech_like(12.0)
+    review = WindowReview(2, audio)
+    assert review.gated is None
+    dec = FakeDecoder(
+        lambda r: res(seg(0.0, 5.0, " Hello there, how are you?"), seg(5.0, 11.6, " Fine."))
+    )
+    out = drive(review, dec)
+    (req,) = dec.seen
+    assert req == Request(2, 0, len(audio), 0.0, req.seed, "window")
+    assert [s.text for s in out.segments] == [" Hello there, how are you?", " Fine."]
+    assert out.language == "en" and out.n_tokens == 24
+    assert review.counts == {"window": 1, "fallback": 0, "tail": 0, "split": 0}
+
+
+def test_window_audio_and_sound():
+    audio = speech_like(12.0)
+    review = WindowReview(0, audio)
+    (req,) = review.requests()
+    x = review.window_audio(req)
+    assert x.shape == (N_SAMPLES,) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[: len(audio)], audio)
+    assert not x[len(audio) :].any()  # padded with zeros in the audio domain
+    valid_s, prof = review.sound(req)
+    assert valid_s == 12.0
+    np.testing.assert_array_equal(prof, sound_profile(review.loud))
+    # A request for part of the window: its own samples first, its own sound profile.
+    part = Request(0, 4 * SAMPLE_RATE, 10 * SAMPLE_RATE)
+    x = review.window_audio(part)
+    np.testing.assert_array_equal(x[: 6 * SAMPLE_RATE], audio[4 * SAMPLE_RATE : 10 * SAMPLE_RATE])
+    assert not x[6 * SAMPLE_RATE :].any()
+    valid_s, prof = review.sound(part)
+    assert valid_s == 6.0 and prof.shape == (121,)
+    np.testing.assert_allclose(prof[-1], np.count_nonzero(review.loud[80:200]) * 0.05, rtol=1e-6)
+
+
+def _loop(T=0.0):
+    return res(seg(0.0, 19.6, " to benefit," * 30), T=T, cr=3.5, lp=-0.2, n=120)
+
+
+def test_fallback_chain_stops_at_first_acceptable():
+    audio = speech_like(20.0)
+    good = res(seg(0.0, 19.6, " To benefit the people of the town."), lp=-0.5, n=30)
+
+    def script(r):
+        return good if r.temperature >= 0.6 else _loop()
+
+    dec = FakeDecoder(script)
+    review = WindowReview(7, audio)
+    out = drive(review, dec)
+    assert [(r.kind, r.temperature) for r in dec.seen] == [
+        ("window", 0.0), ("fallback", 0.2), ("fallback", 0.4), ("fallback", 0.6)
+    ]  # fmt: skip
+    assert all((r.start, r.end) == (0, len(audio)) for r in dec.seen)
+    assert [s.text for s in out.segments] == [" To benefit the people of the town."]
+    assert review.counts["fallback"] == 3
+    assert out.n_tokens == 3 * 120 + 30  # every attempt's tokens count
+    # Seeds: one per temperature, and the same for the same window every time.
+    seeds = [r.seed for r in dec.seen]
+    assert len(set(seeds)) == 4
+    dec2 = FakeDecoder(script)
+    drive(WindowReview(7, audio), dec2)
+    assert [r.seed for r in dec2.seen] == seeds
+    # Another window's seeds are its own.
+    dec3 = FakeDecoder(script)
+    drive(WindowReview(8, audio), dec3)
+    assert not set(r.seed for r in dec3.seen) & set(seeds)
+
+
+def test_fallback_on_low_logprob():
+    audio = speech_like(20.0)
+    dec = FakeDecoder(
+        lambda r: res(seg(0.0, 19.6, " Words."), lp=-1.5 if r.temperature < 0.4 else -0.6, n=20)
+    )
+    drive(WindowReview(0, audio), dec)
+    assert [r.temperature for r in dec.seen] == [0.0, 0.2, 0.4]
+    # Too few tokens to judge: no fallback.
+    dec = FakeDecoder(lambda r: res(seg(0.0, 19.6, " Words."), lp=-1.5, n=8))
+    out = drive(WindowReview(0, audio), dec)
+    assert len(dec.seen) == 1 and [s.text for s in out.segments] == [" Words."]
+
+
+def test_all_temperatures_fail_keeps_best_attempt():
+    audio = speech_like(20.0)
+    by_t = {
+        0.0: _loop(),
+        0.2: res(seg(0.0, 19.6, " attempt at 0.2"), cr=1.5, lp=-1.6, n=40),
+        0.4: res(seg(0.0, 19.6, " attempt at 0.4"), cr=1.5, lp=-1.2, n=40),
+        0.6: res(seg(0.0, 19.6, " attempt at 0.6"), cr=2.6, lp=-0.1, n=40),
+        0.8: res(seg(0.0, 19.6, " attempt at 0.8"), cr=1.5, lp=-1.9, n=40),
+        1.0: res(seg(0.0, 19.6, " attempt at 1.0"), cr=1.5, lp=-1.4, n=40),
+    }
+    dec = FakeDecoder(lambda r: by_t[r.temperature])
+    review = WindowReview(1, audio)
+    out = drive(review, dec)
+    assert [r.temperature for r in dec.seen] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert [s.text for s in out.segments] == [" attempt at 0.4"]
+    # The window's signals stay the first decode's (see WindowReview.result).
+    assert out.temperature == 0.0 and out.compression_ratio == 3.5
+    # No temperatures to fall back to: the greedy result is judged as it is.
+    dec = FakeDecoder(lambda r: by_t[0.2])
+    out = drive(WindowReview(1, audio, QualityConfig(temperatures=())), dec)
+    assert len(dec.seen) == 1 and [s.text for s in out.segments] == [" attempt at 0.2"]
+    # Every attempt loops: the last is kept.
+    dec = FakeDecoder(lambda r: _loop())
+    out = drive(WindowReview(1, audio, QualityConfig(temperatures=(0.5,))), dec)
+    assert [r.temperature for r in dec.seen] == [0.0, 0.5]
+    assert out.segments and out.segments[0].text.startswith(" to benefit")
+
+
+def test_no_speech_gives_no_segments():
+    audio = speech_like(20.0)
+    # Unlikely text and a high no-speech probability: no segments and no fallback, even
+    # though the log-probability alone would ask for one.
+    dec = FakeDecoder(
+        lambda r: res(seg(0.0, 19.6, " Thank you for watching."), ns=0.9, lp=-1.5, n=40)
+    )
+    review = WindowReview(0, audio)
+    out = drive(review, dec)
+    assert len(dec.seen) == 1
+    assert out.segments == () and out.no_speech_prob == 0.9
+    # ... and no tail re-decode for a window that heard nothing.
+    assert review.counts["tail"] == 0
+    # A confident transcript overrides the no-speech probability.
+    dec = FakeDecoder(lambda r: res(seg(0.0, 19.6, " Thank you for watching."), ns=0.9, lp=-0.4))
+    assert [s.text for s in drive(WindowReview(0, audio), dec).segments] == [
+        " Thank you for watching."
+    ]
+
+
+def test_junk_and_too_fast_segments_are_dropped():
+    amps = np.full(200, FLOOR_AMP)  # 10 s, one 0.3 s burst at 2.0 s
+    amps[40:46] = LOUD_AMP
+    audio = from_frames(amps)
+    review = WindowReview(0, audio)
+    assert review.gated is None
+    dec = FakeDecoder(
+        lambda r: res(
+            seg(0.0, 1.0, " ..."),
+            seg(1.0, 2.5, " Hi there."),
+            seg(2.5, 9.0, words(14)),  # 14 words, 0.3 s of sound within the slack at most
+        )
+    )
+    out = drive(review, dec)
+    assert [s.text for s in out.segments] == [" Hi there."]
+    assert len(dec.seen) == 1  # no tail: the window has no sound after 2.5 s
+
+
+def test_tail_backstop():
+    audio = speech_like(20.0)  # sound to the end
+    first = res(seg(0.0, 5.0, " Hello world, this is a test."), seg(5.0, 8.0, " More words here."))
+    tail = res(seg(0.0, 6.0, " The tail says this."), seg(6.0, 13.0, " And this, to the end."))
+    dec = FakeDecoder(lambda r: first if r.kind == "window" else tail)
+    review = WindowReview(4, audio)
+    out = drive(review, dec)
+    assert [(r.kind, r.start, r.end, r.temperature) for r in dec.seen] == [
+        ("window", 0, 320000, 0.0),
+        ("tail", 8 * SAMPLE_RATE, 320000, 0.0),  # from where the last complete segment ended
+    ]
+    # Window seconds; the tail's last end (8 + 13 = 21 s) is clamped to the audio's end.
+    assert [(s.start, s.end, s.text) for s in out.segments] == [
+        (0.0, 5.0, " Hello world, this is a test."),
+        (5.0, 8.0, " More words here."),
+        (8.0, 14.0, " The tail says this."),
+        (14.0, 20.0, " And this, to the end."),
+    ]
+    assert review.counts["tail"] == 1
+    assert out.n_tokens == 48
+
+
+def test_tail_replaces_an_open_last_segment():
+    audio = speech_like(20.0)
+    first = res(
+        seg(0.0, 5.0, " Hello world, this is a test."),
+        seg(5.0, 30.0, " and this goes on", open_end=True),
+    )
+    tail = res(seg(0.0, 7.0, " And this goes on and on."), seg(7.0, 14.5, " To the end."))
+    dec = FakeDecoder(lambda r: first if r.kind == "window" else tail)
+    out = drive(WindowReview(0, audio), dec)
+    assert [(r.kind, r.start) for r in dec.seen] == [("window", 0), ("tail", 5 * SAMPLE_RATE)]
+    assert [(s.start, s.end, s.text) for s in out.segments] == [
+        (0.0, 5.0, " Hello world, this is a test."),
+        (5.0, 12.0, " And this goes on and on."),
+        (12.0, 19.5, " To the end."),
+    ]
+    assert not any(s.open_end for s in out.segments)
+
+
+def test_no_tail_when_not_needed():
+    audio = speech_like(20.0)
+
+    def run(first, cfg=CFG, audio=audio):
+        dec = FakeDecoder(lambda r: first if r.kind == "window" else res(seg(0.0, 1.0, " x y")))
+        out = drive(WindowReview(0, audio, cfg), dec)
+        return [r.kind for r in dec.seen], out
+
+    # The last segment ends less than tail_min_s before the audio does.
+    kinds, _ = run(res(seg(0.0, 19.1, " All of it.")))
+    assert kinds == ["window"]
+    # The rest is quiet.
+    quiet_rest = from_frames(np.r_[speech_like_amps(8.0), np.full(240, FLOOR_AMP)])
+    kinds, _ = run(res(seg(0.0, 8.0, " All of it.")), audio=quiet_rest)
+    assert kinds == ["window"]
+    # Tail re-decodes switched off: the open segment stays, as decoded.
+    kinds, out = run(
+        res(seg(0.0, 5.0, " Hello."), seg(5.0, 30.0, " and on", open_end=True)),
+        cfg=QualityConfig(max_tail_redecodes=0),
+    )
+    assert kinds == ["window"]
+    assert [(s.start, s.end, s.open_end) for s in out.segments] == [
+        (0.0, 5.0, False),
+        (5.0, 20.0, True),
+    ]
+    # Nothing was heard at all: decoding the same audio again gains nothing.
+    kinds, out = run(res(seg(0.0, 1.0, " ...")))
+    assert kinds == ["window"] and out.segments == ()
+    # A tail that stops early again is not decoded a third time.
+    first = res(seg(0.0, 5.0, " Hello there."))
+    dec = FakeDecoder(lambda r: first)
+    out = drive(WindowReview(0, audio), dec)
+    assert [r.kind for r in dec.seen] == ["window", "tail"]
+    assert [(s.start, s.end) for s in out.segments] == [(0.0, 5.0), (5.0, 10.0)]
+
+
+def _split_audio():
+    """20 s of speech-like audio with exact digital silence at 11.00-11.10 s (frames
+    220-221): the quietest 100 ms inside any long segment over it."""
+    amps = speech_like_amps(20.0)
+    amps[220:222] = 0.0
+    return from_frames(amps)
+
+
+def _split_run(halves_text, pace):
+    audio = _split_audio()
+    old = seg(0.0, 19.6, " Hello there.")  # 10 letters over ~15.7 s of sound
+
+    def script(r):
+        if r.kind == "window":
+            return res(old)
+        if r.start == 0:
+            return res(seg(0.0, 10.5, halves_text[0]))
+        return res(seg(0.2, 8.0, halves_text[1]))
+
+    dec = FakeDecoder(script)
+    review = WindowReview(0, audio, pace=pace)
+    out = drive(review, dec)
+    return dec.seen, out, review
+
+
+def test_too_slow_segment_is_split_and_replaced_when_halves_say_more():
+    one, two = words(30, "alpha"), words(28, "beta")
+    seen, out, review = _split_run((one, two), _warm_pace(15.0))
+    mid = 221 * FRAME  # the boundary between the two silent frames: 11.05 s
+    assert [(r.kind, r.start, r.end, r.temperature) for r in seen] == [
+        ("window", 0, 320000, 0.0),
+        ("split", 0, mid, 0.0),
+        ("split", mid, int(19.6 * SAMPLE_RATE), 0.0),
+    ]
+    assert review.counts["split"] == 2
+    assert [(s.start, s.end, s.text) for s in out.segments] == [
+        (0.0, 10.5, one),
+        (11.25, 19.05, two),  # window seconds: 11.05 + 0.2, 11.05 + 8.0
+    ]
+
+
+def test_split_halves_kept_only_if_they_say_more():
+    seen, out, _ = _split_run((" Hi.", " Yo."), _warm_pace(15.0))  # 4 letters < 10
+    assert [r.kind for r in seen] == ["window", "split", "split"]
+    assert [s.text for s in out.segments] == [" Hello there."]
+    seen, out, _ = _split_run((" Hello", " there"), _warm_pace(15.0))  # 10 letters: not more
+    assert [s.text for s in out.segments] == [" Hello there."]
+
+
+def test_no_split_without_a_warm_pace():
+    for pace in (None, Pace(), _warm_pace(15.0, n=3)):
+        seen, out, _ = _split_run((" a", " b"), pace)
+        assert [r.kind for r in seen] == ["window"]
+        assert [s.text for s in out.segments] == [" Hello there."]
+    # The window's own segment joins the pace before it is judged: 4 earlier segments and
+    # this one make the 5 the pace needs (its median is still the job's rate).
+    seen, _, _ = _split_run((" a", " b"), _warm_pace(15.0, n=4))
+    assert [r.kind for r in seen] == ["window", "split", "split"]
+
+
+def test_window_segments_join_the_pace():
+    pace = Pace()
+    audio = speech_like(20.0)
+    text = words(40, "spoken")  # 240 letters
+    dec = FakeDecoder(lambda r: res(seg(0.0, 19.6, text)))
+    for i in range(5):
+        drive(WindowReview(i, audio, pace=pace), dec)
+    sound = loud_seconds(loud_frames(frame_levels(audio), CFG), 0.0, 19.6)
+    assert sound > 15.0
+    assert pace.rate() == pytest.approx(240 / sound)
+
+
+def test_disabled_review_is_a_pass_through():
+    cfg = QualityConfig(enabled=False)
+    looped = res(
+        seg(0.0, 1.0, " ..."),
+        seg(1.0, 1.2, words(14)),
+        seg(1.2, 30.0, " to benefit," * 20, open_end=True),
+        cr=3.5, lp=-2.0, ns=0.95, n=150,
+    )  # fmt: skip
+    # Digital silence: gated when enabled, decoded when not.
+    audio = np.zeros(20 * SAMPLE_RATE, np.float32)
+    assert WindowReview(0, audio).requests() == []
+    review = WindowReview(0, audio, cfg)
+    (req,) = review.requests()
+    assert (req.kind, req.start, req.end, req.temperature) == ("window", 0, len(audio), 0.0)
+    assert review.feed(req, looped) == []
+    assert review.done
+    out = review.result()
+    assert [s.text for s in out.segments] == [s.text for s in looped.segments]
+    assert out.segments[-1] == seg(1.2, 20.0, " to benefit," * 20, open_end=True)  # still clamped
+    assert review.counts == {"window": 1, "fallback": 0, "tail": 0, "split": 0}
+
+
+def test_segment_times_clamped_inside_the_span():
+    audio = speech_like(10.0)
+    dec = FakeDecoder(
+        lambda r: res(seg(1.0, 7.98, " First part of it."), seg(7.98, 12.0, " Runs past the end."))
+    )
+    out = drive(WindowReview(0, audio), dec)
+    assert [(s.start, s.end) for s in out.segments] == [(1.0, 7.98), (7.98, 10.0)]
+    for s in out.segments:
+        assert 0.0 <= s.start <= s.end <= 10.0
+
+
+def test_segment_times_rounded_to_the_millisecond():
+    audio = speech_like(20.0)
+    cut = 5.123
+    first = res(seg(0.0, cut, " Hello there, friend."))
+    tail = res(seg(0.333, 7.777, " The rest of it all."), seg(7.777, 14.0, " And more."))
+    dec = FakeDecoder(lambda r: first if r.kind == "window" else tail)
+    out = drive(WindowReview(0, audio), dec)
+    assert dec.seen[1].start == round(cut * SAMPLE_RATE)
+    assert [(s.start, s.end) for s in out.segments] == [(0.0, 5.123), (5.456, 12.9), (12.9, 19.123)]
+
+
+def test_result_before_done_raises():
+    audio = speech_like(20.0)
+    review = WindowReview(5, audio)
+    (req,) = review.requests()
+    with pytest.raises(RuntimeError, match="window 5"):
+        review.result()
+    (tail,) = review.feed(req, res(seg(0.0, 5.0, " Hello there, friend.")))
+    assert tail.kind == "tail" and not review.done
+    with pytest.raises(RuntimeError, match="pending"):
+        review.result()
+    assert review.feed(tail, res(seg(0.0, 14.0, " The rest of it."))) == []
+    assert review.done and len(review.result().segments) == 2
