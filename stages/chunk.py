@@ -11,15 +11,18 @@ leaves nothing to stitch: every word is heard whole by exactly one window.
 The rule (``WindowPlan``; one place, tested against a plain reference implementation in
 tests/test_chunk.py). Levels are measured over 10 ms frames (160 samples):
 
-1. A window starts where sound resumes: from the current position, quiet frames (at or
-   below the threshold ``quiet``) are skipped and the window starts ``margin_s`` before
-   the first louder frame (never before the current position). Whisper reads its first
-   segment's start from the first 1 s of a window; speech that begins after seconds of
-   silence was skipped entirely in one window of a test reading.
+1. A window starts where sound resumes: from the current position, quiet frames are
+   skipped and the window starts ``margin_s`` before the first louder frame (never before
+   the current position). Quiet here is at or below the lowest frame level of the coming
+   ``max_s - min_s`` plus ``tolerance_db``, and at or below the previous cut's own
+   threshold (2.) when there was one. Whisper reads its first segment's start from the first 1 s of a
+   window; speech that begins after seconds of silence was skipped entirely in one window
+   of a test reading. (Audio shorter than one frame is a window of its own.)
 2. It ends at the longest quiet run that starts within ``[start + min_s, start + max_s]``:
    ``quiet`` is the range's lowest frame level plus ``tolerance_db``, a run is a stretch
-   of frames at or below it (extended backwards past the range's start while quiet; the
-   latest of equally long runs wins). A long run (over ``2 * margin_s``, or one reaching
+   of frames at or below it (lengths compared within the range only; the chosen run is
+   then extended backwards past the range's start while quiet, to one frame after the
+   window's start; the latest of equally long runs wins). A long run (over ``2 * margin_s``, or one reaching
    the range's end) is split: the window keeps ``margin_s`` of it and the next window's
    skip (1.) finds where it ends; a short run is cut in its middle. The longest pause in the last third of a
    window is most often a sentence's end, so a window holds whole sentences.
@@ -72,8 +75,13 @@ class WindowPlan:
                 f"windows need 0 < min_s < max_s <= {N_SAMPLES // SAMPLE_RATE} s, "
                 f"not min_s={self.min_s:g}, max_s={self.max_s:g}"
             )
-        if not 0 <= self.margin_s < self.min_s / 2 or self.tolerance_db < 0:
-            raise ValueError("margin_s must be in [0, min_s / 2) and tolerance_db >= 0")
+        if not 0 <= self.margin_s < self.min_s / 2 or not 0 <= self.tolerance_db < float("inf"):
+            raise ValueError("margin_s must be in [0, min_s / 2) and tolerance_db finite and >= 0")
+        if not 1 <= self.min_frames < self.max_frames:
+            raise ValueError(
+                f"min_s and max_s must be at least one 10 ms frame apart and min_s at least one "
+                f"frame, not min_s={self.min_s:g}, max_s={self.max_s:g}"
+            )
 
     @property
     def min_frames(self) -> int:
@@ -158,6 +166,8 @@ class _Planner:
         self.covered = 0  # sample where the next window's share begins
         self.total: int | None = None  # samples, once the stream ended
         self.start: int | None = None  # frame of the pending window's start
+        self.skip_quiet: float | None = None  # threshold of the skip under way (rule 1)
+        self.skip_from = 0  # where that skip began: no window starts before it
 
     def push(self, levels: np.ndarray) -> None:
         self.levels = np.concatenate([self.levels, levels]) if len(self.levels) else levels
@@ -191,7 +201,9 @@ class _Planner:
             out = (s * FRAME, end_sample, self.covered)
             self.covered = end_sample
             return out if end_sample > s * FRAME else None
-        if self._frames < s + plan.max_frames:
+        # Strictly more than max_s: a stream that ends exactly max_s after the start is
+        # one last window (rule 3), which is not known until a frame past it arrives.
+        if self.total is None and self._frames <= s + plan.max_frames:
             return None
         lo, hi = s + plan.min_frames, s + plan.max_frames
         r0, r1, quiet = _longest_quiet_run(self.levels, lo - self.base, hi - self.base, plan.tolerance_db)
@@ -200,13 +212,12 @@ class _Planner:
             r0 -= 1
         m = plan.margin_frames
         if r1 - r0 > 2 * m or r1 == hi:
-            # A long pause, or one that may go on past the range (the next window's skip
-            # finds where it ends): keep a margin of it on each side.
+            # A long pause, or one that may go on past the range: the window keeps a margin
+            # of it; the next window's skip (rule 1) starts there and finds where it ends.
             end = min(r0 + m, hi)
-            nxt = max(end, r1 - m)
         else:
-            end = nxt = (r0 + r1) // 2
-        self.start, self.pos, self.quiet = None, nxt, quiet
+            end = (r0 + r1) // 2
+        self.start, self.pos, self.quiet, self.skip_quiet = None, end, quiet, None
         out = (s * FRAME, end * FRAME, self.covered)
         self.covered = end * FRAME
         return out
@@ -216,29 +227,35 @@ class _Planner:
         plan = self.plan
         if self.total is not None and self.pos * FRAME >= self.total:
             return False
-        if self.quiet is None:  # the first window: a threshold from the first 30 s
+        if self.skip_quiet is None:
+            # What counts as quiet for this skip, fixed when it begins (so that the frames
+            # arriving in pieces cannot change it): the quietest frame of the coming
+            # max_s - min_s plus the tolerance, and never more than the last cut's own
+            # threshold. Measured afresh for each skip, so that soft speech after a loud,
+            # noisy stretch is not taken for the rest of its pause.
+            horizon = plan.max_frames - plan.min_frames
             have = self._frames - self.pos
-            if have < plan.max_frames and self.total is None:
+            if have < horizon and self.total is None:
                 return False
             if have <= 0:  # under one frame of audio left: a window of its own
                 self.start = self.pos
                 return True
-            self.quiet = float(self._lv(self.pos, self.pos + plan.max_frames).min()) + plan.tolerance_db
-        q = self.pos
-        lv = self._lv(q, self._frames)
-        loud = np.flatnonzero(lv > self.quiet)
+            local = float(self._lv(self.pos, self.pos + horizon).min()) + plan.tolerance_db
+            self.skip_quiet = local if self.quiet is None else min(self.quiet, local)
+            self.skip_from = self.pos
+        loud = np.flatnonzero(self._lv(self.pos, self._frames) > self.skip_quiet)
         if len(loud) == 0:
             q = self._frames
             if self.total is None:
                 # Still quiet: forget what passed, keeping a margin's worth before q.
-                self.drop_before(max(self.pos, q - plan.margin_frames))
                 self.pos = max(self.pos, q - plan.margin_frames)
+                self.drop_before(self.pos)
                 return False
-            # The stream ends in quiet: no further window.
-            self.pos = q
+            self.pos = q  # the stream ends in quiet: no further window
             return False
-        q += int(loud[0])
-        self.start = max(self.pos, q - plan.margin_frames)
+        q = self.pos + int(loud[0])
+        self.start = max(self.skip_from, q - plan.margin_frames)
+        self.skip_quiet = None
         self.drop_before(self.start)
         return True
 

@@ -171,17 +171,19 @@ class StepRecorder:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """input_ids: (B, L) int64; scores: (B, V). Returns scores (noised rows for T > 0)."""
+        if self.prompt_len is None:
+            self.prompt_len = input_ids.shape[1]
+        if self.veto is not None:
+            scores = self.veto(input_ids[:, self.prompt_len :], scores, self.eos, ~self.done)
+        # Log-probabilities under the model's (processed, unscaled) distribution, as
+        # openai/whisper records them for sampled tokens too: before any noise.
+        logprobs = torch.nn.functional.log_softmax(scores.float(), dim=-1)
         if self.hot:
             scores = scores.clone()
             for row, t, g in self.hot:
                 u = torch.rand(scores.shape[1], generator=g, device=scores.device)
                 gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
                 scores[row] += (t * gumbel).to(scores.dtype)
-        if self.prompt_len is None:
-            self.prompt_len = input_ids.shape[1]
-        if self.veto is not None:
-            scores = self.veto(input_ids[:, self.prompt_len :], scores, self.eos, ~self.done)
-        logprobs = torch.nn.functional.log_softmax(scores.float(), dim=-1)
         picked = scores.argmax(dim=-1, keepdim=True)
         running = ~self.done
         self.sum_logprob += torch.where(running, logprobs.gather(1, picked).squeeze(1), 0.0).double()
@@ -190,10 +192,10 @@ class StepRecorder:
         return scores
 
     def avg_logprobs(self) -> list[float]:
-        """Per row: summed log-probability over the tokens before end-of-text (openai/whisper
-        divides by the token count without end-of-text, but sums its log-probability)."""
-        n = (self.count - 1).clamp(min=1)
-        return (self.sum_logprob / n).tolist()
+        """Per row: summed log-probability over the generated tokens, end-of-text included,
+        divided by their count (openai/whisper's ``sum_logprob / (len(tokens) + 1)``, its
+        ``tokens`` being those before end-of-text)."""
+        return (self.sum_logprob / self.count.clamp(min=1)).tolist()
 
 
 class EotVeto:

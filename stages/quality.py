@@ -257,7 +257,8 @@ class _Span:
     start: int
     end: int
     depth: int  # 0: the window itself; 1: a re-decode of part of it
-    attempts: list = field(default_factory=list)
+    attempts: list = field(default_factory=list)  # WindowResults, in order
+    temperatures: list = field(default_factory=list)  # the temperature each was asked at
     group: object = None  # a split: the _Split this half belongs to
 
 
@@ -304,19 +305,23 @@ class WindowReview:
         self._spans: dict[tuple[int, int], _Span] = {}  # by (start, end) sample
         self._final: dict[tuple[int, int], list[Segment]] = {}  # span -> its kept segments
         self._first: WindowResult | None = None
+        self._kept: WindowResult | None = None  # the window's own decode that was kept
+        self._asked = False
         self.counts = dict.fromkeys(KINDS, 0)
 
     # -- protocol ------------------------------------------------------------------------
 
     def requests(self) -> list[Request]:
         """The first decode (none when the energy gate says there is nothing to hear)."""
+        self._asked = True
         if len(self.audio) == 0 or (self.cfg.enabled and self.gated is not None):
             return []
         return [self._ask(_Span(0, len(self.audio), 0), 0.0, "window")]
 
     @property
     def done(self) -> bool:
-        return not self._pending
+        """True once ``requests()`` was called and every decode it led to was fed."""
+        return self._asked and not self._pending
 
     def window_audio(self, request: Request) -> np.ndarray:
         """The (480000,) float32 input of a request: its span, zero-padded in the audio
@@ -343,14 +348,23 @@ class WindowReview:
         if not cfg.enabled:
             self._final[(span.start, span.end)] = [self._place(s, span) for s in result.segments]
             return []
+        span.temperatures.append(request.temperature)
         if needs_fallback(result, cfg) and not is_no_speech(result, cfg):
-            hotter = [t for t in cfg.temperatures if t > max(a.temperature for a in span.attempts)]
+            hotter = [t for t in cfg.temperatures if t > max(span.temperatures)]
             if hotter:
                 return [self._ask(span, hotter[0], "fallback")]
             result = best_attempt(span.attempts, cfg)
+        if span.depth == 0:
+            self._kept = result
         segments: list[Segment] = []
         if not is_no_speech(result, cfg):
-            placed = (self._place(s, span) for s in result.segments if not is_junk(s.text))
+            end_s = (span.end - span.start) / SAMPLE_RATE
+            placed = (
+                self._place(s, span)
+                for s in result.segments
+                # Text the model put in the padding after the span's audio heard nothing.
+                if not is_junk(s.text) and s.start < end_s
+            )
             segments = [seg for seg in placed if not too_fast(seg, self.loud, cfg)]
         if span.group is not None:
             return self._half_done(span, segments)
@@ -371,16 +385,17 @@ class WindowReview:
 
     def result(self) -> WindowResult:
         """The window's transcript: every span's kept segments in time order, with the
-        first decode's language and signals (the window as a whole)."""
+        language and signals of the window's own decode that was kept (after any fallback;
+        re-decodes of parts of the window do not change them)."""
         if not self.done:
             raise RuntimeError(f"window {self.index}: decodes still pending")
         segments: list[Segment] = []
         for start in sorted(self._final):
             segments.extend(self._final[start])
         segments.sort(key=lambda s: (s.start, s.end))
-        first = self._first or WindowResult(())
+        kept = self._kept or self._first or WindowResult(())
         n_tokens = sum(a.n_tokens for s in self._spans.values() for a in s.attempts)
-        return replace(first, segments=tuple(segments), n_tokens=n_tokens)
+        return replace(kept, segments=tuple(segments), n_tokens=n_tokens)
 
     # -- rules ---------------------------------------------------------------------------
 

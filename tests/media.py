@@ -45,8 +45,9 @@ def noise(seconds: float, rate: int = 16000, amp: float = 0.1, seed: int = 0) ->
 def babble(seconds: float, rate: int = 16000, amp: float = 0.2, seed: int = 0) -> np.ndarray:
     """Noise in bursts like syllables (80-300 ms on, 40-200 ms off, a longer pause now and
     then): level changes like speech, so the chunker finds pauses and windows in it, and a
-    model decodes it like any sound. Steady noise or a tone is, correctly, no window at all
-    (stages/chunk.py skips audio that never rises above its own floor)."""
+    model decodes it like any sound. A steady tone is, correctly, no window at all
+    (stages/chunk.py skips audio that never rises above its own floor), and steady noise
+    only windows the quality gate then passes over."""
     rng = np.random.default_rng(seed)
     n = int(round(seconds * rate))
     env = np.zeros(n, dtype=np.float32)

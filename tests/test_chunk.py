@@ -46,8 +46,8 @@ def reference_windows(audio: np.ndarray, plan: WindowPlan = PLAN) -> list[tuple[
     """[(start, end, covered_from)] in samples, by the rule of stages/chunk.py's docstring.
 
     Where the docstring is silent this follows the module, and says so:
-    (a) the first window's skip threshold is the lowest level of the first ``max_s`` of
-        the stream plus ``tolerance_db`` (there is no earlier range to take it from);
+    (a) before the first cut there is no cut threshold: the skip's threshold is the
+        coming ``max_s - min_s``'s lowest level plus ``tolerance_db`` alone;
     (b) a stream shorter than one frame has no level at all and is one window;
     (c) a run found at the range's start is extended backwards no further than the frame
         after the window's start (the window keeps at least one frame); run lengths are
@@ -63,11 +63,17 @@ def reference_windows(audio: np.ndarray, plan: WindowPlan = PLAN) -> list[tuple[
         return []
     if n == 0:  # (b)
         return [(0, total, 0)]
-    quiet = min(lv[0:max_f]) + plan.tolerance_db  # (a)
+    cut_quiet = None  # (a)
     pos, covered, out = 0, 0, []
     while True:
         # 1. Skip quiet frames; the window starts a margin before the first louder one,
-        #    never before the current position. Quiet to the end: no more windows.
+        #    never before the current position. Quiet to the end: no more windows. Quiet:
+        #    the coming (max_s - min_s)'s lowest level + tolerance, and at most the last
+        #    cut's threshold.
+        if pos >= n:
+            return out
+        local = min(lv[pos : pos + max_f - min_f]) + plan.tolerance_db
+        quiet = local if cut_quiet is None else min(cut_quiet, local)
         q = pos
         while q < n and lv[q] <= quiet:
             q += 1
@@ -81,7 +87,7 @@ def reference_windows(audio: np.ndarray, plan: WindowPlan = PLAN) -> list[tuple[
         # 2. The longest quiet run starting in [start + min_s, start + max_s), latest of
         #    equally long ones, quiet = the range's lowest level + tolerance.
         lo, hi = start + min_f, start + max_f
-        quiet = min(lv[lo:hi]) + plan.tolerance_db
+        quiet = cut_quiet = min(lv[lo:hi]) + plan.tolerance_db
         best = None
         f = lo
         while f < hi:
@@ -579,8 +585,9 @@ def test_memory_bounded_whatever_the_length():
     assert n5 >= 10 and n20 >= 4 * n5 - 2
     limit = 3 * window_bytes + block_bytes
     assert peak5 < limit and peak20 < limit, (peak5 / window_bytes, peak20 / window_bytes)
-    # Independent of length: 4x the audio, the same peak (within a block).
-    assert peak20 <= peak5 + block_bytes, (peak5 / window_bytes, peak20 / window_bytes)
+    # Independent of length: 4x the audio, about the same peak (how much is buffered at a
+    # cut depends on where the cut falls relative to the blocks: a quarter window of play).
+    assert peak20 <= peak5 + window_bytes / 4, (peak5 / window_bytes, peak20 / window_bytes)
 
     silence = np.zeros(10 * 60 * SR, PCM_DTYPE)
     n, peak = _peak_bytes(silence, SR)

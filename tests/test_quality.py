@@ -513,8 +513,8 @@ def test_all_temperatures_fail_keeps_best_attempt():
     out = drive(review, dec)
     assert [r.temperature for r in dec.seen] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert [s.text for s in out.segments] == [" attempt at 0.4"]
-    # The window's signals stay the first decode's (see WindowReview.result).
-    assert out.temperature == 0.0 and out.compression_ratio == 3.5
+    # The window's signals are those of the attempt kept (see WindowReview.result).
+    assert out.temperature == 0.4 and out.compression_ratio == 1.5
     # No temperatures to fall back to: the greedy result is judged as it is.
     dec = FakeDecoder(lambda r: by_t[0.2])
     out = drive(WindowReview(1, audio, QualityConfig(temperatures=())), dec)
