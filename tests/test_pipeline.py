@@ -92,42 +92,43 @@ def media_pcm(path) -> np.ndarray:
     return np.concatenate(list(decode_stream(iter_source(str(path)), name=str(path))))
 
 
-def test_file_stdin_and_url_give_the_same_transcript(tiny_model_dir, speech_wav):
-    by_file = cli(speech_wav, "--model", tiny_model_dir, "--format", "json")
+def test_file_stdin_and_url_give_the_same_transcript(real_tiny_dir, speech_wav):
+    by_file = cli(speech_wav, "--model", real_tiny_dir, "--format", "json")
     assert by_file.returncode == 0, by_file.stderr.decode()
     with open(speech_wav, "rb") as f:
-        by_stdin = cli("-", "--model", tiny_model_dir, "--format", "json", stdin=f)
+        by_stdin = cli("-", "--model", real_tiny_dir, "--format", "json", stdin=f)
     assert by_stdin.returncode == 0, by_stdin.stderr.decode()
     with LoopbackServer(speech_wav.parent) as srv:
-        by_url = cli(srv.url(speech_wav.name), "--model", tiny_model_dir, "--format", "json")
+        by_url = cli(srv.url(speech_wav.name), "--model", real_tiny_dir, "--format", "json")
     assert by_url.returncode == 0, by_url.stderr.decode()
     outs = [json.loads(r.stdout) for r in (by_file, by_stdin, by_url)]
     for o in outs:
         o.pop("timings")
     assert outs[0] == outs[1] == outs[2]
+    assert "brown fox" in outs[0]["text"].lower(), outs[0]["text"]
     assert set(outs[0]) == {"text", "language", "duration", "model", "segments"}
     assert abs(outs[0]["duration"] - media.duration_of(speech_wav)) < 0.1
 
 
-def test_output_file_and_formats(tiny_model_dir, speech_wav, tmp_path):
+def test_output_file_and_formats(real_tiny_dir, speech_wav, tmp_path):
     import srt
     import webvtt
 
     out = tmp_path / "t.srt"
-    r = cli(speech_wav, "--model", tiny_model_dir, "--format", "srt", "--output", out)
+    r = cli(speech_wav, "--model", real_tiny_dir, "--format", "srt", "--output", out)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == b""
     subs = list(srt.parse(out.read_text()))
     assert subs and all(s.start <= s.end for s in subs)
-    r = cli(speech_wav, "--model", tiny_model_dir, "--format", "vtt")
+    r = cli(speech_wav, "--model", real_tiny_dir, "--format", "vtt")
     vtt = tmp_path / "t.vtt"
     vtt.write_bytes(r.stdout)
     assert len(webvtt.read(str(vtt))) == len(subs)
 
 
-def test_cli_profile_goes_to_stderr(tiny_model_dir, speech_wav):
-    plain = cli(speech_wav, "--model", tiny_model_dir)
-    r = cli(speech_wav, "--model", tiny_model_dir, "--profile")
+def test_cli_profile_goes_to_stderr(real_tiny_dir, speech_wav):
+    plain = cli(speech_wav, "--model", real_tiny_dir)
+    r = cli(speech_wav, "--model", real_tiny_dir, "--profile")
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == plain.stdout  # the transcript alone on stdout, profile or not
     err = r.stderr.decode()

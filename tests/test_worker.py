@@ -421,9 +421,9 @@ def files(audio_dir):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
+def server(real_tiny_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("worker-log") / "worker.log"
-    s = Server(tiny_model_dir, log, {"RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS": "true"})
+    s = Server(real_tiny_dir, log, {"RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS": "true"})
     try:
         s.wait_up()
         yield s
@@ -467,11 +467,11 @@ def dur(audio_dir):
     return media.duration_of(audio_dir / "speech.wav")
 
 
-def test_audio_url_transcribes(server, files, dur, tiny_model_dir):
+def test_audio_url_transcribes(server, files, dur, real_tiny_dir):
     r = server.runsync({"audio_url": files.url("speech.wav")})
     out = _ok(r, dur)
     assert out["transcription"] == out["text"]
-    assert out["model"] == str(tiny_model_dir)
+    assert out["model"] == str(real_tiny_dir)
     assert out["translation"] is None
 
 

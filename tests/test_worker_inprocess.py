@@ -19,9 +19,9 @@ from tests.httpserver import LoopbackServer
 
 
 @pytest.fixture(scope="module")
-def worker(tiny_model_dir):
+def worker(real_tiny_dir):
     """A worker as deployed: private URLs refused (the switch is off)."""
-    cfg = PipelineConfig(model=str(tiny_model_dir), allow_private_urls=False, batch_size=4)
+    cfg = PipelineConfig(model=str(real_tiny_dir), allow_private_urls=False, batch_size=4)
     with Worker(cfg, max_batch=4) as w:
         yield w
 
