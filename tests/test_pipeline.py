@@ -62,26 +62,26 @@ def tone_long(tmp_path_factory):
 # ---------------------------------------------------------------- transcripts and sources
 
 
-def test_cli_text_equals_transformers_pipeline(tiny_model_dir, speech_wav):
+def test_cli_text_equals_transformers_pipeline(real_tiny_dir, speech_wav):
     """One window, default options: our text is what transformers' own ASR pipeline says."""
     import transformers
 
     from stages.infer import WhisperBackend
 
-    # --plain: what the model said, as transformers would say it (the accuracy machinery's
-    # filters and re-decodes judge real speech; random weights give them nothing to judge).
-    r = cli(speech_wav, "--model", tiny_model_dir, "--plain")
+    # --plain: what the model said, as transformers would say it (the accuracy machinery
+    # may decode a window again or keep it from ending early, which transformers does not).
+    r = cli(speech_wav, "--model", real_tiny_dir, "--plain")
     assert r.returncode == 0, r.stderr.decode()
     ours = r.stdout.decode().strip()
 
     # The same greedy settings our backend uses (num_beams=1, timestamps, one generate call).
-    kwargs = WhisperBackend(str(tiny_model_dir), device="cpu").generate_kwargs(DecodeOptions())
+    kwargs = WhisperBackend(str(real_tiny_dir), device="cpu").generate_kwargs(DecodeOptions())
     kwargs.pop("return_timestamps", None)
-    asr = transformers.pipeline("automatic-speech-recognition", model=str(tiny_model_dir), device="cpu")
+    asr = transformers.pipeline("automatic-speech-recognition", model=str(real_tiny_dir), device="cpu")
     audio = media_pcm(speech_wav)
     theirs = asr(audio, return_timestamps=True, generate_kwargs=kwargs)["text"]
     assert ours == theirs.strip()
-    assert ours  # random weights always say something
+    assert "brown fox" in ours.lower(), ours
 
 
 def media_pcm(path) -> np.ndarray:

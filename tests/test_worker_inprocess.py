@@ -30,9 +30,24 @@ def worker(real_tiny_dir):
 def speech_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("speech")
     media.speech(d / "short.wav", "Hello from the loopback server.")
-    # About 80 s: several 30 s windows (step 26 s), so several results come back.
-    text = " ".join(
-        f"Sentence number {i}: the quick brown fox jumps over the lazy dog." for i in range(1, 21)
+    # Over a minute of varied prose: several windows, so several results come back. (Twenty
+    # copies of one sentence would be a repetition the quality review re-decodes at
+    # fallback temperatures, which only makes the test slow.)
+    text = (
+        "Permission is hereby granted, free of charge, to any person obtaining a copy of this "
+        "software and associated documentation files, to deal in the software without "
+        "restriction, including without limitation the rights to use, copy, modify, merge, "
+        "publish, distribute, sublicense, and sell copies of the software. The above copyright "
+        "notice and this permission notice shall be included in all copies or substantial "
+        "portions of the software. The software is provided as is, without warranty of any "
+        "kind, express or implied, including but not limited to the warranties of "
+        "merchantability, fitness for a particular purpose and noninfringement. In no event "
+        "shall the authors or copyright holders be liable for any claim, damages or other "
+        "liability, whether in an action of contract, tort or otherwise, arising from, out of "
+        "or in connection with the software or the use or other dealings in the software. "
+        "A journey of a thousand miles begins with a single step, and the river that flows "
+        "past the old mill carries leaves from the mountains all the way down to the sea, "
+        "where fishermen mend their nets on the harbour wall every evening before dark."
     )
     media.speech(d / "long.wav", text)
     return d
