@@ -1,0 +1,385 @@
+"""A decode loop of our own: greedy Whisper decoding in decoder slots with in-flight batching
+(issue 9, parts 1 and 2).
+
+``WhisperBackend.transcribe`` runs ``generate`` once per batch: the batch runs until its
+longest window ends, so windows that ended early (silence, a short utterance, a re-decode)
+burn decoder steps as padding, and every step pays ``generate``'s Python overhead. Here a
+fixed number of slots each hold one window; one decoder step advances every live slot; a
+slot whose window ended is given the next waiting window before the next step.
+
+Per slot (index ``s`` in every buffer):
+
+- cross-attention keys/values, per layer (S, H, 1500, hd), computed once when the window
+  is admitted (the encoder runs in its own batches, of up to ``encoder_batch`` windows);
+- a self-attention KV cache preallocated to ``max_target_positions`` (448) positions,
+  per layer (S, H, 448, hd); the slot's position; its generated tokens (S, 448);
+- its rule state (``stages.rules``).
+
+The decoder step is written here from the model's own modules (embeddings, layer norms,
+projections, ``proj_out``), with ``scaled_dot_product_attention`` and a per-slot mask over
+the cache (slots are at different positions). Its output is what ``generate`` computes for
+the same window, token for token (tests/test_engine.py checks it on real weights).
+
+The prompt is the one ``generate`` uses: ``<|startoftranscript|>`` for English-only models;
+``<|startoftranscript|> <|lang|> <|task|>`` for multilingual ones. Admission runs the first
+step (``<|startoftranscript|>`` alone, as ``WhisperBackend._first_step``) for no-speech and
+language detection; for English-only models that step *is* the slot's first decoder step,
+so the no-speech probability is read from it instead of running it twice.
+
+Static shapes (part 2): with ``static=True`` (the default on CUDA) the step reads its inputs
+from preallocated buffers (tokens, positions), attends over all 448 cache positions under
+the mask, and writes its logits into a preallocated buffer; slots run in prefixes rounded
+up to a power of two, so on CUDA one graph per prefix size is captured
+(``torch.cuda.CUDAGraph``) and replayed. On CPU ``static=True`` runs the same body eagerly
+(tests cover its logic); the default on CPU is ``static=False``, which attends over the
+positions in use only (faster there).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.constants import N_FRAMES
+from pipeline.types import DecodeOptions, WindowResult
+from stages.infer import WhisperBackend
+from stages.rules import SlotRules, SlotSampler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Window:
+    key: Hashable
+    features: torch.Tensor  # (n_mels, 3000)
+    options: DecodeOptions
+    temperature: float
+    seed: int
+    sound: Any
+
+
+@dataclass
+class _Slot:
+    """Host-side bookkeeping of a running window."""
+
+    window: _Window
+    prompt: list[int]
+    max_new: int
+    pos: int  # position of the token the next step feeds
+    no_speech: float | None = None
+    fresh: bool = field(default=False)  # English-only: no-speech from the next step
+
+
+class SlotEngine:
+    """Greedy decoding of 30 s windows in a fixed number of decoder slots with in-flight batching."""
+
+    def __init__(
+        self,
+        backend: WhisperBackend,
+        slots: int = 8,
+        encoder_batch: int | None = None,
+        *,
+        static: bool | None = None,
+        cuda_graphs: bool | None = None,
+    ):
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        self.backend = backend
+        self.model = backend.model
+        self.decoder = backend.model.model.decoder
+        cfg = backend.model.config
+        self.device = torch.device(backend.device)
+        self.dtype = backend._torch_dtype
+        self.slots = slots
+        self.encoder_batch = encoder_batch or slots
+        self.static = (self.device.type == "cuda") if static is None else static
+        self.cuda_graphs = (self.static and self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and not (self.static and self.device.type == "cuda"):
+            raise ValueError("cuda_graphs needs static=True on a CUDA device")
+        self.max_pos = cfg.max_target_positions
+        self.heads = cfg.decoder_attention_heads
+        self.head_dim = cfg.d_model // self.heads
+        n_layers, ctx = cfg.decoder_layers, cfg.max_source_positions
+        shape = lambda n: (slots, self.heads, n, self.head_dim)  # noqa: E731
+        buf = lambda n: [torch.zeros(shape(n), dtype=self.dtype, device=self.device) for _ in range(n_layers)]  # noqa: E731
+        self.self_k, self.self_v = buf(self.max_pos), buf(self.max_pos)
+        self.cross_k, self.cross_v = buf(ctx), buf(ctx)
+        long = lambda: torch.zeros(slots, dtype=torch.long, device=self.device)  # noqa: E731
+        self.next_tok, self.pos, self.max_new = long(), long(), long()  # static inputs
+        self.generated = torch.zeros((slots, self.max_pos), dtype=torch.long, device=self.device)
+        self.live = torch.zeros(slots, dtype=torch.bool, device=self.device)
+        self.no_speech = torch.zeros(slots, dtype=torch.float32, device=self.device)
+        self.logits = torch.zeros((slots, cfg.vocab_size), dtype=torch.float32, device=self.device)
+        self.rules = SlotRules.for_backend(backend, slots)
+        self.sampler = SlotSampler(slots, backend.eot, backend.timestamp_begin, device=self.device)
+        self._arange = torch.arange(slots, device=self.device)
+        self._kv_cols = torch.arange(self.max_pos, device=self.device)
+        self._graphs: dict[int, Any] = {}
+        self._pool = None
+
+        gc = backend.model.generation_config
+        self.sot = gc.decoder_start_token_id
+        self._lang_to_id = dict(getattr(gc, "lang_to_id", None) or {})
+        self._task_to_id = dict(getattr(gc, "task_to_id", None) or {})
+        self._lang_ids = torch.tensor(backend._lang_ids, dtype=torch.long, device=self.device)
+
+        self._waiting: deque[_Window] = deque()
+        self._running: list[_Slot | None] = [None] * slots
+        self.stats: dict[str, float] = dict(
+            slots=slots, steps=0, row_steps_used=0, row_steps_computed=0,
+            encoder_s=0.0, decoder_s=0.0, tokens=0, windows=0,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ public API
+
+    def submit(self, key, features: torch.Tensor, options: DecodeOptions, *, temperature: float = 0.0,
+               seed: int = 0, sound=None) -> None:  # fmt: skip
+        """Queue one window (features from backend.prepare). key: any hashable, returned with the result.
+        temperature/seed/sound mean exactly what transcribe()'s per-row temperatures/seeds/sound mean."""
+        if tuple(features.shape) != (self.backend.n_mels, N_FRAMES):
+            raise ValueError(f"expected features ({self.backend.n_mels}, {N_FRAMES}), got {tuple(features.shape)}")
+        self.backend.generate_kwargs(options)  # the same validation as transcribe's
+        if options.language is not None and self.backend.multilingual:
+            self._language_token(options.language)
+        self._waiting.append(_Window(key, features, options, float(temperature), int(seed), sound))
+
+    @property
+    def idle(self) -> bool:
+        return not self._waiting and all(s is None for s in self._running)
+
+    def cancel(self, predicate: Callable[[Any], bool]) -> None:
+        """Drop waiting and running windows whose key matches (a cancelled job)."""
+        self._waiting = deque(w for w in self._waiting if not predicate(w.key))
+        for s, slot in enumerate(self._running):
+            if slot is not None and predicate(slot.window.key):
+                self._free(s)
+
+    def run(self) -> list[tuple[Any, WindowResult]]:
+        """Step until nothing waits or runs; the results in the order they finished."""
+        out = []
+        while not self.idle:
+            out.extend(self.step())
+        return out
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Any, WindowResult]]:
+        """Admit waiting windows into free slots, then ONE decoder step for every live slot;
+        returns the windows that finished at this step (end-of-text or token limit)."""
+        self._admit()
+        live_idx = [s for s, slot in enumerate(self._running) if slot is not None]
+        if not live_idx:
+            return []
+        t0 = time.perf_counter()
+        m = live_idx[-1] + 1
+        if self.static:
+            m = self._bucket(m)
+            logits = self._static_step(m)
+        else:
+            kv_len = max(self._running[s].pos for s in live_idx) + 1
+            logits = self._forward(m, self.next_tok[:m], self.pos[:m], kv_len)
+        fresh = [s for s in live_idx if self._running[s].fresh]
+        if fresh:  # English-only: this step is the first step (<|startoftranscript|> at 0)
+            idx = torch.tensor(fresh, device=self.device)
+            self.no_speech[idx] = logits[idx].softmax(dim=-1)[:, self.backend.no_speech_id]
+        live = self.live[:m]
+        scores = self.rules(logits)
+        picked = self.sampler(scores, live, self.rules)
+        n = self.rules.n[:m]
+        self.generated[self._arange[:m], n.clamp(max=self.max_pos - 1)] = picked
+        self.rules.advance(picked, live)
+        done = live & ((picked == self.backend.eot) | (self.rules.n[:m] >= self.max_new[:m]))
+        self.next_tok[:m] = picked
+        self.pos[:m] += live.long()
+        done_rows = done.nonzero().squeeze(1).tolist()  # the one device->host copy per step
+        for s in live_idx:
+            self._running[s].pos += 1
+            self._running[s].fresh = False
+        results = self._finish(done_rows, fresh)
+        self.stats["steps"] += 1
+        self.stats["row_steps_used"] += len(live_idx)
+        self.stats["row_steps_computed"] += m
+        self.stats["decoder_s"] += time.perf_counter() - t0
+        return results
+
+    # ------------------------------------------------------------------ admission
+
+    def _language_token(self, language: str) -> int:
+        """The token ``generate`` puts in the prompt for ``language`` (a code, or a name)."""
+        from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+        code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
+        tok = self._lang_to_id.get(f"<|{code}|>")
+        if tok is None:
+            raise ValueError(f"unsupported language {language!r}")
+        return tok
+
+    def _admit(self) -> None:
+        free = [s for s, slot in enumerate(self._running) if slot is None]
+        take = min(len(free), len(self._waiting))
+        if not take:
+            return
+        windows = [self._waiting.popleft() for _ in range(take)]
+        rows = free[:take]
+        t0 = time.perf_counter()
+        for i in range(0, take, self.encoder_batch):  # the encoder, in its own batches
+            chunk = windows[i : i + self.encoder_batch]
+            feats = torch.stack([w.features for w in chunk]).to(self.device, self.dtype)
+            enc = self.model.get_encoder()(feats).last_hidden_state  # (b, 1500, d)
+            idx = torch.tensor(rows[i : i + len(chunk)], device=self.device)
+            b = enc.shape[0]
+            for layer, ck, cv in zip(self.decoder.layers, self.cross_k, self.cross_v):
+                att = layer.encoder_attn
+                ck[idx] = att.k_proj(enc).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
+                cv[idx] = att.v_proj(enc).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t1 = time.perf_counter()
+        self.stats["encoder_s"] += t1 - t0
+
+        idx = torch.tensor(rows, device=self.device)
+        if self.backend.multilingual:
+            # First step: <|startoftranscript|> alone at 0 -> no-speech, language; then the
+            # language token at 1; the step feeds the task token at 2.
+            sot = torch.full((take,), self.sot, dtype=torch.long, device=self.device)
+            zeros = torch.zeros(take, dtype=torch.long, device=self.device)
+            logits = self._forward(idx, sot, zeros, 1)
+            no_speech = logits.softmax(dim=-1)[:, self.backend.no_speech_id].tolist()
+            detected = self._lang_ids[logits[:, self._lang_ids].argmax(dim=-1)].tolist()
+            langs = [
+                detected[i] if w.options.language is None else self._language_token(w.options.language)
+                for i, w in enumerate(windows)
+            ]
+            prompts = [[self.sot, lang, self._task_to_id[w.options.task]] for lang, w in zip(langs, windows)]
+            self._forward(idx, torch.tensor(langs, device=self.device), zeros + 1, 2)
+            self.stats["row_steps_used"] += 2 * take
+            self.stats["row_steps_computed"] += 2 * take
+        else:
+            no_speech = [None] * take
+            prompts = [[self.sot] for _ in windows]
+        self.stats["decoder_s"] += time.perf_counter() - t1
+
+        p = len(prompts[0])
+        self.next_tok[idx] = torch.tensor([pr[-1] for pr in prompts], device=self.device)
+        self.pos[idx] = p - 1
+        max_new = [w.options.tokens_per_window or self.backend.max_new_tokens for w in windows]
+        min_new = [w.options.tokens_per_window or 0 for w in windows]
+        self.max_new[idx] = torch.tensor(max_new, device=self.device)
+        self.rules.reset(idx, torch.tensor(min_new, device=self.device))
+        self.live[idx] = True
+        for s, w, prompt, ns, mx in zip(rows, windows, prompts, no_speech, max_new):
+            self.sampler.reset(s, w.temperature, w.seed, w.sound)
+            self._running[s] = _Slot(w, prompt, mx, pos=p - 1, no_speech=ns, fresh=ns is None)
+
+    # ------------------------------------------------------------------ the decoder step
+
+    def _forward(self, rows, tokens: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """One decoder position for some slots: logits (n, V) float32.
+
+        rows: an int m (slots 0..m-1, the step) or a (n,) long tensor (admission);
+        tokens, pos: (n,) long, the token fed and its position (its K/V land in the cache
+        there); kv_len: cache positions attended to (positions > pos are masked).
+        Mirrors transformers' WhisperDecoder layer by layer (q scaled before SDPA, scale 1).
+        """
+        prefix = isinstance(rows, int)
+        n = rows if prefix else rows.shape[0]
+        ar = self._arange[:n] if prefix else rows
+        take = (lambda t: t[:n]) if prefix else (lambda t: t[rows])  # noqa: E731
+        heads, hd = self.heads, self.head_dim
+        dec = self.decoder
+        x = dec.embed_tokens(tokens[:, None]) + dec.embed_positions.weight[pos][:, None]  # (n, 1, d)
+        mask = (self._kv_cols[:kv_len][None, :] <= pos[:, None])[:, None, None, :]  # (n, 1, 1, kv)
+
+        def split(t):  # (n, 1, d) -> (n, H, 1, hd)
+            return t.view(n, 1, heads, hd).transpose(1, 2).contiguous()
+
+        for layer, sk, sv, ck, cv in zip(dec.layers, self.self_k, self.self_v, self.cross_k, self.cross_v):
+            att = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            q = split(att.q_proj(h) * att.scaling)
+            sk[ar, :, pos] = split(att.k_proj(h))[:, :, 0]
+            sv[ar, :, pos] = split(att.v_proj(h))[:, :, 0]
+            keys, values = take(sk[:, :, :kv_len]), take(sv[:, :, :kv_len])
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0)
+            x = x + att.out_proj(o.transpose(1, 2).reshape(n, 1, -1))
+
+            att = layer.encoder_attn
+            h = layer.encoder_attn_layer_norm(x)
+            q = split(att.q_proj(h) * att.scaling)
+            o = F.scaled_dot_product_attention(q, take(ck), take(cv), scale=1.0)
+            x = x + att.out_proj(o.transpose(1, 2).reshape(n, 1, -1))
+
+            h = layer.final_layer_norm(x)
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+        x = dec.layer_norm(x)
+        return self.model.proj_out(x)[:, -1].float()
+
+    def _bucket(self, m: int) -> int:
+        """Static prefix sizes: powers of two, capped at the slot count (one graph each)."""
+        b = 1
+        while b < m:
+            b *= 2
+        return min(b, self.slots)
+
+    def _static_body(self, m: int) -> None:
+        """The captured step: static inputs (next_tok, pos) -> static output (logits)."""
+        self.logits[:m] = self._forward(m, self.next_tok[:m], self.pos[:m], self.max_pos)
+
+    def _static_step(self, m: int) -> torch.Tensor:
+        if self.cuda_graphs:
+            graph = self._graphs.get(m)
+            if graph is None:
+                graph = self._graphs[m] = self._capture(m)
+            graph.replay()
+        else:
+            self._static_body(m)
+        return self.logits[:m].clone()  # copy-out: the buffer is rewritten next step
+
+    def _capture(self, m: int):
+        """A CUDA graph of ``_static_body(m)``. Warm-up runs write the same K/V at the same
+        positions that the real step writes (same inputs), so they leave no trace."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._static_body(m)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._static_body(m)
+        self._pool = graph.pool()
+        logger.info("captured the decoder step for %d slots", m)
+        return graph
+
+    # ------------------------------------------------------------------ results
+
+    def _free(self, s: int) -> None:
+        self._running[s] = None
+        self.live[s] = False
+        self.sampler.release(s)
+
+    def _finish(self, done_rows: list[int], fresh: list[int]) -> list[tuple[Any, WindowResult]]:
+        if not done_rows:
+            return []
+        idx = torch.tensor(done_rows, device=self.device)
+        counts = self.rules.n[idx].tolist()
+        gen = self.generated[idx].tolist()
+        avg = self.sampler.avg_logprob(done_rows)
+        ns_dev = self.no_speech[idx].tolist()
+        out = []
+        for i, s in enumerate(done_rows):
+            slot = self._running[s]
+            w = slot.window
+            row = slot.prompt + gen[i][: counts[i]]
+            no_speech = slot.no_speech if slot.no_speech is not None else ns_dev[i]
+            (result,) = self.backend._results([row], w.options, [avg[i]], [no_speech], [w.temperature])
+            out.append((w.key, result))
+            self.stats["tokens"] += counts[i]
+            self.stats["windows"] += 1
+            self._free(s)
+        return out

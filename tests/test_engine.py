@@ -1,0 +1,415 @@
+"""stages/engine.py (SlotEngine) and stages/rules.py (its token rules).
+
+The engine must produce exactly what ``WhisperBackend.transcribe`` (greedy ``generate``)
+produces for the same window, prompt, temperature, seed and sound profile: token for token
+on real tiny.en and multilingual base (espeak speech, a short utterance, silence, language
+detection, translate, sampled fallback rows, the end-of-text veto), and on the random
+``tiny_model_dir`` checkpoint with forced lengths and options that differ between slots.
+Always with fewer slots than windows, so slots are refilled while others run.
+"""
+
+from __future__ import annotations
+
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.constants import N_SAMPLES, SAMPLE_RATE
+from pipeline.types import DecodeOptions
+from stages.engine import SlotEngine
+from stages.infer import BatchedTimestampRules, StepRecorder, WhisperBackend
+from stages.quality import sound_profile
+from stages.rules import SlotRules, SlotSampler
+from tests.media import speech
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on 2 shared cores, two spinning OpenMP threads run several times
+    slower whenever another process is busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _window(x: np.ndarray) -> np.ndarray:
+    out = np.zeros(N_SAMPLES, np.float32)
+    out[: min(len(x), N_SAMPLES)] = x[:N_SAMPLES]
+    return out
+
+
+def _espeak(tmp_path_factory, text: str) -> np.ndarray:
+    path = speech(tmp_path_factory.mktemp("speech") / "s.wav", text)
+    with wave.open(str(path)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+
+
+def _profile(valid_s: float, *spans):
+    """(valid_s, cumulative sound seconds per 50 ms frame) with sound on ``spans``."""
+    loud = np.zeros(int(round(valid_s * 20)), dtype=bool)
+    for t0, t1 in spans:
+        loud[int(round(t0 * 20)) : int(round(t1 * 20))] = True
+    return valid_s, sound_profile(loud)
+
+
+def _assert_same(got, ref, what=""):
+    """Tokens, segments, text, language exactly; float signals within rounding."""
+    assert (got.segments, got.language, got.n_tokens, got.temperature) == (
+        ref.segments, ref.language, ref.n_tokens, ref.temperature), what  # fmt: skip
+    assert got.compression_ratio == ref.compression_ratio, what
+    assert got.avg_logprob == pytest.approx(ref.avg_logprob, abs=1e-4), what
+    assert got.no_speech_prob == pytest.approx(ref.no_speech_prob, abs=1e-5), what
+
+
+def _run(engine, jobs):
+    """jobs: [(key, features, options, kwargs)] -> {key: WindowResult}, all submitted first."""
+    for key, feats, options, kw in jobs:
+        engine.submit(key, feats, options, **kw)
+    out = engine.run()
+    assert engine.idle
+    keys = [k for k, _ in out]
+    assert sorted(keys, key=str) == sorted((k for k, *_ in jobs), key=str)
+    return dict(out)
+
+
+# ---------------------------------------------------------------- rules, crafted
+
+TB, EOS, V, P = 50364, 50257, 51865, 3  # multilingual ids, prompt of 3
+
+
+def _reference_processors(min_new, suppress, begin, max_initial=50):
+    """The processors greedy ``generate`` builds (forced length, suppression, timestamps)."""
+    from transformers import GenerationConfig
+    from transformers.generation.logits_process import (
+        MinNewTokensLengthLogitsProcessor,
+        SuppressTokensAtBeginLogitsProcessor,
+        SuppressTokensLogitsProcessor,
+        WhisperTimeStampLogitsProcessor,
+    )
+
+    cfg = GenerationConfig(no_timestamps_token_id=TB - 1, eos_token_id=EOS, max_initial_timestamp_index=max_initial)
+    procs = [
+        SuppressTokensLogitsProcessor(suppress),
+        SuppressTokensAtBeginLogitsProcessor(begin, begin_index=P),
+        BatchedTimestampRules(WhisperTimeStampLogitsProcessor(cfg, begin_index=P)),
+    ]
+    if min_new:
+        procs.insert(0, MinNewTokensLengthLogitsProcessor(P, min_new, EOS))
+    return procs
+
+
+def test_slot_rules_match_generates_processors():
+    """Rows at different steps (each slot starts its window at another step), random
+    histories of text and timestamps: each row's processed scores equal transformers'
+    processors (and ``BatchedTimestampRules``) applied to that row's own history."""
+    gen = torch.Generator().manual_seed(0)
+    suppress, begin = [1, 2, 7, 50258, 50359], [220, EOS]
+    slots, steps = 6, 14
+    mins = [0, 0, 4, 0, 9, 0]
+    rules = SlotRules(slots, V, eos=EOS, timestamp_begin=TB, no_timestamps=TB - 1, max_initial=50,
+                      detect_from_logprob=True, suppress=suppress, begin_suppress=begin)  # fmt: skip
+    refs = [_reference_processors(mn, suppress, begin) for mn in mins]
+    start = [0, 1, 2, 3, 5, 8]  # the global step at which each slot's window begins
+    hist: list[list[int]] = [[] for _ in range(slots)]
+    for step in range(steps):
+        new = [s for s in range(slots) if start[s] == step]
+        if new:
+            rules.reset(torch.tensor(new), torch.tensor([mins[s] for s in new]))
+        live = torch.tensor([step >= start[s] for s in range(slots)])
+        scores = torch.randn(slots, V, generator=gen)
+        scores[:2, TB:] += 6.0  # rows where timestamps win by probability mass
+        scores[:, EOS] += 2.0
+        got = rules(scores.clone())
+        for s in range(slots):
+            if not live[s]:
+                continue
+            ids = torch.tensor([[50258, 50259, 50359] + hist[s]])
+            ref = scores[s : s + 1].clone()
+            for proc in refs[s]:
+                ref = proc(ids, ref)
+            assert torch.equal(got[s], ref[0]), (step, s)
+        # Histories with text, single and paired timestamps, never decreasing.
+        picked = got.argmax(-1)
+        coin = torch.rand(slots, generator=gen)
+        for s in range(slots):
+            if live[s] and hist[s] and coin[s] < 0.3 and got[s, TB:].isfinite().any():
+                picked[s] = TB + int(torch.nonzero(got[s, TB:].isfinite())[0])  # lowest allowed
+        rules.advance(picked, live)
+        for s in range(slots):
+            if live[s]:
+                hist[s].append(int(picked[s]))
+    assert any(sum(t >= TB for t in h) >= 3 for h in hist)
+
+
+def test_slot_sampler_matches_step_recorder():
+    """Same scores, rows of a batch vs slots: picks, log-probability sums, veto and
+    sampling (per-row generators) as ``StepRecorder`` with its ``EotVeto``."""
+    gen = torch.Generator().manual_seed(3)
+    n, steps, tb, eos = 4, 12, 40, 20
+    vocab = tb + 1501
+    temps, seeds = [0.0, 0.7, 0.0, 1.0], [0, 5, 0, 9]
+    sound = [_profile(20.0, (0.0, 20.0)), None, _profile(20.0, (0.0, 20.0)), None]
+    rec = StepRecorder(n, eos, temps, seeds, sound=sound, timestamp_begin=tb)
+    sampler = SlotSampler(n, eos, tb)
+    rules = SlotRules(n, vocab, eos=eos, timestamp_begin=tb, no_timestamps=tb - 1, max_initial=None,
+                      detect_from_logprob=False)  # fmt: skip
+    rules.reset(torch.arange(n), torch.zeros(n, dtype=torch.long))
+    for s in range(n):
+        sampler.reset(s, temps[s], seeds[s], sound[s])
+    ids = torch.zeros(n, 1, dtype=torch.long)
+    live = torch.ones(n, dtype=torch.bool)
+    for step in range(steps):
+        scores = torch.randn(n, vocab, generator=gen)
+        scores[:, eos] += 3.0 if step % 3 == 2 else -5.0  # end-of-text wanted now and then
+        scores[:, tb + 10 * step] += 4.0  # rising timestamps
+        ref_picked = rec(ids, scores.clone()).argmax(-1)
+        picked = sampler(scores.clone(), live, rules)
+        assert torch.equal(picked[live], ref_picked[live]), step
+        rules.advance(picked, live)
+        ids = torch.cat([ids, torch.where(live, picked, eos)[:, None]], 1)  # generate's padding
+        live = live & (picked != eos)
+    assert torch.equal(sampler.count, rec.count)
+    np.testing.assert_allclose(sampler.sum_logprob.numpy(), rec.sum_logprob.numpy(), rtol=1e-12)
+    assert torch.equal(sampler.left, rec.veto.left)
+    assert (rec.veto.left < 3).any()  # the veto did act
+
+
+# ---------------------------------------------------------------- real tiny.en
+
+READING = (
+    "The quick brown fox jumps over the lazy dog. Many people enjoy reading books "
+    "in the evening, while others prefer to listen to music or take a long walk."
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_en(real_tiny_dir):
+    return WhisperBackend(str(real_tiny_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    return {
+        "reading": _window(_espeak(tmp_path_factory, READING)),
+        "speech": _window(_espeak(tmp_path_factory, "Hello world. This is a test of the server.")),
+        "short": _window(_espeak(tmp_path_factory, "Yes.")),
+        "silence": _window(np.zeros(0, np.float32)),
+    }
+
+
+def test_engine_matches_transcribe_tiny_en(tiny_en, audio):
+    """Seven windows in three slots: greedy speech, a short utterance, silence, two
+    sampled fallback rows (their own seeds) and two rows with a sound profile (the veto):
+    each as transcribe decodes it in one batch."""
+    b = tiny_en
+    f = {k: b.prepare(x) for k, x in audio.items()}
+    reading_s = float(np.nonzero(audio["reading"])[0][-1] + 1) / SAMPLE_RATE
+    # Sound 1.5 s past the reading's end: end-of-text is vetoed (measured: 3 more tokens).
+    vetoed = _profile(reading_s + 1.5, (0.0, reading_s + 1.5))
+    rows = [
+        ("reading", 0.0, 0, None),
+        ("reading", 0.0, 0, vetoed),
+        ("speech", 0.0, 0, None),
+        ("short", 0.0, 0, _profile(reading_s, (0.0, 0.5))),  # a profile, no veto
+        ("silence", 0.0, 0, None),
+        ("speech", 0.4, 7, None),
+        ("speech", 1.0, 11, None),
+    ]
+    opts = DecodeOptions()
+    ref = b.transcribe([f[n] for n, *_ in rows], opts, temperatures=[r[1] for r in rows],
+                       seeds=[r[2] for r in rows], sound=[r[3] for r in rows])  # fmt: skip
+    engine = SlotEngine(b, slots=3, encoder_batch=2)
+    jobs = [(i, f[n], opts, dict(temperature=t, seed=s, sound=snd)) for i, (n, t, s, snd) in enumerate(rows)]
+    got = _run(engine, jobs)
+    for i, r in enumerate(ref):
+        _assert_same(got[i], r, rows[i][:3])
+    text = lambda r: "".join(s.text for s in r.segments)  # noqa: E731
+    assert "lazy dog" in text(got[0]).lower()
+    assert got[4].no_speech_prob > 0.5 and got[2].no_speech_prob < 0.2
+    assert got[1].n_tokens > got[0].n_tokens  # the veto kept the window going
+    assert text(got[5]) != text(got[2]) or text(got[6]) != text(got[2])  # sampling at all
+    s = engine.stats
+    assert s["windows"] == 7 and s["tokens"] == sum(r.n_tokens for r in ref)
+    assert s["row_steps_used"] == s["tokens"]  # English-only: no prompt steps besides
+    assert s["encoder_s"] > 0 and s["decoder_s"] > 0
+
+
+def test_static_mode_matches_on_real_weights(tiny_en, audio):
+    """The captured path's logic on CPU (static buffers, all 448 cache positions under the
+    mask, prefix buckets, copy-in/copy-out): the same results."""
+    b = tiny_en
+    names = ["speech", "short", "silence"]
+    feats = [b.prepare(audio[n]) for n in names]
+    ref = b.transcribe(feats, DecodeOptions())
+    engine = SlotEngine(b, slots=2, static=True)
+    assert engine.static and not engine.cuda_graphs
+    got = _run(engine, [(n, f, DecodeOptions(), {}) for n, f in zip(names, feats)])
+    for n, r in zip(names, ref):
+        _assert_same(got[n], r, n)
+    assert engine.stats["row_steps_computed"] >= engine.stats["row_steps_used"]
+
+
+# ---------------------------------------------------------------- real multilingual base
+
+
+@pytest.fixture(scope="module")
+def base():
+    from pipeline.weights import ModelResolveError, resolve_model
+
+    try:
+        path = resolve_model("base")
+    except ModelResolveError as exc:
+        pytest.skip(f"base weights not installed: {exc}")
+    return WhisperBackend(path, device="cpu", dtype="float32")
+
+
+def test_engine_matches_transcribe_base(base, audio):
+    """Multilingual base, options differing between slots: language detected per window
+    (speech, silence), translate, a language given; two slots for four windows."""
+    b = base
+    assert b.multilingual
+    f = {k: b.prepare(audio[k]) for k in ("speech", "short", "silence")}
+    groups = [
+        (DecodeOptions(), ["speech", "silence"]),
+        (DecodeOptions(task="translate"), ["speech"]),
+        (DecodeOptions(language="fr"), ["short"]),
+    ]
+    jobs, ref = [], {}
+    for g, (opts, names) in enumerate(groups):
+        for key, r in zip(((g, n) for n in names), b.transcribe([f[n] for n in names], opts)):
+            ref[key] = r
+            jobs.append((key, f[key[1]], opts, {}))
+    engine = SlotEngine(b, slots=2)
+    got = _run(engine, jobs)
+    for key, r in ref.items():
+        _assert_same(got[key], r, key)
+    assert got[(0, "speech")].language == "en"
+    assert got[(2, "short")].language == "fr"
+    # Prompt steps (language, then task fed at admission and the first step) counted too.
+    assert engine.stats["row_steps_used"] == engine.stats["tokens"] + 2 * len(jobs)
+
+
+# ---------------------------------------------------------------- random weights
+
+
+@pytest.fixture(scope="module")
+def rand_backend(tiny_model_dir):
+    return WhisperBackend(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def rand_features(rand_backend):
+    out = []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        x = 0.1 * rng.standard_normal(20 * SAMPLE_RATE) * (rng.random(20 * SAMPLE_RATE) < 0.8)
+        out.append(rand_backend.prepare(_window(x.astype(np.float32))))
+    return out
+
+
+MIXED = [
+    (DecodeOptions(tokens_per_window=12), [0, 1, 2], [0.0, 0.0, 0.7], [0, 0, 5]),
+    (DecodeOptions(language="fr", task="translate", tokens_per_window=7), [3, 4], None, None),
+    (DecodeOptions(tokens_per_window=20), [5, 0], [0.0, 1.0], [0, 42]),
+]
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_mixed_options_forced_lengths_random_weights(rand_backend, rand_features, static):
+    """Windows of three 'jobs' with different options (detected language, fr+translate,
+    forced lengths 12/7/20, sampled rows) in two slots, the encoder in batches of one."""
+    b = rand_backend
+    jobs, ref = [], {}
+    for g, (opts, idx, temps, seeds) in enumerate(MIXED):
+        results = b.transcribe([rand_features[i] for i in idx], opts, temperatures=temps, seeds=seeds)
+        for j, (i, r) in enumerate(zip(idx, results)):
+            kw = dict(temperature=temps[j], seed=seeds[j]) if temps else {}
+            ref[(g, j)] = r
+            jobs.append(((g, j), rand_features[i], opts, kw))
+    engine = SlotEngine(b, slots=2, encoder_batch=1, static=static)
+    got = _run(engine, jobs)
+    for key, r in ref.items():
+        _assert_same(got[key], r, key)
+    assert {r.n_tokens for r in got.values()} == {12, 7, 20}
+    assert len({r.language for r in got.values()}) > 1
+
+
+def _simulate(lengths: list[int], slots: int) -> tuple[int, int]:
+    """The in-flight schedule by hand: FIFO admission into the lowest free slots, one
+    token per live slot per step, a prefix of slots computed. Returns (steps, computed)."""
+    waiting, running, steps, computed = list(lengths), [0] * slots, 0, 0
+    while waiting or any(running):
+        for s in range(slots):
+            if not running[s] and waiting:
+                running[s] = waiting.pop(0)
+        live = [s for s in range(slots) if running[s]]
+        computed += live[-1] + 1
+        steps += 1
+        for s in live:
+            running[s] -= 1
+    return steps, computed
+
+
+def test_refill_and_utilisation(rand_backend, rand_features):
+    """Forced lengths make the schedule exact: a slot whose window ended takes the next
+    waiting one at the next step; utilisation near 1 while windows wait, against a
+    per-batch ``generate`` that runs every batch to its longest row."""
+    b = rand_backend
+    lengths = [24, 3, 3, 3, 3, 20, 4, 4, 6, 5, 3, 2, 2, 2, 3, 3]
+    slots = 4
+    engine = SlotEngine(b, slots=slots)
+    for i, n in enumerate(lengths):
+        engine.submit(i, rand_features[i % 6], DecodeOptions(tokens_per_window=n))
+    order = []
+    while not engine.idle:
+        order.extend(k for k, _ in engine.step())
+    # The short windows finish while the first long one runs: their slot was refilled.
+    assert order.index(4) < order.index(0) and order.index(6) < order.index(0)
+    s = engine.stats
+    steps, computed = _simulate(lengths, slots)
+    prompt_steps = 2 * len(lengths)  # multilingual: language and task tokens at admission
+    assert s["steps"] == steps
+    assert s["tokens"] == sum(lengths) == s["row_steps_used"] - prompt_steps
+    assert s["row_steps_computed"] - prompt_steps == computed
+    used = s["row_steps_used"] - prompt_steps
+    utilisation = used / computed
+    per_batch = sum(lengths) / sum(slots * max(lengths[i : i + slots]) for i in range(0, len(lengths), slots))
+    assert utilisation >= 0.9 > per_batch, (utilisation, per_batch)
+
+
+def test_cancel_drops_only_that_jobs_windows(rand_backend, rand_features):
+    b = rand_backend
+    opts = DecodeOptions(tokens_per_window=10)
+    jobs = [(("a" if i % 2 else "b", i), rand_features[i], opts, {}) for i in range(6)]
+    full = _run(SlotEngine(b, slots=2), jobs)
+    engine = SlotEngine(b, slots=2)
+    for key, f, o, kw in jobs:
+        engine.submit(key, f, o, **kw)
+    out = []
+    for _ in range(3):  # job "a" has a window running and two waiting
+        out.extend(engine.step())
+    engine.cancel(lambda key: key[0] == "a")
+    out.extend(engine.run())
+    assert engine.idle
+    got = dict(out)
+    assert sorted(got) == sorted(k for k, *_ in jobs if k[0] == "b")
+    for key, r in got.items():
+        _assert_same(r, full[key], key)
+
+
+def test_submit_validates(rand_backend, tiny_en, rand_features):
+    engine = SlotEngine(rand_backend, slots=1)
+    with pytest.raises(ValueError, match="features"):
+        engine.submit(0, torch.zeros(80, 100), DecodeOptions())
+    with pytest.raises(ValueError, match="language"):
+        engine.submit(0, rand_features[0], DecodeOptions(language="xx"))
+    with pytest.raises(ValueError, match="English-only"):
+        SlotEngine(tiny_en, slots=1).submit(0, rand_features[0], DecodeOptions(task="translate"))
+    assert engine.idle and engine.step() == [] and engine.run() == []
+    with pytest.raises(ValueError):
+        SlotEngine(rand_backend, slots=1, cuda_graphs=True)
