@@ -45,6 +45,9 @@ def check_batch_size(value, what: str = "batch size") -> int:
     return value
 
 
+ENGINES = ("slots", "generate")  # PipelineConfig.engine
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything fixed for the life of a pipeline (its processes, rings and model)."""
@@ -53,7 +56,10 @@ class PipelineConfig:
     backend: str = "whisper"  # or "package.module:Class" with the same interface
     device: str | None = None  # None: cuda when present, else cpu
     dtype: str | None = None  # None: float16 on cuda, float32 on cpu
-    batch_size: int = field(default_factory=env_batch_size)  # most windows per generate
+    batch_size: int = field(default_factory=env_batch_size)  # decoder slots (windows in flight)
+    # "slots": our decode loop (stages/engine.py, in-flight batching); "generate": one
+    # transformers generate call per batch (kept to compare against: bench --engine).
+    engine: str = "slots"
     window_plan: WindowPlan = WindowPlan()  # where windows are cut (stages/chunk.py)
     quality: QualityConfig = QualityConfig()  # re-decodes and filters (stages/quality.py)
     # Ring sizes. Memory in use is fixed by these, whatever the audio's length.
@@ -76,6 +82,8 @@ class PipelineConfig:
         check_batch_size(self.batch_size)
         if not isinstance(self.model, str) or not self.model:
             raise ValueError("model must be a hub id or a directory")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if not isinstance(self.window_plan, WindowPlan) or not isinstance(self.quality, QualityConfig):
             raise ValueError("window_plan and quality must be a WindowPlan and a QualityConfig")
         if self.device is not None and not (

@@ -557,6 +557,41 @@ class _InferJob:
         self.ended: dict | None = None  # the reader's "end" info, once it came
         self.failed = False
         self.decodes = dict.fromkeys(("window", "fallback", "tail", "split"), 0)
+        self.engine_at: dict | None = None  # the engine's counters when the job started
+        # The per-batch generate path's figures (the engine keeps its own).
+        self.batches = dict(steps=0, row_steps_used=0, row_steps_computed=0, encoder_s=0.0,
+                            decoder_s=0.0, tokens=0, windows=0)  # fmt: skip
+
+    def count_batch(self, results, timing) -> None:
+        """One generate call's figures: every row runs until the longest ends (its steps
+        are the longest row's tokens, plus the first step); a row's own steps are used."""
+        steps = max((r.n_tokens for r in results), default=0) + 1
+        b = self.batches
+        b["steps"] += steps
+        b["row_steps_computed"] += steps * len(results)
+        b["row_steps_used"] += sum(r.n_tokens + 1 for r in results)
+        b["tokens"] += sum(r.n_tokens for r in results)
+        b["windows"] += len(results)
+        if timing is not None:
+            b["encoder_s"] += timing[0]
+            b["decoder_s"] += timing[1]
+
+    def decode_figures(self, engine) -> dict:
+        """The decoder's figures over this job's life (issue 9): slots (or batch size),
+        steps, row steps used and computed, encoder and decoder seconds, tokens per second
+        of decoder time. With jobs sharing the engine, each job's figures are the engine's
+        over its lifetime (shared steps are counted in each)."""
+        if engine is not None and self.engine_at is not None:
+            d = {k: engine.stats[k] - self.engine_at.get(k, 0) for k in engine.stats if k != "slots"}
+            d["slots"] = engine.slots
+            d["engine"] = "slots"
+        else:
+            d = dict(self.batches, slots=self.info.get("batch_size") or None, engine="generate")
+        d["tokens_per_s"] = round(d["tokens"] / d["decoder_s"], 1) if d.get("decoder_s") else None
+        d["utilisation"] = round(d["row_steps_used"] / d["row_steps_computed"], 4) if d["row_steps_computed"] else None
+        for k in ("encoder_s", "decoder_s"):
+            d[k] = round(d[k], 4)
+        return d
 
 
 def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
@@ -601,22 +636,34 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
     reader.start()
     running: dict[int, _InferJob] = {}
     work: collections.deque = collections.deque()  # _Items to decode: re-decodes first
+    engine = _make_engine(backend, cfg)
+    in_engine: dict[int, int] = collections.Counter()  # seq -> windows inside the engine
 
     def finish_if_done(job: _InferJob) -> None:
         if job.ended is None:
             return
-        if not (job.failed or ctx.cancelled(job.seq)) and (job.open or any(it.seq == job.seq for it in work)):
+        dead = job.failed or ctx.cancelled(job.seq)
+        if not dead and (job.open or in_engine[job.seq] or any(it.seq == job.seq for it in work)):
             return
         for it in [it for it in work if it.seq == job.seq]:
             work.remove(it)
+        if engine is not None and in_engine.pop(job.seq, 0):
+            engine.cancel(lambda it: it.seq == job.seq)  # its windows free their slots now
         running.pop(job.seq, None)
         jobs.pop(job.seq, None)
         if not job.failed and not job.ended.get("aborted") and not ctx.cancelled(job.seq):
             ctx.report("done", job.seq, {**job.ended, "decodes": dict(job.decodes)})
         stats = job.stats.finish()
         stats["decodes"] = dict(job.decodes)
+        stats["decode"] = job.decode_figures(engine)
         ctx.report("stats", job.seq, "infer", stats)
         logs.set_job(None)
+
+    def fail(job: _InferJob, exc: BaseException) -> None:
+        job.failed = True
+        if job.seq in jobs:
+            jobs[job.seq]["failed"] = True
+        ctx.fail_job(job.seq, exc)
 
     def report(job: _InferJob, review) -> None:
         start, valid, covered_from = review.place
@@ -627,7 +674,18 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             )
         job.open -= 1
 
+    def take_result(job: _InferJob, it: _Item, res, again: list) -> None:
+        """A decode's result goes to its window's review; follow-up decodes (fallback,
+        split, tail) are prepared at once and go to the front of the work queue."""
+        job.decodes[it.request.kind] += 1
+        follow = it.review.feed(it.request, res)
+        if follow:
+            again.extend(_prepare_items(backend, job.seq, it.review, follow, it.review.cfg.enabled))
+        if it.review.done:
+            report(job, it.review)
+
     def run_batch() -> None:
+        """--engine generate: one generate call on a batch of one job's decodes."""
         seq = work[0].seq
         job = running[seq]
         size = jobs[seq]["batch_size"] if seq in jobs else cfg.batch_size
@@ -640,49 +698,67 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             ctx.maybe_fault(job.stats.items)
             t0 = time.monotonic()
             results = _transcribe_batch(backend, items, job.info["options"])
+            job.count_batch(results, getattr(backend, "last_timing", None))
             log.debug(
                 "decoded %d (%s) in %.2f s, tokens up to %d", len(items),
                 ",".join(it.request.kind for it in items), time.monotonic() - t0,
                 max((r.n_tokens for r in results), default=0),
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001
-            job.failed = True
-            jobs[seq]["failed"] = True
-            ctx.fail_job(seq, exc)
+            fail(job, exc)
             return
         again = []
         for it, res in zip(items, results):
-            job.decodes[it.request.kind] += 1
-            follow = it.review.feed(it.request, res)
-            again.extend(_prepare_items(backend, seq, it.review, follow, it.review.cfg.enabled) if follow else [])
-            if it.review.done:
-                report(job, it.review)
+            take_result(job, it, res, again)
         job.stats.produced(len(results))
         work.extendleft(reversed(again))  # re-decodes ride in the next batch, first
 
-    while True:
-        if work:
-            job = running.get(work[0].seq)
-            if job is None or job.failed or ctx.cancelled(work[0].seq):
-                work.popleft()
+    def feed_engine() -> None:
+        """Work into the engine while it has room: it holds at most one slot-load waiting,
+        so a re-decode made now still goes in ahead of windows that came later."""
+        while work and engine.waiting < engine.slots:
+            it = work.popleft()
+            job = running.get(it.seq)
+            if job is None or job.failed or ctx.cancelled(it.seq):
                 if job is not None:
                     finish_if_done(job)
                 continue
-            if len(work) >= (jobs.get(job.seq) or {}).get("batch_size", cfg.batch_size) or local.empty():
-                run_batch()
+            try:
+                ctx.maybe_fault(job.stats.items)
+                engine.submit(it, it.features, job.info["options"], temperature=it.request.temperature,
+                              seed=it.request.seed, sound=it.sound)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - this job's fault alone
+                fail(job, exc)
                 finish_if_done(job)
                 continue
-        msg = None
-        st = next(iter(running.values())).stats if running else None
-        with st.wait("starved") if st else contextlib.nullcontext():
-            idle.set()
-            while msg is None:
-                try:
-                    msg = local.get(timeout=POLL_S)
-                except queue.Empty:
-                    if not ctx.alive() or not reader.is_alive():
-                        raise Stopped()
-            idle.clear()
+            in_engine[it.seq] += 1
+
+    def engine_step() -> None:
+        """One decoder step of every live slot; finished windows go to their reviews."""
+        try:
+            finished = engine.step()
+        except torch_oom() as exc:
+            raise RuntimeError(
+                f"out of GPU memory in the decoder with {engine.slots} slots: lower the batch size"
+            ) from exc
+        again_by_seq: dict[int, list] = {}
+        for it, res in finished:
+            in_engine[it.seq] -= 1
+            job = running.get(it.seq)
+            if job is None or job.failed or ctx.cancelled(it.seq):
+                continue
+            again = again_by_seq.setdefault(it.seq, [])
+            try:
+                take_result(job, it, res, again)
+            except Exception as exc:  # noqa: BLE001
+                fail(job, exc)
+            job.stats.produced(1)
+        for seq, again in again_by_seq.items():
+            work.extendleft(reversed(again))
+            if seq in running:
+                finish_if_done(running[seq])
+
+    def handle(msg) -> None:
         if msg[0] == "crash":
             raise msg[1]
         kind = msg[0]
@@ -690,12 +766,14 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             seq = msg[1]
             info = jobs[seq]["info"]
             logs.set_job(info.get("job_id") or seq)
-            running[seq] = _InferJob(seq, info, StageStats(t_start=time.monotonic(), profile=_profiling(info)))
+            job = _InferJob(seq, info, StageStats(t_start=time.monotonic(), profile=_profiling(info)))
+            job.engine_at = dict(engine.stats) if engine is not None else None
+            running[seq] = job
         elif kind == "batch":
             batch = msg[1]
             job = running.get(batch.seq)
             if job is None or job.failed or ctx.cancelled(batch.seq):
-                continue
+                return
             for it in batch.items:
                 job.open += 1
                 if it.request is None:  # nothing to decode: the gate decided
@@ -706,11 +784,76 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             seq, end_info = msg[1], msg[2]
             job = running.get(seq)
             if job is None:
-                continue
+                return
             job.ended = end_info
             if jobs.get(seq, {}).get("failed"):
                 job.failed = True
             finish_if_done(job)
+
+    def wait_for_message() -> None:
+        msg = None
+        st = next(iter(running.values())).stats if running else None
+        with st.wait("starved") if st else contextlib.nullcontext():
+            idle.set()
+            while msg is None:
+                try:
+                    msg = local.get(timeout=POLL_S)
+                except queue.Empty:
+                    if not ctx.alive() or not reader.is_alive():
+                        raise Stopped() from None
+            idle.clear()
+        handle(msg)
+
+    while True:
+        if engine is not None:
+            feed_engine()
+            if not engine.idle:
+                # Hungry for windows while a slot is free: the reader hands over a partial
+                # batch at once instead of waiting for it to fill.
+                if engine.waiting == 0 and engine.free_slots:
+                    idle.set()
+                else:
+                    idle.clear()
+                engine_step()
+                for job in [j for j in running.values() if j.failed or ctx.cancelled(j.seq)]:
+                    finish_if_done(job)
+                while True:  # messages that came during the step, without waiting
+                    try:
+                        msg = local.get_nowait()
+                    except queue.Empty:
+                        break
+                    handle(msg)
+                continue
+        elif work:
+            job = running.get(work[0].seq)
+            if job is None or job.failed or ctx.cancelled(work[0].seq):
+                work.popleft()
+                if job is not None:
+                    finish_if_done(job)
+                continue
+            if len(work) >= (jobs.get(job.seq) or {}).get("batch_size", cfg.batch_size) or local.empty():
+                run_batch()
+                finish_if_done(job)
+                continue
+        wait_for_message()
+
+
+def _make_engine(backend, cfg):
+    """The slot engine for a Whisper backend (``cfg.engine == "slots"``), else None: the
+    per-batch generate path (``--engine generate``, and test doubles without a model)."""
+    from stages.infer import WhisperBackend
+
+    if cfg.engine != "slots" or not isinstance(backend, WhisperBackend):
+        return None
+    from stages.engine import SlotEngine
+
+    return SlotEngine(backend, slots=cfg.batch_size)
+
+
+def torch_oom():
+    import torch
+
+    return torch.cuda.OutOfMemoryError
 
 
 def _model_name(model_id: str) -> str:

@@ -153,6 +153,15 @@ class SlotEngine:
     def idle(self) -> bool:
         return not self._waiting and all(s is None for s in self._running)
 
+    @property
+    def waiting(self) -> int:
+        """Windows submitted and not yet in a slot."""
+        return len(self._waiting)
+
+    @property
+    def free_slots(self) -> int:
+        return sum(s is None for s in self._running)
+
     def cancel(self, predicate: Callable[[Any], bool]) -> None:
         """Drop waiting and running windows whose key matches (a cancelled job)."""
         self._waiting = deque(w for w in self._waiting if not predicate(w.key))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 import zlib
 from typing import Any
 
@@ -453,9 +454,11 @@ class WhisperBackend:
         if not features:
             return []
         kwargs = self.generate_kwargs(options)
+        t0 = time.perf_counter()
         batch = torch.stack(features).to(self._torch_dtype)  # (B, n_mels, 3000)
         encoder_outputs = self.model.get_encoder()(batch)
         no_speech, languages = self._first_step(encoder_outputs.last_hidden_state, options)
+        t1 = time.perf_counter()  # the first step's .tolist() waited for the encoder
         if languages is not None:
             kwargs["language"] = [f"<|{code}|>" for code in languages]
         recorder = StepRecorder(
@@ -467,6 +470,9 @@ class WhisperBackend:
         )
         # The only device->host copies: (B, prompt + generated) int64 and per-row figures.
         rows = sequences.cpu().tolist()
+        # (encoder + first step, the rest of decoding) seconds: the decode figures of
+        # ``--engine generate`` (pipeline/runtime.py), beside the slot engine's.
+        self.last_timing = (t1 - t0, time.perf_counter() - t1)
         return self._results(rows, options, recorder.avg_logprobs(), no_speech, temperatures)
 
     @torch.inference_mode()
