@@ -2,7 +2,8 @@
 
     python bench.py SOURCE [--model SPEC | --synthetic ARCH] [--tokens-per-window N]
                     [--batch-size N] [--runs N] [--baseline] [--overhead]
-                    [--reference TEXT_FILE] [--baselines plain,chunked,sequential,faster-whisper]
+                    [--reference TEXT_FILE] [--baselines generate,plain,chunked,sequential,faster-whisper]
+                    [--engine slots|generate]
                     [--faster-whisper-model CT2_DIR]
                     [--json FILE] [--trace FILE] [--plot FILE] [--device DEV] [--dtype T]
 
@@ -40,6 +41,9 @@ Accuracy (issue 8):
 - Baseline decoders, each run after ours (never at the same time), with the same weights,
   device and dtype, greedy (num_beams=1, no sampling, no temperature fallback), timed the
   same way (whole download + ffmpeg decode + decoding), and scored the same way:
+  ``generate``: this pipeline with the other decoder (``--engine generate``: one
+  transformers ``generate`` call per batch, as before the slot engine), timed like ours,
+  with its slot utilisation beside ours (issue 9);
   ``plain``: this pipeline with its accuracy machinery off (``--plain``: one greedy decode
   per window, kept as decoded), timed like ours (pipeline jobs): what the machinery costs;
   ``chunked``: transformers' chunked ASR pipeline (the seed's method, above);
@@ -88,7 +92,7 @@ log = logging.getLogger("bench")
 # Figures summarised over runs (minimum and median) besides the per-stage busy time.
 SUMMARY_KEYS = ("wall_s", "rtfx", "first_result_s")
 WARMUP_S = 35.0  # two windows: every code path of a job runs once before timing
-BASELINES = ("plain", "chunked", "sequential", "faster-whisper")  # --baselines, in the order they run
+BASELINES = ("generate", "plain", "chunked", "sequential", "faster-whisper")  # --baselines, in the order they run
 
 
 # ------------------------------------------------------------------------------- arguments
@@ -137,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model precision (default: float16 on cuda, float32 on cpu)")
     p.add_argument("--language", default=None, help="language code for both (default: detect)")
     p.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
+    p.add_argument("--engine", default="slots", choices=("slots", "generate"),
+                   help="our decoder: the slot engine (default) or one transformers generate call "
+                        "per batch (kept to compare against; the 'generate' baseline runs it too)")
     p.add_argument("--plain", action="store_true",
                    help="our pipeline with its accuracy machinery off (one greedy decode per window, "
                         "kept as decoded): what the machinery is measured against")
@@ -291,7 +298,7 @@ def run_ours(args, model: str, source, options: DecodeOptions) -> dict:
     from pipeline.runtime import Pipeline
 
     kw = dict(model=model, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-              log_level=("WARNING", "INFO", "DEBUG")[min(args.verbose, 2)])  # fmt: skip
+              engine=getattr(args, "engine", "slots"), log_level=("WARNING", "INFO", "DEBUG")[min(args.verbose, 2)])  # fmt: skip
     if args.plain:
         kw["quality"] = QualityConfig(enabled=False)
     cfg = PipelineConfig(**kw)
@@ -492,6 +499,29 @@ def run_plain(args, model: str, source, options: DecodeOptions) -> dict:
     }
 
 
+def run_generate(args, model: str, source, options: DecodeOptions) -> dict:
+    """This pipeline decoding with one transformers ``generate`` call per batch instead of
+    the slot engine (``--engine generate``; same windows, review and model), timed exactly
+    like ours: the engine's gain, and each decoder's slot utilisation, in one run."""
+    import types
+
+    other = "generate" if getattr(args, "engine", "slots") == "slots" else "slots"
+    gen = run_ours(types.SimpleNamespace(**{**vars(args), "engine": other, "overhead": False}),
+                   model, source, options)  # fmt: skip
+    runs = [{"wall_s": p["wall_s"], "rtfx": p["rtfx"]} for p in gen["profiles"]]
+    med = gen["median"]
+    return {
+        "wall_s": med["wall_s"],
+        "rtfx": med["rtfx"],
+        "model_load_s": round(gen["model_info"]["load_s"], 3),
+        "method": f"this pipeline, --engine {other}",
+        "decode": med.get("decode"),
+        "text": gen["outcome"].transcript.text,
+        "runs": runs,
+        "summary": _summary(runs, ("wall_s", "rtfx")),
+    }
+
+
 def sequential_generate_kwargs(backend, options: DecodeOptions) -> dict:
     """transformers' defaults for greedy long-form decoding (OpenAI's seek algorithm):
     timestamps on, one beam, no sampling, no temperature fallback (temperature None, no
@@ -610,6 +640,8 @@ def run_baselines(args, names: list[str], model: str, spec: str | None, source, 
     for name in names:
         if name == "plain":
             out[name] = run_plain(args, model, source, options)
+        elif name == "generate":
+            out[name] = run_generate(args, model, source, options)
         elif name in ("chunked", "sequential"):
             if backend is None:
                 backend, load_s = load_baseline_backend(model, device, dtype)
@@ -746,6 +778,7 @@ def report(ours: dict, baselines: dict | None, args, synthetic: dict | None, ref
         "device": info.get("device"),
         "dtype": info.get("dtype"),
         "batch_size": cfg.batch_size,
+        "engine": cfg.engine,
         "quality": cfg.quality.enabled,
         "tokens_per_window": args.tokens_per_window,
         "tokens_per_window_seen": ours["tokens_per_window"],
@@ -826,6 +859,15 @@ def format_report(doc: dict) -> str:
         sp = doc["speedup_vs_baseline"] or 0.0
         verdict = f"{sp:.2f}x faster" if sp >= 1 else f"{1 / sp:.2f}x SLOWER" if sp > 0 else "?"
         lines.append(f"ours {doc['wall_s']:.2f} s vs baseline {b['wall_s']:.2f} s: ours is {verdict}")
+    g = (doc.get("baselines") or {}).get("generate")
+    d = doc.get("decode") or {}
+    if g and g.get("decode") and d.get("row_steps_computed"):
+        gd = g["decode"]
+        lines.append(
+            f"slot utilisation: {d.get('engine')} {d['utilisation']:.3f} vs {gd.get('engine')} "
+            f"{gd['utilisation']:.3f}; decoder steps {d['steps']} vs {gd['steps']}; wall "
+            f"{doc['wall_s']:.2f} s vs {g['wall_s']:.2f} s ({g['wall_s'] / doc['wall_s']:.2f}x)"
+        )
     text = "\n".join(lines) + "\n"
     rows = doc.get("accuracy") or doc.get("decoders")
     if rows:

@@ -166,6 +166,10 @@ def profile_from_outcome(outcome) -> dict:
         # Decodes the infer stage ran, by kind (stages/quality.py): "window" (each window's
         # first), "fallback" (a hotter temperature), "tail", "split" (re-decodes).
         "decodes": dict((outcome.stages.get("infer") or {}).get("decodes") or {}),
+        # The decoder's figures (issue 9): engine ("slots" or "generate"), slots, steps,
+        # row_steps_used / row_steps_computed (their ratio: "utilisation"), encoder_s,
+        # decoder_s, tokens, tokens_per_s.
+        "decode": (outcome.stages.get("infer") or {}).get("decode"),
         "tokens": tokens,
         "busiest": busiest,
         "wall_over_busiest": round(wall / top, 3) if top > 0 else None,
@@ -191,6 +195,14 @@ def format_profile(p: dict) -> str:
     decodes = p.get("decodes") or {}
     if decodes:
         lines.append("decodes: " + ", ".join(f"{k} {v}" for k, v in decodes.items()))
+    d = p.get("decode")
+    if d and d.get("row_steps_computed"):
+        lines.append(
+            f"decoder ({d.get('engine')}, {d.get('slots') or '-'} slots): {d['steps']} steps, "
+            f"slot utilisation {d['row_steps_used'] / d['row_steps_computed']:.3f} "
+            f"({d['row_steps_used']} of {d['row_steps_computed']} row steps), encoder "
+            f"{d['encoder_s']:.2f} s, decoder {d['decoder_s']:.2f} s, {_f(d.get('tokens_per_s'), 1)} tokens/s"
+        )
     busiest = p.get("busiest")
     if busiest:
         b = p["stages"][busiest]["busy_s"]
