@@ -76,45 +76,7 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
 
 
-# Whisper's languages (code -> name), as openai/whisper's tokenizer.py lists them; a test
-# checks this equals transformers' table. Kept here because importing that table costs
-# seconds of the first request (it pulls in the tokenizer stack).
-LANGUAGES = dict(
-    pair.replace("_", " ").split(":")
-    for pair in (
-        "en:english zh:chinese de:german es:spanish ru:russian ko:korean fr:french "
-        "ja:japanese pt:portuguese tr:turkish pl:polish ca:catalan nl:dutch ar:arabic "
-        "sv:swedish it:italian id:indonesian hi:hindi fi:finnish vi:vietnamese he:hebrew "
-        "uk:ukrainian el:greek ms:malay cs:czech ro:romanian da:danish hu:hungarian "
-        "ta:tamil no:norwegian th:thai ur:urdu hr:croatian bg:bulgarian lt:lithuanian "
-        "la:latin mi:maori ml:malayalam cy:welsh sk:slovak te:telugu fa:persian "
-        "lv:latvian bn:bengali sr:serbian az:azerbaijani sl:slovenian kn:kannada "
-        "et:estonian mk:macedonian br:breton eu:basque is:icelandic hy:armenian "
-        "ne:nepali mn:mongolian bs:bosnian kk:kazakh sq:albanian sw:swahili gl:galician "
-        "mr:marathi pa:punjabi si:sinhala km:khmer sn:shona yo:yoruba so:somali "
-        "af:afrikaans oc:occitan ka:georgian be:belarusian tg:tajik sd:sindhi "
-        "gu:gujarati am:amharic yi:yiddish lo:lao uz:uzbek fo:faroese "
-        "ht:haitian_creole ps:pashto tk:turkmen nn:nynorsk mt:maltese sa:sanskrit "
-        "lb:luxembourgish my:myanmar bo:tibetan tl:tagalog mg:malagasy as:assamese "
-        "tt:tatar haw:hawaiian ln:lingala ha:hausa ba:bashkir jw:javanese su:sundanese "
-        "yue:cantonese"
-    ).split()
-)
-TO_LANGUAGE_CODE = {
-    **{name: code for code, name in LANGUAGES.items()},
-    "burmese": "my",
-    "valencian": "ca",
-    "flemish": "nl",
-    "haitian": "ht",
-    "letzeburgesch": "lb",
-    "pushto": "ps",
-    "panjabi": "pa",
-    "moldavian": "ro",
-    "moldovan": "ro",
-    "sinhalese": "si",
-    "castilian": "es",
-    "mandarin": "zh",
-}
+from pipeline.languages import LANGUAGES, TO_LANGUAGE_CODE, clip  # noqa: E402,F401
 
 
 def _language_code(value) -> str | None:
