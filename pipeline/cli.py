@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pipeline import logs
 from pipeline.config import Job, PipelineConfig, env_batch_size, env_model
-from pipeline.errors import PipelineError, StageDied
+from pipeline.errors import PipelineError, StageDied, input_message
 from pipeline.types import TASKS, DecodeOptions
 from stages.quality import QualityConfig
 
@@ -380,21 +380,6 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt()
 
 
-def _message(exc: PipelineError, inp: Input) -> str:
-    """``<input>: <what>``: the input named once, first."""
-    msg = str(exc)
-    label = inp.label
-    for lead in (f"{label}: ", f"cannot decode {label}: ", f"no such file: {label}"):
-        if msg.startswith(lead):
-            rest = msg[len(lead):].strip() or "no such file"
-            if lead.startswith("cannot decode"):
-                rest = f"cannot decode: {rest}"
-            return f"{label}: {rest}"
-    if msg.startswith(f"{label} "):
-        return f"{label}: {msg[len(label) + 1:]}"
-    return f"{label}: {msg}"
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     logs.setup(_level(args), role="driver")
@@ -434,7 +419,7 @@ def _run(args, cfg, options, inputs, show_progress: bool) -> int:
                 outcome = pipe.run_job(job, progress=bar)
             except PipelineError as exc:
                 bar.close()
-                print(f"error: {_message(exc, inp)}", file=sys.stderr)
+                print(f"error: {input_message(inp.label, str(exc))}", file=sys.stderr)
                 failed.append(inp.label)
                 if isinstance(exc, StageDied) and inp is not inputs[-1]:
                     pipe.close()
