@@ -3,7 +3,8 @@
 The pipeline (and with it the model load) starts before the SDK begins taking jobs, so a
 cold start costs about the larger of (model load, first download + decode), not their sum.
 Settings come from the environment: MODEL_ID, MODEL_BATCH_SIZE, MAX_BATCH_SIZE,
-MAX_DOWNLOAD_BYTES, MAX_BASE64_BYTES, LOG_LEVEL and RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS
+MAX_DOWNLOAD_BYTES, MAX_BASE64_BYTES, MAX_AUDIO_S, LOG_LEVEL (also the runpod SDK's level,
+unless RUNPOD_LOG_LEVEL is set) and RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS
 (see pipeline/worker.py and README, "Deploying on RunPod").
 
 Local testing with the SDK's own API server:
@@ -29,7 +30,22 @@ def _progress(job, update):
         runpod.serverless.progress_update(job, update)
 
 
+# Our LOG_LEVEL -> the runpod SDK's level names. The SDK reads its level once, when it is
+# imported, and defaults to DEBUG, at which it prints every job's input and result (the
+# transcript, twice): at our default (INFO) a worker's log never holds a transcript.
+_SDK_LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARN", "WARN": "WARN",
+               "ERROR": "ERROR", "CRITICAL": "ERROR"}
+
+
+def sdk_log_level(ours: str) -> str:
+    return _SDK_LEVELS.get(ours.strip().upper(), "INFO")
+
+
 def main():
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    if not os.environ.get("RUNPOD_LOG_LEVEL"):  # an explicit SDK level wins
+        os.environ["RUNPOD_LOG_LEVEL"] = sdk_log_level(level)
+
     import runpod  # noqa: F401 - imported first: its import installs a root log handler
 
     from pipeline import logs
@@ -41,7 +57,7 @@ def main():
     for handler in list(root.handlers):
         if not getattr(handler, "_wsp", False):
             root.removeHandler(handler)
-    logs.setup(os.environ.get("LOG_LEVEL", "INFO").upper(), role="worker")
+    logs.setup(level, role="worker")
     log = logging.getLogger("runpod_entry")
 
     worker = Worker(progress_sender=_progress)  # the model starts loading now

@@ -1,20 +1,35 @@
-"""``python -m pipeline SOURCE [options]``: transcribe a file, a URL or standard input.
+"""``python -m pipeline SOURCE... [options]``: transcribe files, URLs or standard input.
 
-The transcript alone goes to stdout (or ``--output``); logs and the profile go to stderr.
-Exit 0 on success; on failure a non-zero exit and one line ``error: ...`` on stderr.
+One input: the transcript alone goes to stdout (or ``--output``). Several inputs: one file
+each in ``--output-dir``, named after the input; the model loads once and one pipeline
+serves them all, in order; a failed input is reported and the run goes on. Logs, the
+progress bar (on a terminal) and the profile go to stderr.
+
+Everything that can be checked before audio is read is checked first (issue 10): the
+model, the device, the language against the model, where the output goes. A wrong option
+gives one line ``error: ...`` and exit code 2 within seconds.
+
+Exit codes: 0 success; 1 an input failed (with several inputs: at least one did); 2 bad
+options; 130 interrupted (Ctrl-C; the transcript of the audio finished so far is written,
+JSON says ``"partial": true``; a second Ctrl-C exits at once).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import signal
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline import logs
 from pipeline.config import Job, PipelineConfig, env_batch_size, env_model
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, StageDied, input_message
 from pipeline.types import TASKS, DecodeOptions
 from stages.quality import QualityConfig
 
@@ -23,6 +38,25 @@ log = logging.getLogger(__name__)
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXTENSIONS = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
+INTERRUPT_JOIN_S = 0.3  # after Ctrl-C, stages get this long to leave before SIGTERM
+
+EPILOG = """\
+several inputs: give --output-dir DIR; each transcript goes to DIR/NAME.EXT (NAME from
+the input's file name, EXT from --format: txt, json, srt, vtt). The model loads once; a
+failed input is reported and the others go on (exit code 1 at the end, with a summary).
+
+exit codes: 0 done; 1 an input failed; 2 bad options (nothing was read); 130 interrupted
+(Ctrl-C writes the transcript of the audio finished so far; JSON has "partial": true; a
+second Ctrl-C exits at once).
+
+environment: MODEL_ID, MODEL_BATCH_SIZE, MAX_AUDIO_S (longest audio accepted, seconds;
+default 43200 = 12 h), HF_HUB_OFFLINE=1 where there is no network.
+"""
+
+
+class UsageError(ValueError):
+    """A bad option or input name: one line, exit code 2, nothing read yet."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,19 +65,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Transcribe long audio with Whisper through a streaming, batched pipeline.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", help="audio or video file, http(s) URL, or - for standard input")
-    p.add_argument("--model", default=None, help="hub id or local checkpoint directory "
-                   "(default: $MODEL_ID, else openai/whisper-large-v3-turbo)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="audio or video file, http(s) URL, or - for standard input; several "
+                        "at once with --output-dir")
+    p.add_argument("--model", default=None,
+                   help="tiny.en, base or small (pip-installed weights), a checkpoint "
+                        "directory (transformers or CTranslate2), or a hub id "
+                        "(default: $MODEL_ID, else openai/whisper-large-v3-turbo)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="windows per inference batch (default: $MODEL_BATCH_SIZE, else 16)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
                    help="model precision (default: float16 on cuda, float32 on cpu)")
-    p.add_argument("--language", default=None, help="language code, e.g. en (default: detect)")
+    p.add_argument("--language", default=None,
+                   help="language code or name, e.g. en or German (default: detect)")
     p.add_argument("--task", default="transcribe", choices=TASKS)
     p.add_argument("--format", default="text", choices=FORMATS, dest="fmt")
-    p.add_argument("--output", "-o", default=None, help="write the transcript here, not stdout")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--output", "-o", default=None, metavar="FILE",
+                     help="write the transcript to FILE, not stdout (one input)")
+    out.add_argument("--output-dir", "-d", default=None, metavar="DIR",
+                     help="write each input's transcript to DIR/NAME.EXT (created if missing)")
     p.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up on a download that sends nothing for this long (default: 30)")
     p.add_argument("--plain", action="store_true",
@@ -51,8 +96,134 @@ def build_parser() -> argparse.ArgumentParser:
                         "filters or energy gate (to measure what they add)")
     p.add_argument("--profile", action="store_true", help="print a stage-level profile on stderr")
     p.add_argument("--backend", default="whisper", help=argparse.SUPPRESS)  # module:Class double
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary; only errors on stderr")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more logging on stderr (-v info, -vv debug)")
     return p
+
+
+# ------------------------------------------------------------------ checks before a run
+
+
+@dataclass(frozen=True)
+class Input:
+    source: str
+    label: str  # how messages name it
+    output: str | None  # None: stdout
+
+
+def _label(source: str) -> str:
+    from stages.source import STDIN_LABEL, source_label
+
+    return STDIN_LABEL if source == "-" else source_label(source)
+
+
+def _output_name(source: str) -> str:
+    """The NAME of DIR/NAME.EXT for an input: its file name without the extension."""
+    if source == "-":
+        return "stdin"
+    if "://" in source:
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(source)
+        tail = unquote(parts.path.rstrip("/").rsplit("/", 1)[-1]) or parts.hostname or "download"
+        return Path(tail).stem or tail
+    return Path(source).stem or Path(source).name
+
+
+def _writable_dir(folder: Path, what: str) -> None:
+    if not folder.exists():
+        raise UsageError(f"{what}: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UsageError(f"{what}: {folder} is not a folder")
+    try:  # os.access says yes to root everywhere; creating a file is the real test
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot write in the folder {folder} ({exc.strerror})") from None
+
+
+def _check_output(path: str) -> None:
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"-o {path}: is a directory; give a file name (or --output-dir DIR)")
+    _writable_dir(p.parent if str(p.parent) else Path("."), f"-o {path}")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UsageError(f"-o {path}: the file exists and is not writable")
+
+
+def _inputs(args) -> list[Input]:
+    sources = args.sources
+    if sources.count("-") > 1:
+        raise UsageError("- (standard input) can be given only once")
+    if len(sources) > 1 and not args.output_dir:
+        raise UsageError(f"{len(sources)} inputs: give --output-dir DIR for their transcripts")
+    if args.output:
+        _check_output(args.output)
+        return [Input(sources[0], _label(sources[0]), args.output)]
+    if not args.output_dir:
+        return [Input(sources[0], _label(sources[0]), None)]
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {out}: is a file, not a folder")
+    if not out.exists():
+        try:
+            out.mkdir(parents=True)
+        except OSError as exc:
+            raise UsageError(f"--output-dir {out}: cannot create it: {exc.strerror}") from None
+    _writable_dir(out, f"--output-dir {out}")
+    ext = EXTENSIONS[args.fmt]
+    seen: dict[str, str] = {}
+    inputs = []
+    for s in sources:
+        target = str(out / f"{_output_name(s)}.{ext}")
+        if target in seen:
+            raise UsageError(f"{seen[target]} and {s} would both be written to {target}")
+        seen[target] = s
+        inputs.append(Input(s, _label(s), target))
+    return inputs
+
+
+def _check_device(device: str | None) -> None:
+    if device is None or not device.startswith("cuda"):
+        return
+    import torch  # only when asked for: the CLI's driver does not need torch otherwise
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available here (use --device cpu)")
+    index = device.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise UsageError(
+            f"--device {device}: there is no such device ({torch.cuda.device_count()} CUDA "
+            "device(s): cuda:0 ...)"
+        )
+
+
+def _check_language(args, english_only: bool | None, model: str) -> str | None:
+    from pipeline.languages import codes_list, language_code
+
+    language = None
+    if args.language is not None:
+        try:
+            language = language_code(args.language)
+        except ValueError:
+            raise UsageError(
+                f"--language {args.language[:40]}: not a Whisper language; use a code: "
+                f"{codes_list()}"
+            ) from None
+    if english_only:
+        if language not in (None, "en"):
+            raise UsageError(
+                f"--language {args.language}: model {model} is English-only; use a "
+                "multilingual one (e.g. --model base or small)"
+            )
+        if args.task == "translate":
+            raise UsageError(
+                f"--task translate: model {model} is English-only (it cannot translate); use a "
+                "multilingual one (e.g. --model base or small)"
+            )
+    return language
 
 
 def _config(args) -> PipelineConfig:
@@ -62,23 +233,147 @@ def _config(args) -> PipelineConfig:
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size if args.batch_size is not None else env_batch_size(),
-        inherit_stdin=args.source == "-",
+        inherit_stdin="-" in args.sources,
         stall_timeout_s=args.stall_timeout,
-        log_level=("WARNING", "INFO", "DEBUG")[min(args.verbose, 2)],
+        log_level=_level(args),
     )
     if args.plain:
         kw["quality"] = QualityConfig(enabled=False)
     return PipelineConfig(**kw)
 
 
-def _precheck_source(source: str) -> None:
-    """Cheap checks worth doing before any process starts."""
-    if source == "-" or "://" in source:
-        return
-    if not os.path.exists(source):
-        raise PipelineError(f"no such file: {source}")
-    if os.path.isdir(source):
-        raise PipelineError(f"{source} is a directory, not an audio file")
+def _level(args) -> str:
+    if args.quiet and not args.verbose:
+        return "ERROR"
+    return ("WARNING", "INFO", "DEBUG")[min(args.verbose, 2)]
+
+
+def prepare(args) -> tuple[PipelineConfig, DecodeOptions, list[Input]]:
+    """Every check that needs no audio; raises UsageError (one line)."""
+    from pipeline.weights import ModelResolveError, check_model
+
+    try:
+        cfg = _config(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    inputs = _inputs(args)
+    _check_device(cfg.device)
+    english_only = None
+    if cfg.backend == "whisper":
+        try:
+            english_only = check_model(cfg.model).english_only
+        except ModelResolveError as exc:
+            raise UsageError(str(exc)) from None
+    language = _check_language(args, english_only, cfg.model)
+    try:
+        options = DecodeOptions(language=language, task=args.task)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return cfg, options, inputs
+
+
+# ------------------------------------------------------------------------- the run
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_output(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: a hidden temporary file in the same
+    folder, renamed into place; removed on any failure (no stray ``.part`` files)."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _emit(inp: Input, transcript, fmt: str) -> None:
+    from pipeline.formats import format_transcript
+
+    text = format_transcript(transcript, fmt)
+    if inp.output:
+        write_output(inp.output, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def partial_transcript(windows, options: DecodeOptions, model: str):
+    """The transcript of the audio finished before an interrupt: the windows done in a row
+    from the first (later ones that happened to finish are not "so far")."""
+    from pipeline.formats import Transcript
+    from pipeline.stitch import majority_language, stitch, transcript_text
+
+    done = []
+    for w in sorted(windows, key=lambda w: w.index):
+        if w.index != len(done):
+            break
+        done.append(w)
+    duration = done[-1].start + done[-1].valid if done else 0.0
+    segments = stitch(done, duration=duration)
+    return Transcript(
+        text=transcript_text(segments),
+        language=options.language or majority_language(done),
+        duration=round(duration, 3),
+        model=model,
+        segments=tuple(segments),
+        timings={},
+        partial=True,
+    )
+
+
+class Progress:
+    """A tqdm bar on stderr for one input: audio seconds transcribed of the total (known
+    once decoding has finished, which is early) and the speed as a real-time factor.
+    Callable as the pipeline's ``progress(done_s, decoded_s, decode_finished)``."""
+
+    def __init__(self, label: str, stream=None):
+        from tqdm import tqdm
+
+        self.t0 = time.monotonic()
+        stream = stream or sys.stderr
+        try:  # a terminal that reports no size (0 x 0) would get no bar at all
+            size = os.get_terminal_size(stream.fileno())
+            ncols, nrows = size.columns or 100, size.lines or 24
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            ncols, nrows = 100, 24
+        self.bar = tqdm(
+            total=None, desc=label if len(label) <= 40 else "..." + label[-37:], unit="s",
+            file=stream, leave=True, ncols=ncols, nrows=nrows,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} s audio "
+                       "[{elapsed}<{remaining}{postfix}]",
+        )  # fmt: skip
+
+    def __call__(self, done_s: float, decoded_s: float | None, decode_finished: bool) -> None:
+        if decode_finished and decoded_s and self.bar.total != round(decoded_s):
+            self.bar.total = round(decoded_s)
+        wall = time.monotonic() - self.t0
+        if wall > 0:
+            self.bar.set_postfix_str(f"{done_s / wall:.1f}x real time", refresh=False)
+        self.bar.update(done_s - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _NoProgress:
+    def __call__(self, *a) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _on_sigterm(signum, frame):
@@ -86,43 +381,98 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv=None) -> int:
-    from pipeline.formats import format_transcript
-    from pipeline.runtime import Pipeline
-
-    args = build_parser().parse_args(argv)
-    level = ("WARNING", "INFO", "DEBUG")[min(args.verbose, 2)]
-    logs.setup(level, role="driver")
+    args = build_parser().parse_intermixed_args(argv)
+    logs.setup(_level(args), role="driver")
     try:
-        cfg = _config(args)
-        job = Job(args.source, DecodeOptions(language=args.language, task=args.task), profile=args.profile)
-    except ValueError as exc:
+        cfg, options, inputs = prepare(args)
+    except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        _precheck_source(args.source)
-        with Pipeline(cfg) as pipe:
-            outcome = pipe.run_job(job)
-        text = format_transcript(outcome.transcript, args.fmt)
-        if args.output:
-            tmp = f"{args.output}.part"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, args.output)
-        else:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        if args.profile:
-            from pipeline.profile import format_profile, profile_from_outcome
+    show_progress = not args.quiet and sys.stderr.isatty()
+    return _run(args, cfg, options, inputs, show_progress)
 
-            sys.stderr.write(format_profile(profile_from_outcome(outcome)))
-        return 0
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
+
+def _run(args, cfg, options, inputs, show_progress: bool) -> int:
+    from pipeline.runtime import Pipeline
+
+    pipe = Pipeline(cfg)
+    failed: list[str] = []
+    done = 0
+    current = None
+    bar = _NoProgress()
+    try:
+        for inp in inputs:
+            current = inp
+            if inp.source not in ("-",) and "://" not in inp.source:
+                if not os.path.exists(inp.source):
+                    print(f"error: {inp.label}: no such file", file=sys.stderr)
+                    failed.append(inp.label)
+                    continue
+                if os.path.isdir(inp.source):
+                    print(f"error: {inp.label}: is a directory, not an audio file", file=sys.stderr)
+                    failed.append(inp.label)
+                    continue
+            bar = Progress(inp.label) if show_progress else _NoProgress()
+            job = Job(inp.source, options, profile=args.profile, label=inp.label)
+            try:
+                outcome = pipe.run_job(job, progress=bar)
+            except PipelineError as exc:
+                bar.close()
+                print(f"error: {input_message(inp.label, str(exc))}", file=sys.stderr)
+                failed.append(inp.label)
+                if isinstance(exc, StageDied) and inp is not inputs[-1]:
+                    pipe.close()
+                    pipe = Pipeline(cfg)  # a stage died: a fresh pipeline for the rest
+                continue
+            bar.close()
+            try:
+                _emit(inp, outcome.transcript, args.fmt)
+            except OSError as exc:
+                print(f"error: {inp.output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+                failed.append(inp.label)
+                continue
+            done += 1
+            if args.profile:
+                from pipeline.profile import format_profile, profile_from_outcome
+
+                sys.stderr.write(format_profile(profile_from_outcome(outcome)))
+    except KeyboardInterrupt as exc:
+        _second_interrupt_exits(pipe)
+        bar.close()
+        windows = getattr(exc, "partial_windows", None)
+        if windows is not None and current is not None:
+            model = (pipe.model_info or {}).get("model", cfg.model)
+            t = partial_transcript(windows, options, model)
+            try:
+                _emit(current, t, args.fmt)
+                if not args.quiet:
+                    print(f"{current.label}: interrupted; wrote the transcript of the first "
+                          f"{t.duration:.1f} s" + (f" to {current.output}" if current.output else ""),
+                          file=sys.stderr)
+            except OSError:
+                pass
+        pipe.close(join_timeout=INTERRUPT_JOIN_S)
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except OSError as exc:  # e.g. --output in a missing directory
-        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return EXIT_FAILED
+    finally:
+        pipe.close()
+    if len(inputs) > 1 and not args.quiet:
+        where = f" in {args.output_dir}" if args.output_dir else ""
+        print(f"{done} of {len(inputs)} inputs transcribed{where}"
+              + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return EXIT_FAILED if failed else 0
+
+
+def _second_interrupt_exits(pipe) -> None:
+    """From now on a Ctrl-C (or SIGTERM) tears everything down at once and exits 130:
+    stages SIGKILLed, segments unlinked, no waiting."""
+
+    def now(signum, frame):
+        pipe.kill()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, now)
+    signal.signal(signal.SIGTERM, now)

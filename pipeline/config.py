@@ -34,6 +34,23 @@ def env_int(name: str, default: int) -> int:
     return value
 
 
+DEFAULT_MAX_AUDIO_S = 12 * 3600.0
+
+
+def env_max_audio_s() -> float:
+    """``MAX_AUDIO_S`` from the environment (seconds of audio one job may have), else 12 h."""
+    raw = os.environ.get("MAX_AUDIO_S", "").strip()
+    if not raw:
+        return DEFAULT_MAX_AUDIO_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"MAX_AUDIO_S must be a number of seconds, not {raw[:40]!r}") from None
+    if not value > 0:
+        raise ValueError(f"MAX_AUDIO_S must be positive, not {raw[:40]!r}")
+    return value
+
+
 def env_batch_size() -> int:
     """``MODEL_BATCH_SIZE`` from the environment (the seed project's knob), else 16."""
     return check_batch_size(env_int("MODEL_BATCH_SIZE", DEFAULT_BATCH_SIZE), "MODEL_BATCH_SIZE")
@@ -74,6 +91,9 @@ class PipelineConfig:
     stall_timeout_s: float = 30.0
     max_redirects: int = 5
     max_download_bytes: int | None = None
+    # Audio longer than this is refused when its header says so, before decoding, and
+    # stopped when it runs past it (a 3 Hz WAV header once declared 3 hours).
+    max_audio_s: float | None = field(default_factory=env_max_audio_s)
     allow_private_urls: bool = True  # the RunPod worker turns this off
     inherit_stdin: bool = False  # the source stage may read our standard input ("-")
     log_level: str = "WARNING"
@@ -95,6 +115,8 @@ class PipelineConfig:
         for name in ("byte_block", "byte_slots", "pcm_block_samples", "pcm_slots", "window_slots"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
+        if self.max_audio_s is not None and not self.max_audio_s > 0:
+            raise ValueError("max_audio_s must be positive (or None: no limit)")
         if self.batch_wait_s <= 0 or self.connect_timeout_s <= 0 or self.stall_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
 

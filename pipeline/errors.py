@@ -7,6 +7,7 @@ traceback and raises one of these with a message fit for a user.
 
 from __future__ import annotations
 
+import re
 import signal
 import traceback
 
@@ -28,9 +29,28 @@ class StageDied(PipelineError):
     """A stage process ended or failed to start: the pipeline must be rebuilt."""
 
 
+TOKEN_MAX = 160  # characters of one word (a URL, a host name) a message may echo
+
+
+def clip_tokens(text: str, limit: int = TOKEN_MAX) -> str:
+    """``text`` with every run of non-blank characters longer than ``limit`` cut in the
+    middle: messages name hosts and URLs from requests, and one such name was 170,811
+    characters long (issue 10)."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 3) // 2
+    return re.sub(
+        r"\S{%d,}" % (limit + 1), lambda m: m.group(0)[:keep] + "..." + m.group(0)[-keep:], text
+    )
+
+
 class UserError(Exception):
     """Marks an exception whose message is already a clean one-liner for the user
-    (bad input, a failed download): its traceback is not worth logging at error level."""
+    (bad input, a failed download): its traceback is not worth logging at error level.
+    Over-long words in the message (a host name from a request) are cut."""
+
+    def __init__(self, *args):
+        super().__init__(*(clip_tokens(a) if isinstance(a, str) else a for a in args))
 
 
 def one_line(exc: BaseException) -> str:
@@ -60,3 +80,26 @@ def describe_exit(exitcode: int | None) -> str:
         why = " (probably out of memory)" if -exitcode == signal.SIGKILL else ""
         return f"was killed by {name}{why}"
     return f"exited with code {exitcode}"
+
+
+_VERBS = ("cannot download ", "cannot decode ", "cannot read ", "invalid URL ")
+
+
+def input_message(label: str, message: str) -> str:
+    """``<input>: <what>``, the one style of every failure message about an input (issue
+    10): the input named once, first. Stage messages name their input in several places
+    ("cannot decode X: why", "no such file: X", "X is empty"); each is brought to that form.
+    """
+    if not label:
+        return message
+    for verb in _VERBS:
+        lead = f"{verb}{label}: "
+        if message.startswith(lead):
+            return f"{label}: {verb.strip()}: {message[len(lead):]}"
+    if message.startswith(f"{label}: "):
+        return message
+    if message.startswith(f"{label} "):
+        return f"{label}: {message[len(label) + 1:]}"
+    if message.endswith(f": {label}"):
+        return f"{label}: {message[: -len(label) - 2]}"
+    return f"{label}: {message}"

@@ -35,14 +35,16 @@ class Transcript:
     model: str
     segments: tuple[Segment, ...] = ()
     timings: dict = field(default_factory=dict)
+    partial: bool = False  # the run was interrupted: only the audio finished so far
 
     def __post_init__(self):
         if not isinstance(self.segments, tuple):
             object.__setattr__(self, "segments", tuple(self.segments))
 
     def to_dict(self) -> dict:
-        """The JSON body: text, language, duration, model, segments, timings (ms times)."""
-        return {
+        """The JSON body: text, language, duration, model, segments, timings (ms times),
+        and ``"partial": true`` when the run was interrupted."""
+        out = {
             "text": self.text,
             "language": self.language,
             "duration": _ms(self.duration),
@@ -53,6 +55,9 @@ class Transcript:
             ],
             "timings": dict(self.timings),
         }
+        if self.partial:
+            out["partial"] = True
+        return out
 
 
 def format_transcript(t: Transcript, fmt: str) -> str:

@@ -14,6 +14,32 @@ _state = {"role": "driver", "job": "-"}
 FORMAT = "%(asctime)s %(levelname)s [%(role)s job=%(job)s] %(name)s: %(message)s"
 
 
+# transformers warnings that say nothing a user can act on (issue 10: the first job printed
+# four of them). They are about how we call generate, which is ours to get right; -vv
+# (debug) shows them again.
+POINTLESS = (
+    ("transformers", "`generation_config` default values have been modified"),
+    ("transformers", "The attention mask is not set and cannot be inferred"),
+    ("transformers", "A custom logits processor of type"),
+    ("transformers", "Due to a bug fix in https://github.com/huggingface/transformers/pull/28687"),
+    ("transformers", "Passing a tuple of `past_key_values` is deprecated"),
+    ("transformers", "You have passed task=transcribe, but also have set `forced_decoder_ids`"),
+    ("transformers", "Whisper did not predict an ending timestamp"),
+)
+
+
+class _QuietLibraries(logging.Filter):
+    """Drops the library warnings in ``POINTLESS`` unless the root logger is at debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+            return True
+        for prefix, start in POINTLESS:
+            if record.name.startswith(prefix) and str(record.msg).lstrip().startswith(start):
+                return False
+        return True
+
+
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.role = _state["role"]
@@ -42,5 +68,6 @@ def setup(level: str | int = "WARNING", role: str | None = None) -> None:
     handler._wsp = True
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(_ContextFilter())
+    handler.addFilter(_QuietLibraries())
     root.addHandler(handler)
     root.setLevel(level)

@@ -325,7 +325,8 @@ def _run_decode(ctx: StageContext, ring_in: Ring, q_in, ring_out: Ring, q_out):
         src = JobInput(ctx, q_in, ring_in, seq, np.uint8, bytes, stats)
         total = 0
         try:
-            for pcm in decode_stream(src, name=info["label"], block_samples=cfg.pcm_block_samples):
+            for pcm in decode_stream(src, name=info["label"], block_samples=cfg.pcm_block_samples,
+                                     max_seconds=cfg.max_audio_s):
                 if ctx.cancelled(seq):
                     raise JobCancelled()
                 ctx.maybe_fault(stats.items)
@@ -1048,11 +1049,15 @@ class Pipeline:
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self._procs.items()}
 
-    def close(self) -> None:
-        """Stop every stage and free every segment (the shutdown protocol above)."""
+    def close(self, join_timeout: float | None = None) -> None:
+        """Stop every stage and free every segment (the shutdown protocol above).
+        ``join_timeout``: how long stages get to leave on their own before they are
+        terminated (default JOIN_TIMEOUT_S; the CLI uses less after a Ctrl-C)."""
         if self._closed:
             return
         self._closed = True
+        if join_timeout is not None:
+            self._state["join_timeout"] = join_timeout
         if self._finalizer is not None:
             self._finalizer()
         else:
@@ -1070,7 +1075,7 @@ class Pipeline:
         infer = procs.get("infer")  # 3
         if state.get("loading") and infer is not None and infer.is_alive():
             infer.terminate()
-        deadline = time.monotonic() + JOIN_TIMEOUT_S  # 3
+        deadline = time.monotonic() + state.get("join_timeout", JOIN_TIMEOUT_S)  # 3
         for p in procs.values():
             p.join(max(0.0, deadline - time.monotonic()))
         for p in procs.values():
@@ -1089,6 +1094,20 @@ class Pipeline:
         for r in rings:  # 5
             r.close()
             r.unlink()
+
+    def kill(self) -> None:
+        """Tear down at once, for a second Ctrl-C: SIGKILL every stage (ffmpeg dies with
+        its stage), let no queue wait on its feeder, unlink every segment. No joins."""
+        self._closed = True
+        for p in self._procs.values():
+            with contextlib.suppress(Exception):
+                p.kill()
+        for q in self._queues:
+            with contextlib.suppress(Exception):
+                q.cancel_join_thread()
+        for r in self._rings:
+            with contextlib.suppress(Exception):
+                r.unlink()
 
     def wait_ready(self, timeout: float | None = None) -> dict:
         """Block until the model is loaded (or raise if a stage failed). Returns model info."""
@@ -1168,8 +1187,10 @@ class Pipeline:
                     raise JobError(message, stage=stage, traceback=None if user else tb)
                 elif kind == "done":
                     done_info = msg[2]
-        except BaseException:
+        except BaseException as exc:
             self._cancel[seq % CANCEL_SLOTS] = seq  # the stages drop what is left of it
+            if isinstance(exc, KeyboardInterrupt):  # the CLI writes what was finished
+                exc.partial_windows = sorted(windows, key=lambda w: w.index)
             raise
         expected = done_info.get("windows", len(windows))
         if len(windows) != expected:

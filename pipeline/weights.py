@@ -275,3 +275,114 @@ def resolve_model(spec: str) -> str:
     if spec in PACKAGED:
         return str(convert_cached(packaged_ct2_dir(spec), name=spec))
     return spec
+
+
+# ----------------------------------------------------------------- checks before a run
+
+HUB_TIMEOUT_S = 12.0  # a hub id that cannot be fetched fails within this (issue 10)
+ENGLISH_ONLY_VOCAB = 51864  # openai/whisper's rule: English-only models have 51864 tokens
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """What a model spec was found to be, cheaply, before any process starts.
+
+    ``kind``: "transformers", "ctranslate2", "packaged" or "hub". ``english_only``: True or
+    False where known (a ``.en`` name, a config's vocabulary size), None where not.
+    """
+
+    kind: str
+    english_only: bool | None
+
+
+def _hub_advice() -> str:
+    return "pass --model DIR (a local checkpoint, or tiny.en/base/small) or set MODEL_ID"
+
+
+def _english_only_from_config(path) -> bool | None:
+    cfg = _read_json(Path(path))
+    size = cfg.get("vocab_size") if isinstance(cfg, dict) else None
+    return size == ENGLISH_ONLY_VOCAB if isinstance(size, int) else None
+
+
+def _check_hub(spec: str, timeout: float) -> ModelCheck:
+    """A hub id is usable if its config is in the local hub cache, or can be fetched within
+    ``timeout`` seconds; else ModelResolveError, one line naming the id and what to do."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(spec, "config.json")
+    except (HFValidationError, ValueError):
+        raise ModelResolveError(
+            f"model {spec!r} is not a directory, a short name (tiny.en, base, small) or a "
+            f"valid hub id: {_hub_advice()}"
+        ) from None
+    english = spec.endswith(".en") or None
+    if isinstance(cached, str):
+        return ModelCheck("hub", english or _english_only_from_config(cached))
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ModelResolveError(
+            f"model {spec!r} is not in the local hub cache and HF_HUB_OFFLINE is set: "
+            f"{_hub_advice()}"
+        )
+    # One plain request, bounded: huggingface_hub's own download retries with back-off
+    # (1 + 2 + 4 + 8 s ...) and logs every retry; transformers' load took 50 s and 115
+    # lines to fail here. The files themselves are fetched later by from_pretrained.
+    import requests
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers
+
+    url = f"{constants.ENDPOINT.rstrip('/')}/{spec}/resolve/main/config.json"
+    try:
+        r = requests.get(
+            url, headers=build_hf_headers(), timeout=(min(5.0, timeout), timeout), allow_redirects=True
+        )
+    except requests.Timeout:
+        raise ModelResolveError(
+            f"model {spec!r}: the model hub did not answer within {timeout:.0f} s: {_hub_advice()}"
+        ) from None
+    except requests.RequestException as exc:
+        raise ModelResolveError(
+            f"model {spec!r}: cannot reach the model hub at {constants.ENDPOINT} "
+            f"({type(exc).__name__}): {_hub_advice()}"
+        ) from None
+    if r.status_code in (401, 403, 404):
+        raise ModelResolveError(
+            f"model {spec!r}: no such model on the hub, or it is private or gated "
+            f"(HTTP {r.status_code}): {_hub_advice()}"
+        )
+    if r.status_code != 200:
+        raise ModelResolveError(
+            f"model {spec!r}: the model hub answered HTTP {r.status_code}: {_hub_advice()}"
+        )
+    try:
+        size = r.json().get("vocab_size")
+    except (ValueError, AttributeError):
+        size = None
+    return ModelCheck("hub", english or (size == ENGLISH_ONLY_VOCAB if isinstance(size, int) else None))
+
+
+def check_model(spec: str, hub_timeout: float = HUB_TIMEOUT_S) -> ModelCheck:
+    """Check, in seconds at most, that ``spec`` names a model ``resolve_model`` can load:
+    a transformers checkpoint directory, a CTranslate2 Whisper directory, an installed short
+    name, or a hub id that is cached or answers within ``hub_timeout``. Converts nothing.
+    Raises ModelResolveError with one line that names the spec and says what to do."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if is_transformers_dir(path):
+            return ModelCheck("transformers", _english_only_from_config(path / "config.json"))
+        if is_ct2_dir(path):
+            return ModelCheck("ctranslate2", path.resolve().name.endswith(".en") or None)
+        raise ModelResolveError(
+            f"model {spec}: the directory is neither a transformers checkpoint (config.json "
+            "with model_type) nor a CTranslate2 Whisper model (model.bin + config.json)"
+        )
+    if spec.startswith(("/", "./", "../", "~")) or path.exists():
+        what = "is not a directory" if path.exists() else "no such directory"
+        raise ModelResolveError(f"model {spec}: {what}")
+    if spec in PACKAGED:
+        _package_folder(PACKAGED[spec])
+        return ModelCheck("packaged", spec.endswith(".en"))
+    return _check_hub(spec, hub_timeout)

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 from pipeline import logs
 from pipeline.config import MAX_BATCH_SIZE, Job, PipelineConfig, env_batch_size, env_int, env_model
-from pipeline.errors import JobError, PipelineError
+from pipeline.errors import JobError, PipelineError, input_message
+from pipeline.languages import LANGUAGES, TO_LANGUAGE_CODE, clip  # noqa: F401 (re-exported)
 from pipeline.types import TASKS, DecodeOptions
 
 log = logging.getLogger(__name__)
@@ -76,52 +77,11 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
 
 
-# Whisper's languages (code -> name), as openai/whisper's tokenizer.py lists them; a test
-# checks this equals transformers' table. Kept here because importing that table costs
-# seconds of the first request (it pulls in the tokenizer stack).
-LANGUAGES = dict(
-    pair.replace("_", " ").split(":")
-    for pair in (
-        "en:english zh:chinese de:german es:spanish ru:russian ko:korean fr:french "
-        "ja:japanese pt:portuguese tr:turkish pl:polish ca:catalan nl:dutch ar:arabic "
-        "sv:swedish it:italian id:indonesian hi:hindi fi:finnish vi:vietnamese he:hebrew "
-        "uk:ukrainian el:greek ms:malay cs:czech ro:romanian da:danish hu:hungarian "
-        "ta:tamil no:norwegian th:thai ur:urdu hr:croatian bg:bulgarian lt:lithuanian "
-        "la:latin mi:maori ml:malayalam cy:welsh sk:slovak te:telugu fa:persian "
-        "lv:latvian bn:bengali sr:serbian az:azerbaijani sl:slovenian kn:kannada "
-        "et:estonian mk:macedonian br:breton eu:basque is:icelandic hy:armenian "
-        "ne:nepali mn:mongolian bs:bosnian kk:kazakh sq:albanian sw:swahili gl:galician "
-        "mr:marathi pa:punjabi si:sinhala km:khmer sn:shona yo:yoruba so:somali "
-        "af:afrikaans oc:occitan ka:georgian be:belarusian tg:tajik sd:sindhi "
-        "gu:gujarati am:amharic yi:yiddish lo:lao uz:uzbek fo:faroese "
-        "ht:haitian_creole ps:pashto tk:turkmen nn:nynorsk mt:maltese sa:sanskrit "
-        "lb:luxembourgish my:myanmar bo:tibetan tl:tagalog mg:malagasy as:assamese "
-        "tt:tatar haw:hawaiian ln:lingala ha:hausa ba:bashkir jw:javanese su:sundanese "
-        "yue:cantonese"
-    ).split()
-)
-TO_LANGUAGE_CODE = {
-    **{name: code for code, name in LANGUAGES.items()},
-    "burmese": "my",
-    "valencian": "ca",
-    "flemish": "nl",
-    "haitian": "ht",
-    "letzeburgesch": "lb",
-    "pushto": "ps",
-    "panjabi": "pa",
-    "moldavian": "ro",
-    "moldovan": "ro",
-    "sinhalese": "si",
-    "castilian": "es",
-    "mandarin": "zh",
-}
-
-
 def _language_code(value) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise RequestError(f"language must be a string such as 'en', not {type(value).__name__}")
+        raise RequestError(f"language: must be a string such as 'en', not {type(value).__name__}")
     v = value.strip().lower()
     if v in ("", "auto", "detect"):
         return None
@@ -130,7 +90,7 @@ def _language_code(value) -> str | None:
     if v in TO_LANGUAGE_CODE:
         return TO_LANGUAGE_CODE[v]
     raise RequestError(
-        f"language {value!r} is not a Whisper language (use a code such as 'en' or 'de')"
+        f"language: {clip(value, 40)!r} is not a Whisper language (use a code such as 'en' or 'de')"
     )
 
 
@@ -167,47 +127,55 @@ def parse_request(
     if allow_private_urls is None:
         allow_private_urls = allow_private()
     if not isinstance(inp, dict):
-        raise RequestError(f"input must be a JSON object, not {_type_name(inp)}")
+        raise RequestError(f"input: must be a JSON object, not {_type_name(inp)}")
     unknown = sorted(set(inp) - set(SOURCE_KEYS) - set(OPTION_KEYS))
     if unknown:
         raise RequestError(
-            f"unknown input key {unknown[0]!r} (accepted: {', '.join(SOURCE_KEYS + OPTION_KEYS)})"
+            f"input: unknown key {clip(unknown[0], 40)!r} (accepted: {', '.join(SOURCE_KEYS + OPTION_KEYS)})"
         )
     given = [k for k in SOURCE_KEYS if inp.get(k) is not None]
     if len(given) != 1:
         raise RequestError(
-            "give exactly one of audio_url, audio or audio_base64"
+            "input: give exactly one of audio_url, audio or audio_base64"
             + (f" (got {' and '.join(given)})" if given else "")
         )
     key = given[0]
     value = inp[key]
     if not isinstance(value, str):
-        raise RequestError(f"{key} must be a string, not {_type_name(value)}")
+        raise RequestError(f"{key}: must be a string, not {_type_name(value)}")
     if not value.strip():
-        raise RequestError(f"{key} is empty")
+        raise RequestError(f"{key}: is empty")
     if key == "audio_base64":
         cap = max_base64 if max_base64 is not None else max_base64_bytes()
-        payload = value.split(",", 1)[1] if value.startswith("data:") else value
+        if value.startswith("data:"):
+            if "," not in value[:256]:
+                raise RequestError(
+                    "audio_base64: a data: URI needs a comma before the base64 data "
+                    "(data:audio/wav;base64,UklGR...)"
+                )
+            payload = value.split(",", 1)[1]
+        else:
+            payload = value
         payload = "".join(payload.split())  # clients often wrap base64 at 76 columns
         if len(payload) > (cap + 2) // 3 * 4:  # cheap: before decoding anything
             raise RequestError(
-                f"audio_base64 is larger than the limit of {_size(cap)} ({MAX_BASE64_ENV})"
+                f"audio_base64: larger than the limit of {_size(cap)} ({MAX_BASE64_ENV})"
             )
         try:
             source: str | bytes = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
-            raise RequestError("audio_base64 is not valid base64") from None
+            raise RequestError("audio_base64: not valid base64") from None
         if not source:
-            raise RequestError("audio_base64 is empty")
+            raise RequestError("audio_base64: is empty")
         if len(source) > cap:
             raise RequestError(
-                f"audio_base64 is larger than the limit of {_size(cap)} ({MAX_BASE64_ENV})"
+                f"audio_base64: larger than the limit of {_size(cap)} ({MAX_BASE64_ENV})"
             )
     else:
         value = value.strip()
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
         if scheme not in ("http", "https"):
-            raise RequestError(f"{key} must be an http or https URL")
+            raise RequestError(f"{key}: must be an http or https URL")
         try:
             check_url(value, allow_private=allow_private_urls)
         except SourceError as exc:
@@ -220,18 +188,18 @@ def parse_request(
 
     task = opt("task")
     if task is not None and (not isinstance(task, str) or task not in TASKS):
-        raise RequestError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+        raise RequestError(f"task: must be one of {', '.join(TASKS)}, not {clip(task, 40)!r}")
     translate = opt("translate")
     if translate is not None and not isinstance(translate, bool):
-        raise RequestError(f"translate must be true or false, not {translate!r}")
+        raise RequestError(f"translate: must be true or false, not {clip(translate, 40)}")
     if translate is not None and task is not None and (task == "translate") != translate:
-        raise RequestError(f"translate={str(translate).lower()} contradicts task={task!r}")
+        raise RequestError(f"translate: {str(translate).lower()} contradicts task {task!r}")
     task = task or ("translate" if translate else "transcribe")
 
     transcription = opt("transcription", "plain_text")
     if not isinstance(transcription, str) or transcription not in TRANSCRIPTIONS:
         raise RequestError(
-            f"transcription must be one of {', '.join(TRANSCRIPTIONS)}, not {transcription!r}"
+            f"transcription: must be one of {', '.join(TRANSCRIPTIONS)}, not {clip(transcription, 40)!r}"
         )
 
     batch_size = opt("batch_size")
@@ -244,12 +212,12 @@ def parse_request(
             or not 1 <= batch_size <= top
         ):
             raise RequestError(
-                f"batch_size must be an integer from 1 to {top} ({MAX_BATCH_ENV}), not {batch_size!r}"
+                f"batch_size: must be an integer from 1 to {top} ({MAX_BATCH_ENV}), not {clip(batch_size, 40)}"
             )
 
     profile = opt("profile", False)
     if not isinstance(profile, bool):
-        raise RequestError(f"profile must be true or false, not {profile!r}")
+        raise RequestError(f"profile: must be true or false, not {clip(profile, 40)}")
 
     options = DecodeOptions(language=_language_code(inp.get("language")), task=task)
     return Request(source, key, options, transcription, batch_size, profile)
@@ -378,21 +346,21 @@ class Worker:
             with self._lock:
                 return self._handle(job, job_id)
         except RequestError as exc:
-            log.info("bad request: %s", exc)
-            return {"error": str(exc)}
+            log.info("bad request: %s", clip(str(exc), 300))
+            return {"error": clip(str(exc), 300)}
         except JobError as exc:
             if exc.traceback:
-                log.error("job failed: %s\n%s", exc, exc.traceback)
+                log.error("job failed: %s\n%s", clip(str(exc), 300), exc.traceback)
             else:
-                log.info("job failed: %s", exc)
-            return {"error": str(exc)}
+                log.info("job failed: %s", clip(str(exc), 300))
+            return {"error": clip(str(exc), 300)}
         except PipelineError as exc:  # a stage died (StageDied) or the pipeline is unusable
-            log.error("pipeline failed: %s; restarting it", exc)
+            log.error("pipeline failed: %s; restarting it", clip(str(exc), 300))
             self._restart()
-            return {"error": str(exc)}
+            return {"error": clip(str(exc), 300)}
         except Exception as exc:  # noqa: BLE001 - the worker must survive any request
             log.exception("unexpected error")
-            return {"error": f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]}
+            return {"error": clip(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0])}
         finally:
             logs.set_job(None)
 
@@ -411,23 +379,33 @@ class Worker:
             max_batch=self.max_batch,
             max_base64=self.max_base64,
         )
-        label = "audio_base64" if req.source_key == "audio_base64" else None
+        if req.source_key == "audio_base64":
+            label = "audio_base64"
+        else:
+            from stages.source import source_label
+
+            label = source_label(req.source)  # at most 150 characters (LABEL_MAX)
         progress = None
         if self.progress_sender is not None:
             sender = self.progress_sender
             progress = ProgressReporter(lambda update: sender(job, update), self.progress_interval)
         log.info("job: %s, %s", req.source_key, req.options)
-        outcome = self.pipeline.run_job(
-            Job(
-                req.source,
-                req.options,
-                batch_size=req.batch_size,
-                label=label,
-                job_id=None if job_id is None else str(job_id),
-                profile=req.profile,
-            ),
-            progress=progress,
-        )
+        try:
+            outcome = self.pipeline.run_job(
+                Job(
+                    req.source,
+                    req.options,
+                    batch_size=req.batch_size,
+                    label=label,
+                    job_id=None if job_id is None else str(job_id),
+                    profile=req.profile,
+                ),
+                progress=progress,
+            )
+        except JobError as exc:
+            raise JobError(
+                input_message(label, str(exc)), stage=exc.stage, traceback=exc.traceback
+            ) from None
         t = outcome.transcript
         out = t.to_dict()
         out["transcription"] = formatted(t, req.transcription)

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -277,11 +278,44 @@ class _Feeder(threading.Thread):
                 pass
 
 
+def declared_seconds(head: bytes | bytearray) -> float | None:
+    """The duration a WAV or FLAC header declares, in seconds, or None (another format,
+    a header not all in ``head``, or a size that means "unknown": 0 or 0xFFFFFFFF in a
+    streamed WAV). Read before decoding: through a pipe ffmpeg reports no duration, and a
+    small file can declare hours (a 3 Hz WAV header declared 3 hours, issue 10)."""
+    head = bytes(head)
+    if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
+        order = "<" if head[:4] == b"RIFF" else ">"
+        pos, byte_rate = 12, None
+        while pos + 8 <= len(head):
+            cid = head[pos : pos + 4]
+            (size,) = struct.unpack(order + "I", head[pos + 4 : pos + 8])
+            if cid == b"fmt " and pos + 20 <= len(head):
+                (byte_rate,) = struct.unpack(order + "I", head[pos + 16 : pos + 20])
+            elif cid == b"data":
+                if not byte_rate or size in (0, 0xFFFFFFFF):
+                    return None
+                return size / byte_rate
+            pos += 8 + size + (size & 1)
+        return None
+    if head[:4] == b"fLaC" and len(head) >= 26 and head[4] & 0x7F == 0:  # STREAMINFO first
+        info = int.from_bytes(head[18:26], "big")
+        rate, total = info >> 44, info & ((1 << 36) - 1)
+        return total / rate if rate and total else None
+    return None
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def decode_stream(
     blocks: Iterable[bytes],
     *,
     name: str = "input",
     block_samples: int = DEFAULT_BLOCK_SAMPLES,
+    max_seconds: float | None = None,
 ) -> Iterator[np.ndarray]:
     """Decode the byte blocks of one input into mono PCM at SAMPLE_RATE.
 
@@ -289,8 +323,11 @@ def decode_stream(
     name: how messages name the input (a safe label, e.g. ``source_label(...)``).
     Yields ``(block_samples,)`` arrays of PCM_DTYPE in [-1, 1], the last one shorter.
 
+    max_seconds: refuse input whose header declares more audio than this (before ffmpeg
+    starts), and stop with an error when the decoded audio runs past it (None: no cap).
+
     Raises DecodeError (one line naming the input and ffmpeg's reason) when the input is
-    empty, has no audio stream, or ffmpeg fails. An exception raised by ``blocks``
+    empty, has no audio stream, is too long, or ffmpeg fails. An exception raised by ``blocks``
     propagates unchanged, after ffmpeg is killed. ffmpeg never outlives the generator.
     """
     if block_samples < 1:
@@ -313,6 +350,14 @@ def decode_stream(
         layout = sniff_layout(head)
     if exhausted and not head:
         raise DecodeError(f"{name} is empty (no bytes)")
+    if max_seconds is not None:
+        declared = declared_seconds(head)
+        if declared is not None and declared > max_seconds:
+            raise DecodeError(
+                f"{name}: its header declares {_hms(declared)} of audio, more than the limit "
+                f"of {_hms(max_seconds)} (MAX_AUDIO_S)"
+            )
+    max_samples = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
 
     spool_path = None
     proc = None
@@ -377,6 +422,11 @@ def decode_stream(
                 # Resampling can overshoot a full-scale input slightly; the pipeline
                 # promises [-1, 1].
                 np.clip(pcm, -1.0, 1.0, out=pcm)
+                if max_samples is not None and total + n > max_samples:
+                    raise DecodeError(
+                        f"{name}: longer than the limit of {_hms(max_seconds)} (MAX_AUDIO_S); "
+                        "stopped there"
+                    )
                 total += n
                 yield pcm
             if got < frame_bytes:

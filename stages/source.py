@@ -114,7 +114,12 @@ def _describe(address: str) -> str:
         kind = _address_kind(ipaddress.ip_address(address.split("%", 1)[0]))
     except ValueError:
         return "an unparseable address"
-    return f"a {kind} address" if kind else "a forbidden address"
+    if not kind:
+        return "a forbidden address"
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} address"  # "an unspecified address"
+
+
+LABEL_MAX = 150  # under errors.TOKEN_MAX, so a label is never cut twice
 
 
 def _url_label(url: URL) -> str:
@@ -123,7 +128,10 @@ def _url_label(url: URL) -> str:
         bare = url.with_user(None).with_query(None).with_fragment(None)
     except (ValueError, TypeError):
         return "<invalid URL>"
-    return str(bare) + ("?..." if url.raw_query_string or url.raw_fragment else "")
+    text = str(bare) + ("?..." if url.raw_query_string or url.raw_fragment else "")
+    if len(text) > LABEL_MAX:  # messages and logs echo at most ~200 characters of a request
+        text = text[: LABEL_MAX - 43] + "..." + text[-40:]
+    return text
 
 
 def source_label(source: Source) -> str:

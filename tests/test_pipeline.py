@@ -387,10 +387,11 @@ def test_ctrl_c_stops_everything(tiny_model_dir, slow_input):
 
 
 def test_model_that_does_not_load_is_named(tmp_path, speech_wav):
+    # Checked before any stage starts (issue 10): a usage error, exit code 2.
     r = cli(speech_wav, "--model", tmp_path / "no-such-model", timeout=60)
-    assert r.returncode != 0
+    assert r.returncode == 2
     last = r.stderr.decode().strip().splitlines()[-1]
-    assert last.startswith("error: ") and "infer" in last and "no-such-model" in last
+    assert last.startswith("error: ") and "no-such-model" in last
 
 
 def test_in_process_stage_death_is_reported(tiny_model_dir, slow_input):

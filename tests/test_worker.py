@@ -96,7 +96,7 @@ def test_bad_requests_name_the_key(inp, key):
 
 @pytest.mark.parametrize("inp", [None, [], "http://x/a.mp3", 3])
 def test_input_must_be_an_object(inp):
-    assert "input must be a JSON object" in _err(inp)
+    assert "input: must be a JSON object" in _err(inp)
 
 
 @pytest.mark.parametrize(
@@ -515,12 +515,12 @@ def test_srt_and_vtt_parse(server, files, dur):
 @pytest.mark.parametrize(
     "case, expect",
     [
-        ("no audio", "give exactly one of audio_url, audio or audio_base64"),
-        ("file url", "audio_url must be an http or https URL"),
+        ("no audio", "input: give exactly one of audio_url, audio or audio_base64"),
+        ("file url", "audio_url: must be an http or https URL"),
         ("404", "HTTP 404"),
         ("not audio", "notaudio.mp3"),
-        ("unknown option", "unknown input key 'beam_size'"),
-        ("bad base64", "audio_base64 is not valid base64"),
+        ("unknown option", "input: unknown key 'beam_size'"),
+        ("bad base64", "audio_base64: not valid base64"),
         ("bad batch", "batch_size"),
     ],
 )
@@ -568,6 +568,22 @@ def test_log_lines_carry_the_job_id(server, files):
     for ln in ours:
         if "missing2.wav" in ln:
             assert f"job={bad['id']}]" in ln, ln
+
+
+def test_default_log_level_never_logs_a_transcript(server, files):
+    """The runpod SDK printed every job's result (the transcript, twice) at its own
+    default level, DEBUG; the worker now sets the SDK's level from LOG_LEVEL (INFO)."""
+    out = server.runsync({"audio_url": files.url("speech.wav")})["output"]
+    text = server.stderr()
+    assert len(out["text"].strip()) > 20
+    assert out["text"].strip() not in text
+    assert out["transcription"].strip() not in text
+    assert "Handler output" not in text and "DEBUG" not in text
+    # The SDK's own lines about a job carry its id.
+    sdk = [ln for ln in text.splitlines() if re.match(r"^(INFO|WARN|ERROR)\s*\| ", ln)]
+    for ln in sdk:
+        if re.search(r"\b(Started|Finished|job|Job)\b", ln) and "Jobs in progress" not in ln:
+            assert re.match(r"^\w+\s*\| (test-|[0-9a-f-]{8,})", ln), ln
 
 
 def test_stopping_leaves_no_process_and_no_shared_memory(server):

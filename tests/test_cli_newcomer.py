@@ -1,0 +1,354 @@
+"""The command line as a newcomer meets it (issue 10): options checked before any audio is
+read (one line, exit 2), quick hub failures, several inputs in one run, a progress bar on
+a terminal only, Ctrl-C that keeps what was done, no stray files, no pointless warnings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests import media
+
+REPO = Path(__file__).resolve().parents[1]
+SLOW = "tests.slow_tone:SlowTone"
+
+
+def cli(*args, env=None, timeout=60, unset=()):
+    e = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    for k in unset:
+        e.pop(k, None)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=e,
+                          capture_output=True, timeout=timeout)
+
+
+def one_error_line(r) -> str:
+    err = r.stderr.decode()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory):
+    d = tmp_path_factory.mktemp("in")
+    return media.write_wav(d / "a.wav", media.tone(440, 1.0))
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    """Two tone-coded readings (about 70 s and 40 s) for the tone test double."""
+    from tests.tone_backend import make_tone_speech
+
+    d = tmp_path_factory.mktemp("tones")
+    out = []
+    for name, words, seed in (("first", 100, 1), ("second", 60, 2)):
+        audio, _ = make_tone_speech(words, seed=seed)
+        out.append(media.write_wav(d / f"{name}.wav", audio))
+    return out
+
+
+def _installed(name):
+    from pipeline.weights import ModelResolveError, check_model
+
+    try:
+        check_model(name)
+    except ModelResolveError:
+        pytest.skip(f"{name} weights not installed")
+
+
+# ----------------------------------------------------------- 1: checks before reading audio
+
+
+def test_model_that_is_not_a_model_fails_up_front(wav, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("hello")
+    for model, expect in (
+        (tmp_path / "missing", "no such directory"),
+        (tmp_path / "notes", "neither a transformers checkpoint"),
+        ("openai/whisper-nonexistent", "hub"),
+    ):
+        r = cli(wav, "--model", model)
+        assert r.returncode == 2, r.stderr
+        line = one_error_line(r)
+        assert str(model) in line and expect in line, line
+    assert "--model DIR" in line and "MODEL_ID" in line  # the hub id: what to do instead
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="this machine has CUDA"
+)
+def test_cuda_where_there_is_none(wav):
+    r = cli(wav, "--device", "cuda", "--model", "tiny.en")
+    assert r.returncode == 2
+    line = one_error_line(r)
+    assert "--device cuda" in line and "no CUDA" in line
+
+
+def test_unknown_language_lists_each_code_once(wav):
+    r = cli(wav, "--language", "xx", "--model", "tiny.en")
+    assert r.returncode == 2  # was 1
+    line = one_error_line(r)
+    codes = line.split("use a code: ", 1)[1].split(", ")
+    assert len(codes) == len(set(codes)) and "en" in codes and "yue" in codes, line
+
+
+@pytest.mark.parametrize("extra,expect", [(("--language", "de"), "--language de"),
+                                          (("--task", "translate"), "--task translate")])
+def test_english_only_model_refuses_other_languages(wav, extra, expect):
+    _installed("tiny.en")
+    r = cli(wav, "--model", "tiny.en", *extra)
+    assert r.returncode == 2
+    line = one_error_line(r)
+    assert expect in line and "English-only" in line and "base" in line, line
+
+
+def test_english_only_is_read_from_a_checkpoint(real_tiny_dir):
+    """A transformers directory of an English-only model (vocabulary of 51864) is known
+    as one, whatever its name."""
+    from pipeline.weights import check_model
+
+    assert check_model(real_tiny_dir).english_only is True
+
+
+@pytest.mark.parametrize("case", ["missing folder", "a directory", "unwritable", "two inputs",
+                                  "output-dir is a file"])
+def test_output_that_cannot_be_written_fails_up_front(wav, tmp_path, case):
+    (tmp_path / "file.txt").write_text("x")
+    args = {
+        "missing folder": ("-o", tmp_path / "nope" / "out.txt"),
+        "a directory": ("-o", tmp_path),
+        "unwritable": ("-o", "/proc/out.txt"),  # root may write anywhere else
+        "two inputs": (wav,),
+        "output-dir is a file": ("--output-dir", tmp_path / "file.txt"),
+    }[case]
+    r = cli(wav, "--model", "tiny.en", *args)
+    assert r.returncode == 2
+    line = one_error_line(r)
+    assert ".part" not in line
+    assert {"missing folder": "does not exist", "a directory": "is a directory",
+            "unwritable": "cannot write", "two inputs": "--output-dir",
+            "output-dir is a file": "not a folder"}[case] in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+# ----------------------------------------------------------------------- 2: hub failures
+
+
+def test_unreachable_hub_fails_quickly_with_advice(wav):
+    r = cli(wav, "--model", "openai/whisper-tiny", unset=("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"),
+            env={"HF_ENDPOINT": "http://127.0.0.1:9"}, timeout=15)
+    assert r.returncode == 2
+    line = one_error_line(r)
+    assert "openai/whisper-tiny" in line and "--model DIR" in line and "MODEL_ID" in line, line
+
+
+def test_silent_hub_is_given_up_on(monkeypatch):
+    """A hub that accepts the connection and never answers: the check gives up after its
+    timeout (12 s in the CLI; 1 s here) instead of transformers' minute of retries."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from pipeline.weights import ModelResolveError, check_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{srv.getsockname()[1]}")
+        with pytest.raises(ModelResolveError) as e:
+            check_model("someone/some-model", hub_timeout=1.0)
+    assert "someone/some-model" in str(e.value) and "did not answer" in str(e.value)
+
+
+# --------------------------------------------------------------------- 3: several inputs
+
+
+def test_several_inputs_one_model_one_pipeline(tones, tmp_path):
+    bad = tmp_path / "page.mp3"
+    bad.write_text("<html>not audio</html>\n" * 40)
+    out = tmp_path / "out"
+    r = cli(tones[0], bad, tones[1], tmp_path / "missing.wav", "--backend", SLOW, "--model", "tone",
+            "--format", "srt", "--output-dir", out, "-vv", env={"SLOW_TONE_S": "0"})
+    err = r.stderr.decode()
+    assert r.returncode == 1, err[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["first.srt", "second.srt"]
+    for name in ("first", "second"):
+        assert "\nw1" in (out / f"{name}.srt").read_text()
+    assert err.count("stage infer started") == 1 and err.count("ready on") == 1  # one load
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert [e.split(":")[1].strip() for e in errors] == [str(bad), str(tmp_path / "missing.wav")]
+    assert "cannot decode" in errors[0] and "no such file" in errors[1]
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith("2 of 4 inputs transcribed") and "page.mp3" in summary, summary
+    assert "s audio" not in err and "%|" not in err  # stderr is no terminal: no progress bar
+
+
+# ----------------------------------------------------------------- 4: progress on a TTY
+
+
+def _run_on_tty(*args, env):
+    """Run the CLI with stderr on a pseudo-terminal; returns (exit code, what it showed)."""
+    master, slave = pty.openpty()
+    e = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **env)
+    p = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=e,
+                         stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the other end closed
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            elif p.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    return p.returncode, shown.decode("utf-8", "replace")
+
+
+def test_progress_bar_on_a_terminal_only(tones):
+    args = (tones[1], "--backend", SLOW, "--model", "tone", "--batch-size", "1")
+    code, shown = _run_on_tty(*args, env={"SLOW_TONE_S": "0.05"})
+    assert code == 0
+    assert "second.wav" in shown and "s audio" in shown and "x real time" in shown, shown
+    assert "100%" in shown, shown
+    code, shown = _run_on_tty(*args, "--quiet", env={"SLOW_TONE_S": "0.05"})
+    assert code == 0 and shown.strip() == "", shown
+
+
+# ------------------------------------------------------------------------------ 5: Ctrl-C
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_writes_what_was_done_and_leaves_nothing(tones, tmp_path, presses):
+    mark, out = tmp_path / "mark", tmp_path / "out.json"
+    e = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
+             SLOW_TONE_MARK=str(mark), SLOW_TONE_S="2")
+    p = subprocess.Popen([sys.executable, "-m", "pipeline", str(tones[0]), "--backend", SLOW,
+                          "--model", "tone", "--batch-size", "1", "--format", "json", "-o", str(out)],
+                         cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (mark.exists() and len(mark.read_text().split()) >= 1):
+            assert time.monotonic() < deadline and p.poll() is None, "no window was finished"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the window's result reaches the driver; the next one is in "generate"
+        kids = [k.pid for k in psutil.Process(p.pid).children(recursive=True)]
+        p.send_signal(signal.SIGINT)
+        if presses == 2:
+            time.sleep(0.05)
+            p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    err = err.decode()
+    assert p.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err, err
+    assert "leaked" not in err and "resource_tracker" not in err, err
+    doc = json.loads(out.read_text())
+    assert doc["partial"] is True and doc["segments"] and 0 < doc["duration"] < 60, doc["duration"]
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".part")]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        alive = [k for k in kids if psutil.pid_exists(k)
+                 and psutil.Process(k).status() != psutil.STATUS_ZOMBIE]
+        shm = [n for n in os.listdir("/dev/shm") if n.startswith(f"wsp{p.pid}_")]
+        if not alive and not shm:
+            break
+        time.sleep(0.1)
+    assert not alive and not shm, (alive, shm)
+
+
+def test_partial_transcript_is_the_windows_done_in_a_row():
+    from pipeline.cli import partial_transcript
+    from pipeline.types import DecodeOptions, Segment, TimedWindow, WindowResult
+
+    def w(i, text):
+        return TimedWindow(i, 25.0 * i, 25.0, WindowResult((Segment(0.0, 2.0, text),), "en"))
+
+    t = partial_transcript([w(1, " b"), w(0, " a"), w(3, " d")], DecodeOptions(), "m")
+    assert t.partial and t.text == "a b" and t.duration == 50.0
+    assert t.to_dict()["partial"] is True
+    from pipeline.formats import format_transcript
+
+    assert json.loads(format_transcript(t, "json"))["partial"] is True
+
+
+# --------------------------------------------------------------------- 6: no stray files
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    from pipeline import cli as cli_mod
+
+    target = tmp_path / "out.txt"
+    target.write_text("the old transcript\n")
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli_mod.os, "replace", broken)
+    with pytest.raises(OSError):
+        cli_mod.write_output(str(target), "new text\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    assert target.read_text() == "the old transcript\n"
+    monkeypatch.undo()
+    cli_mod.write_output(str(target), "new text\n")
+    assert target.read_text() == "new text\n" and oct(target.stat().st_mode & 0o077) != "0o0"
+
+
+# ------------------------------------------------------------------- 7: quiet by default
+
+
+def test_pointless_library_warnings_are_hidden(capsys):
+    from pipeline import logs
+
+    logs.setup("INFO")
+    try:
+        gen = logging.getLogger("transformers.generation.utils")
+        gen.warning("`generation_config` default values have been modified to match model-specific defaults")
+        gen.warning("The attention mask is not set and cannot be inferred from input because pad token is same as eos token.")
+        gen.warning("A custom logits processor of type <class 'X'> has been passed to `.generate()`")
+        gen.warning("something a user should see")
+        err = capsys.readouterr().err
+        assert "something a user should see" in err
+        assert "generation_config" not in err and "attention mask" not in err and "logits processor" not in err
+        logs.setup("DEBUG")  # -vv shows everything
+        gen.warning("The attention mask is not set and cannot be inferred")
+        assert "attention mask" in capsys.readouterr().err
+    finally:
+        logs.setup("WARNING")
+
+
+def test_real_model_run_prints_no_library_warnings(real_tiny_dir, wav, tmp_path):
+    """With -v (info) a real model's first job used to print four transformers warnings."""
+    speech = media.speech(tmp_path / "s.wav", "Hello there, this is a short test.")
+    r = cli(speech, "--model", real_tiny_dir, "-v")
+    err = r.stderr.decode()
+    assert r.returncode == 0, err[-2000:]
+    assert "WARNING" not in err, err
