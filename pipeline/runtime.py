@@ -967,6 +967,22 @@ class JobOutcome:
     windows: list  # TimedWindow, in order
 
 
+class _JobRun:
+    """The driver's view of one job in flight: the window results so far, the stages'
+    figures, and how it ended (``done_info``, or ``error``)."""
+
+    def __init__(self, seq: int, index: int, job: Job, t_submit: float):
+        self.seq, self.index, self.job, self.t_submit = seq, index, job, t_submit
+        self.windows: list[TimedWindow] = []
+        self.stages: dict = {}
+        self.decoded_samples: int | None = None
+        self.done_s = 0.0  # seconds of audio transcribed: each window's new audio, counted once
+        self.done_info: dict | None = None
+        self.t_first: float | None = None
+        self.error: JobError | None = None
+        self.outcome: JobOutcome | None = None
+
+
 class Pipeline:
     """The stage processes, their rings, and the driver's end of the queues.
 
@@ -1138,83 +1154,127 @@ class Pipeline:
             self._check_usable()
             return self._run(job, progress, timeout)
 
-    def _run(self, job: Job, progress, timeout) -> JobOutcome:
-        from pipeline.formats import Transcript
-        from pipeline.stitch import majority_language, stitch, transcript_text
+    def run_jobs(self, jobs: list, progress=None, timeout: float | None = None) -> list:
+        """Run several jobs at once: all are submitted together and flow through the
+        stages one after another, while the infer stage decodes the windows of all of
+        them in the same decoder slots (a job's first windows fill the slots the last
+        one's tail leaves free). Returns, per job and in order, its JobOutcome or the
+        JobError it failed with: one job's failure never touches another's result.
+        ``progress(i, done_s, decoded_s, decode_finished)`` for job ``i``. Raises
+        StageDied when a stage is gone (the pipeline is then closed)."""
+        jobs = [Job(j) if isinstance(j, str) else j for j in jobs]
+        with self._lock:
+            self._check_usable()
+            runs = self._run_many(jobs, progress, timeout)
+        return [r.error if r.error is not None else r.outcome for r in runs]
 
-        seq = next(self._seq)
+    def _run(self, job: Job, progress, timeout) -> JobOutcome:
+        prog = None if progress is None else (lambda _i, *a: progress(*a))
+        (run,) = self._run_many([job], prog, timeout)
+        if run.error is not None:
+            raise run.error
+        return run.outcome
+
+    def _run_many(self, jobs: list, progress, timeout) -> list:
         t_submit = time.monotonic()
         deadline = None if timeout is None else t_submit + timeout
-        windows: list[TimedWindow] = []
-        stages: dict = {}
-        decoded_samples = None
-        done_s = 0.0  # seconds of audio transcribed: each window's new audio, counted once
-        done_info = None
-        t_first = None
-        self._put_job(("job", seq, job, t_submit))
+        runs = [_JobRun(next(self._seq), i, job, t_submit) for i, job in enumerate(jobs)]
+        by_seq = {r.seq: r for r in runs}
+        unsent = collections.deque(runs)  # a full job queue never blocks the reading of results
+        open_ = set(by_seq)
         try:
-            while done_info is None:
+            while open_:
+                while unsent:
+                    r = unsent[0]
+                    try:
+                        self._inputs["source"].put_nowait(("job", r.seq, r.job, r.t_submit))
+                    except queue.Full:
+                        break
+                    unsent.popleft()
                 msg = self._get(deadline)
                 if msg is None:
                     if deadline is not None and time.monotonic() >= deadline:
-                        raise JobError(f"{job.label or 'the job'} timed out after {timeout:.0f} s", stage=None)
+                        for seq in list(open_):
+                            r = by_seq[seq]
+                            r.error = JobError(f"{r.job.label or 'the job'} timed out after {timeout:.0f} s", stage=None)
+                            self._cancel[seq % CANCEL_SLOTS] = seq
+                        open_.clear()
                     continue
                 kind = msg[0]
                 if kind in ("ready", "fatal"):
                     self._handle_control(msg)
                     continue
-                if msg[1] != seq:
+                r = by_seq.get(msg[1])
+                if r is None:
                     continue  # a message of an earlier, abandoned job
+                if kind == "stats":
+                    r.stages[msg[2]] = msg[3]
+                if r.seq not in open_:
+                    continue  # done or failed: only its stats still count
                 if kind == "result":
                     _, _, index, start_s, valid_s, covered_s, res = msg
-                    if t_first is None:
-                        t_first = time.monotonic()
-                    windows.append(TimedWindow(index=index, start=start_s, valid=valid_s, result=res))
+                    if r.t_first is None:
+                        r.t_first = time.monotonic()
+                    r.windows.append(TimedWindow(index=index, start=start_s, valid=valid_s, result=res))
                     # Each window's share: its audio and the quiet stretch before it.
-                    done_s += start_s + valid_s - covered_s
+                    r.done_s += start_s + valid_s - covered_s
                     if progress is not None:
-                        dec = decoded_samples / SAMPLE_RATE if decoded_samples is not None else None
-                        progress(done_s, dec, decoded_samples is not None)
+                        dec = r.decoded_samples / SAMPLE_RATE if r.decoded_samples is not None else None
+                        progress(r.index, r.done_s, dec, r.decoded_samples is not None)
                 elif kind == "meta":
                     if msg[2] == "decode":
-                        decoded_samples = msg[3]["samples"]
-                elif kind == "stats":
-                    stages[msg[2]] = msg[3]
+                        r.decoded_samples = msg[3]["samples"]
                 elif kind == "error":
                     _, _, stage, message, tb, user = msg
                     if not user:
                         message = f"{stage} stage failed: {message}"
-                    raise JobError(message, stage=stage, traceback=None if user else tb)
+                    r.error = JobError(message, stage=stage, traceback=None if user else tb)
+                    self._cancel[r.seq % CANCEL_SLOTS] = r.seq  # the stages drop what is left of it
+                    open_.discard(r.seq)
                 elif kind == "done":
-                    done_info = msg[2]
+                    r.done_info = msg[2]
+                    open_.discard(r.seq)
         except BaseException as exc:
-            self._cancel[seq % CANCEL_SLOTS] = seq  # the stages drop what is left of it
+            for seq in open_:
+                self._cancel[seq % CANCEL_SLOTS] = seq  # the stages drop what is left of them
             if isinstance(exc, KeyboardInterrupt):  # the CLI writes what was finished
-                exc.partial_windows = sorted(windows, key=lambda w: w.index)
+                exc.partial_runs = [sorted(r.windows, key=lambda w: w.index) for r in runs]
+                exc.partial_windows = exc.partial_runs[0] if len(runs) == 1 else None
             raise
-        expected = done_info.get("windows", len(windows))
-        if len(windows) != expected:
-            raise JobError(f"internal error: {expected} windows sent but {len(windows)} came back")
-        if progress is not None and decoded_samples is not None:
-            # Quiet audio after the last window was never a window's share: the job is done.
-            total_s = decoded_samples / SAMPLE_RATE
-            progress(total_s, total_s, True)
+        ok = [r for r in runs if r.error is None]
+        for r in ok:
+            expected = r.done_info.get("windows", len(r.windows))
+            if len(r.windows) != expected:
+                r.error = JobError(f"internal error: {expected} windows sent but {len(r.windows)} came back")
+            elif progress is not None and r.decoded_samples is not None:
+                # Quiet audio after the last window was never a window's share: done.
+                total_s = r.decoded_samples / SAMPLE_RATE
+                progress(r.index, total_s, total_s, True)
         # The other stages' stats left before infer's "done" was possible; give the queue a
         # moment to deliver them.
         grace = time.monotonic() + 1.0
-        while len(stages) < len(STAGES) and time.monotonic() < grace:
+        while any(len(r.stages) < len(STAGES) for r in ok) and time.monotonic() < grace:
             msg = self._get(grace)
-            if msg is not None and msg[0] == "stats" and msg[1] == seq:
-                stages[msg[2]] = msg[3]
+            if msg is not None and msg[0] == "stats" and msg[1] in by_seq:
+                by_seq[msg[1]].stages[msg[2]] = msg[3]
             elif msg is not None and msg[0] in ("ready", "fatal"):
                 self._handle_control(msg)
+        for r in runs:
+            if r.error is None:
+                r.outcome = self._outcome(r)
+        return runs
+
+    def _outcome(self, r: "_JobRun") -> JobOutcome:
+        from pipeline.formats import Transcript
+        from pipeline.stitch import majority_language, stitch, transcript_text
+
         t_end = time.monotonic()
-        duration = (decoded_samples or 0) / SAMPLE_RATE
-        windows.sort(key=lambda w: w.index)
+        duration = (r.decoded_samples or 0) / SAMPLE_RATE
+        windows = sorted(r.windows, key=lambda w: w.index)
         segments = stitch(windows, duration=duration)
-        language = job.options.language or majority_language(windows)
-        wall = t_end - t_submit
-        timings = _timings(stages, self.model_info, t_submit, t_end, duration)
+        language = r.job.options.language or majority_language(windows)
+        wall = t_end - r.t_submit
+        timings = _timings(r.stages, self.model_info, r.t_submit, t_end, duration)
         transcript = Transcript(
             text=transcript_text(segments),
             language=language,
@@ -1224,7 +1284,7 @@ class Pipeline:
             timings=timings,
         )
         log.info("job done: %.1f s of audio in %.2f s (%.1fx real time)", duration, wall, duration / wall if wall else 0)
-        return JobOutcome(transcript, stages, dict(self.model_info or {}), t_submit, t_first, windows)
+        return JobOutcome(transcript, r.stages, dict(self.model_info or {}), r.t_submit, r.t_first, windows)
 
     # -- plumbing -------------------------------------------------------------------------
 

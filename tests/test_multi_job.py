@@ -1,0 +1,97 @@
+"""Several jobs at once through one pipeline (issue 9): ``Pipeline.run_jobs`` submits them
+together, their windows share the decoder, each result goes to its own job, and one job's
+failure never touches another's transcript."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import Job, PipelineConfig
+from pipeline.errors import JobError
+from pipeline.runtime import Pipeline
+from pipeline.types import DecodeOptions
+from tests import media
+
+TONE = "tests.tone_backend:ToneBackend"
+
+
+@pytest.fixture(scope="module")
+def tone_files(tmp_path_factory):
+    from tests.tone_backend import make_tone_speech
+
+    d = tmp_path_factory.mktemp("tones")
+    out = []
+    for seed in (1, 2, 3):
+        audio, truth = make_tone_speech(120, seed=seed)
+        out.append((media.write_wav(d / f"t{seed}.wav", audio), truth))
+    bad = d / "page.mp3"
+    bad.write_text("<html>not audio</html>")
+    return out, bad
+
+
+def test_jobs_together_give_what_each_gives_alone(tone_files):
+    from tests.tone_backend import score
+
+    files, bad = tone_files
+    cfg = PipelineConfig(model="tone:word", backend=TONE, batch_size=4, window_slots=4)
+    with Pipeline(cfg) as p:
+        alone = [p.transcribe(Job(str(f))) for f, _ in files]
+        seen = []
+        together = p.run_jobs([Job(str(files[0][0])), Job(str(bad)), Job(str(files[1][0])), str(files[2][0])],
+                              progress=lambda i, done, dec, fin: seen.append((i, done)))  # fmt: skip
+        again = p.transcribe(Job(str(files[0][0])))  # the pipeline is still fine afterwards
+    assert isinstance(together[1], JobError) and "page.mp3" in str(together[1])
+    outcomes = [together[0], together[2], together[3]]
+    for (f, truth), a, o in zip(files, alone, outcomes):
+        assert o.transcript.segments == a.segments, f.name
+        assert score(list(o.transcript.segments), truth, "word")["lost"] == 0
+        assert o.transcript.duration == pytest.approx(media.duration_of(f), abs=0.1)
+    assert again.segments == alone[0].segments
+    # Progress names its job; each job's progress ends at its duration.
+    for i in (0, 2, 3):
+        done = [d for j, d in seen if j == i]
+        assert done and done == sorted(done)
+        assert done[-1] == pytest.approx(outcomes[[0, 2, 3].index(i)].transcript.duration, abs=0.05)
+    assert not [d for j, d in seen if j == 1]
+
+
+def test_real_weights_share_the_engine(real_tiny_dir, tmp_path):
+    """Two readings decoded in the same slots: the same transcripts as alone, and each
+    job's decode figures come from the slot engine."""
+    a = media.speech(tmp_path / "a.wav", "The quick brown fox jumps over the lazy dog. It was a sunny day.")
+    b = media.speech(tmp_path / "b.wav", "A journey of a thousand miles begins with a single step.")
+    opts = DecodeOptions(language="en")
+    with Pipeline(PipelineConfig(model=real_tiny_dir, batch_size=4)) as p:
+        alone = [p.transcribe(Job(str(x), opts)) for x in (a, b)]
+        both = p.run_jobs([Job(str(a), opts, profile=True), Job(str(b), opts, profile=True)])
+    for x, o in zip(alone, both):
+        assert not isinstance(o, Exception), o
+        assert o.transcript.text == x.text and o.transcript.segments == x.segments
+    assert "brown fox" in both[0].transcript.text.lower()
+    assert "single step" in both[1].transcript.text.lower()
+    d = both[0].stages["infer"]["decode"]
+    assert d["engine"] == "slots" and d["slots"] == 4
+    assert 0 < d["row_steps_used"] <= d["row_steps_computed"] and d["tokens"] > 0
+
+
+def test_slot_engine_and_generate_give_the_same_transcript(real_tiny_dir, tmp_path):
+    """The pipeline with the slot engine and with one generate call per batch: the same
+    words, segments and times on real weights (the engine is a faster way to the same
+    tokens); each reports its own figures."""
+    wav = media.speech(tmp_path / "s.wav", "Permission is hereby granted, free of charge, to any person "
+                       "obtaining a copy of this software. The above copyright notice shall be included "
+                       "in all copies or substantial portions of the software.")  # fmt: skip
+    outs = {}
+    for engine in ("slots", "generate"):
+        with Pipeline(PipelineConfig(model=real_tiny_dir, batch_size=2, engine=engine)) as p:
+            outs[engine] = p.run_job(Job(str(wav), DecodeOptions(language="en"), profile=True))
+    s, g = outs["slots"], outs["generate"]
+    assert s.transcript.segments == g.transcript.segments
+    assert "software" in s.transcript.text.lower()
+    assert s.stages["infer"]["decode"]["engine"] == "slots"
+    assert g.stages["infer"]["decode"]["engine"] == "generate"
+
+
+def test_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match="engine"):
+        PipelineConfig(model="x", engine="turbo")
