@@ -6,7 +6,7 @@ instead of filling memory. Only slot indices and small metadata travel through q
 the bulk data (bytes, PCM, windows) is written once into the slot and read in place.
 
 The driver creates every ring (and so owns the segments: it alone unlinks them, exactly
-once, see the shutdown protocol in ``pipeline/runtime.py``); stage processes receive the
+once, see the shutdown protocol in ``pipeline/runtime/__init__.py``); stage processes receive the
 ring as a ``Process`` argument and attach by name.
 """
 

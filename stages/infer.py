@@ -471,7 +471,7 @@ class WhisperBackend:
         # The only device->host copies: (B, prompt + generated) int64 and per-row figures.
         rows = sequences.cpu().tolist()
         # (encoder + first step, the rest of decoding) seconds: the decode figures of
-        # ``--engine generate`` (pipeline/runtime.py), beside the slot engine's.
+        # ``--engine generate`` (pipeline/runtime/infer_loop.py), beside the slot engine's.
         self.last_timing = (t1 - t0, time.perf_counter() - t1)
         return self._results(rows, options, recorder.avg_logprobs(), no_speech, temperatures)
 

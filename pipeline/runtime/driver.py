@@ -1,0 +1,461 @@
+"""The driver: ``Pipeline`` starts the stage processes and their rings, submits jobs, routes
+results to them, and follows the shutdown protocol (see pipeline/runtime/__init__.py)."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import queue
+import secrets
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+
+from pipeline.config import Job, PipelineConfig
+from pipeline.constants import N_SAMPLES, PCM_DTYPE, SAMPLE_RATE
+from pipeline.errors import JobError, PipelineError, StageDied, describe_exit
+from pipeline.ring import Ring
+from pipeline.runtime.context import (
+    CANCEL_SLOTS,
+    JOIN_TIMEOUT_S,
+    POLL_S,
+    STAGES,
+    StageContext,
+)
+from pipeline.runtime.process import _InheritFd, _stage_entry
+from pipeline.types import TimedWindow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobOutcome:
+    """What one job produced: the transcript plus where the time went."""
+
+    transcript: object  # pipeline.formats.Transcript
+    stages: dict  # stage -> stats dict (see StageStats.finish)
+    model: dict  # model id, device, dtype, load_s
+    t_submit: float  # monotonic time the job was handed to the pipeline
+    t_first_result: float | None
+    windows: list  # TimedWindow, in order
+
+
+class _JobRun:
+    """The driver's view of one job in flight: the window results so far, the stages'
+    figures, and how it ended (``done_info``, or ``error``)."""
+
+    def __init__(self, seq: int, index: int, job: Job, t_submit: float):
+        self.seq, self.index, self.job, self.t_submit = seq, index, job, t_submit
+        self.windows: list[TimedWindow] = []
+        self.stages: dict = {}
+        self.decoded_samples: int | None = None
+        self.done_s = 0.0  # seconds of audio transcribed: each window's new audio, counted once
+        self.done_info: dict | None = None
+        self.t_first: float | None = None
+        self.error: JobError | None = None
+        self.outcome: JobOutcome | None = None
+
+
+class Pipeline:
+    """The stage processes, their rings, and the driver's end of the queues.
+
+    ``with Pipeline(cfg) as p: p.transcribe(Job("talk.mp3"))``. Start it early: the model
+    loads in the infer stage while the first job is still downloading and decoding. One
+    pipeline runs any number of jobs in a row; each job's results stay apart (every message
+    carries its job number).
+    """
+
+    def __init__(self, config: PipelineConfig | None = None):
+        self.config = config or PipelineConfig()
+        self._procs: dict[str, mp.Process] = {}
+        self._rings: list[Ring] = []
+        self._queues: list = []
+        self._seq = itertools.count(1)
+        self._closed = False
+        self._broken: PipelineError | None = None
+        self.model_info: dict | None = None
+        self._finalizer = None
+        self._state = {"loading": True}  # shared with the finalizer: no reference to self
+        self._lock = threading.Lock()  # one job at a time
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> "Pipeline":
+        if self._procs:
+            return self
+        cfg = self.config
+        _check_shm_space(cfg.shm_bytes)
+        ctx = mp.get_context("spawn")
+        prefix = f"wsp{os.getpid()}_{secrets.token_hex(3)}"
+        self.shm_prefix = prefix
+        self._stop = ctx.Event()
+        self._cancel = ctx.Array("q", [0] * CANCEL_SLOTS, lock=False)
+        self._out = ctx.Queue(maxsize=4096)
+        q_jobs = ctx.Queue(maxsize=4)
+        try:
+            r_bytes = Ring(ctx, f"{prefix}_bytes", cfg.byte_slots, cfg.byte_block)
+            self._rings.append(r_bytes)
+            r_pcm = Ring(ctx, f"{prefix}_pcm", cfg.pcm_slots, cfg.pcm_block_samples * PCM_DTYPE.itemsize)
+            self._rings.append(r_pcm)
+            r_win = Ring(ctx, f"{prefix}_win", cfg.window_slots, N_SAMPLES * PCM_DTYPE.itemsize)
+            self._rings.append(r_win)
+            q_bytes = ctx.Queue(maxsize=cfg.byte_slots + 8)
+            q_pcm = ctx.Queue(maxsize=cfg.pcm_slots + 8)
+            q_win = ctx.Queue(maxsize=cfg.window_slots + 8)
+            self._queues = [self._out, q_jobs, q_bytes, q_pcm, q_win] + [r._free for r in self._rings]
+            self._inputs = {"source": q_jobs, "decode": q_bytes, "chunk": q_pcm, "infer": q_win}
+            stdin = _InheritFd(0) if cfg.inherit_stdin else None
+            args = {
+                "source": (q_jobs, r_bytes, q_bytes, stdin),
+                "decode": (r_bytes, q_bytes, r_pcm, q_pcm),
+                "chunk": (r_pcm, q_pcm, r_win, q_win),
+                "infer": (r_win, q_win),
+            }
+            # The infer stage starts first: its model load is the long pole of a cold start.
+            for name in ("infer", "source", "decode", "chunk"):
+                sctx = StageContext(name, cfg, self._stop, self._cancel, self._out, os.getpid())
+                p = ctx.Process(
+                    target=_stage_entry, args=(name, sctx, *args[name]), name=f"wsp-{name}", daemon=True
+                )
+                p.start()
+                self._procs[name] = p
+                log.debug("stage %s started, pid %d", name, p.pid)
+        except BaseException:
+            self.close()
+            raise
+        self._finalizer = weakref.finalize(
+            self, Pipeline._cleanup, self._procs, self._rings, self._queues, self._stop, self._inputs, self._state
+        )
+        return self
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self._procs.items()}
+
+    def close(self, join_timeout: float | None = None) -> None:
+        """Stop every stage and free every segment (the shutdown protocol above).
+        ``join_timeout``: how long stages get to leave on their own before they are
+        terminated (default JOIN_TIMEOUT_S; the CLI uses less after a Ctrl-C)."""
+        if self._closed:
+            return
+        self._closed = True
+        if join_timeout is not None:
+            self._state["join_timeout"] = join_timeout
+        if self._finalizer is not None:
+            self._finalizer()
+        else:
+            Pipeline._cleanup(
+                self._procs, self._rings, self._queues, getattr(self, "_stop", None), getattr(self, "_inputs", {}), self._state
+            )
+
+    @staticmethod
+    def _cleanup(procs, rings, queues, stop, inputs, state) -> None:
+        if stop is not None:
+            stop.set()  # 1
+        for q in inputs.values():  # 2
+            with contextlib.suppress(Exception):
+                q.put_nowait(None)
+        infer = procs.get("infer")  # 3
+        if state.get("loading") and infer is not None and infer.is_alive():
+            infer.terminate()
+        deadline = time.monotonic() + state.get("join_timeout", JOIN_TIMEOUT_S)  # 3
+        for p in procs.values():
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in procs.values():
+            if p.is_alive():
+                log.info("stage %s did not stop in time: terminating it", p.name)
+                p.terminate()
+        for p in procs.values():
+            p.join(2.0)
+            if p.is_alive():
+                p.kill()
+                p.join(2.0)
+        for q in queues:  # 4
+            with contextlib.suppress(Exception):
+                q.cancel_join_thread()
+                q.close()
+        for r in rings:  # 5
+            r.close()
+            r.unlink()
+
+    def kill(self) -> None:
+        """Tear down at once, for a second Ctrl-C: SIGKILL every stage (ffmpeg dies with
+        its stage), let no queue wait on its feeder, unlink every segment. No joins."""
+        self._closed = True
+        for p in self._procs.values():
+            with contextlib.suppress(Exception):
+                p.kill()
+        for q in self._queues:
+            with contextlib.suppress(Exception):
+                q.cancel_join_thread()
+        for r in self._rings:
+            with contextlib.suppress(Exception):
+                r.unlink()
+
+    def wait_ready(self, timeout: float | None = None) -> dict:
+        """Block until the model is loaded (or raise if a stage failed). Returns model info."""
+        self._check_usable()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.model_info is None:
+            msg = self._get(deadline)
+            if msg is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError("the model did not load in time")
+                continue
+            self._handle_control(msg)
+        return self.model_info
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def transcribe(self, job: Job | str, progress=None, timeout: float | None = None):
+        """Run one job to the end and return its Transcript (see ``run_job``)."""
+        return self.run_job(job, progress=progress, timeout=timeout).transcript
+
+    def run_job(self, job: Job | str, progress=None, timeout: float | None = None) -> JobOutcome:
+        """Run one job. ``progress(done_s, decoded_s, decode_finished)`` is called as window
+        results arrive. Raises JobError for a failed job (the pipeline stays usable) and
+        StageDied when a stage is gone (the pipeline is then closed)."""
+        if isinstance(job, str):
+            job = Job(job)
+        with self._lock:
+            self._check_usable()
+            return self._run(job, progress, timeout)
+
+    def run_jobs(self, jobs: list, progress=None, timeout: float | None = None) -> list:
+        """Run several jobs at once: all are submitted together and flow through the
+        stages one after another, while the infer stage decodes the windows of all of
+        them in the same decoder slots (a job's first windows fill the slots the last
+        one's tail leaves free). Returns, per job and in order, its JobOutcome or the
+        JobError it failed with: one job's failure never touches another's result.
+        ``progress(i, done_s, decoded_s, decode_finished)`` for job ``i``. Raises
+        StageDied when a stage is gone (the pipeline is then closed)."""
+        jobs = [Job(j) if isinstance(j, str) else j for j in jobs]
+        with self._lock:
+            self._check_usable()
+            runs = self._run_many(jobs, progress, timeout)
+        return [r.error if r.error is not None else r.outcome for r in runs]
+
+    def _run(self, job: Job, progress, timeout) -> JobOutcome:
+        prog = None if progress is None else (lambda _i, *a: progress(*a))
+        (run,) = self._run_many([job], prog, timeout)
+        if run.error is not None:
+            raise run.error
+        return run.outcome
+
+    def _run_many(self, jobs: list, progress, timeout) -> list:
+        t_submit = time.monotonic()
+        deadline = None if timeout is None else t_submit + timeout
+        runs = [_JobRun(next(self._seq), i, job, t_submit) for i, job in enumerate(jobs)]
+        by_seq = {r.seq: r for r in runs}
+        unsent = collections.deque(runs)  # a full job queue never blocks the reading of results
+        open_ = set(by_seq)
+        try:
+            while open_:
+                while unsent:
+                    r = unsent[0]
+                    try:
+                        self._inputs["source"].put_nowait(("job", r.seq, r.job, r.t_submit))
+                    except queue.Full:
+                        break
+                    unsent.popleft()
+                msg = self._get(deadline)
+                if msg is None:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        for seq in list(open_):
+                            r = by_seq[seq]
+                            r.error = JobError(f"{r.job.label or 'the job'} timed out after {timeout:.0f} s", stage=None)
+                            self._cancel[seq % CANCEL_SLOTS] = seq
+                        open_.clear()
+                    continue
+                kind = msg[0]
+                if kind in ("ready", "fatal"):
+                    self._handle_control(msg)
+                    continue
+                r = by_seq.get(msg[1])
+                if r is None:
+                    continue  # a message of an earlier, abandoned job
+                if kind == "stats":
+                    r.stages[msg[2]] = msg[3]
+                if r.seq not in open_:
+                    continue  # done or failed: only its stats still count
+                if kind == "result":
+                    _, _, index, start_s, valid_s, covered_s, res = msg
+                    if r.t_first is None:
+                        r.t_first = time.monotonic()
+                    r.windows.append(TimedWindow(index=index, start=start_s, valid=valid_s, result=res))
+                    # Each window's share: its audio and the quiet stretch before it.
+                    r.done_s += start_s + valid_s - covered_s
+                    if progress is not None:
+                        dec = r.decoded_samples / SAMPLE_RATE if r.decoded_samples is not None else None
+                        progress(r.index, r.done_s, dec, r.decoded_samples is not None)
+                elif kind == "meta":
+                    if msg[2] == "decode":
+                        r.decoded_samples = msg[3]["samples"]
+                elif kind == "error":
+                    _, _, stage, message, tb, user = msg
+                    if not user:
+                        message = f"{stage} stage failed: {message}"
+                    r.error = JobError(message, stage=stage, traceback=None if user else tb)
+                    self._cancel[r.seq % CANCEL_SLOTS] = r.seq  # the stages drop what is left of it
+                    open_.discard(r.seq)
+                elif kind == "done":
+                    r.done_info = msg[2]
+                    open_.discard(r.seq)
+        except BaseException as exc:
+            for seq in open_:
+                self._cancel[seq % CANCEL_SLOTS] = seq  # the stages drop what is left of them
+            if isinstance(exc, KeyboardInterrupt):  # the CLI writes what was finished
+                exc.partial_runs = [sorted(r.windows, key=lambda w: w.index) for r in runs]
+                exc.partial_windows = exc.partial_runs[0] if len(runs) == 1 else None
+            raise
+        ok = [r for r in runs if r.error is None]
+        for r in ok:
+            expected = r.done_info.get("windows", len(r.windows))
+            if len(r.windows) != expected:
+                r.error = JobError(f"internal error: {expected} windows sent but {len(r.windows)} came back")
+            elif progress is not None and r.decoded_samples is not None:
+                # Quiet audio after the last window was never a window's share: done.
+                total_s = r.decoded_samples / SAMPLE_RATE
+                progress(r.index, total_s, total_s, True)
+        # The other stages' stats left before infer's "done" was possible; give the queue a
+        # moment to deliver them.
+        grace = time.monotonic() + 1.0
+        while any(len(r.stages) < len(STAGES) for r in ok) and time.monotonic() < grace:
+            msg = self._get(grace)
+            if msg is not None and msg[0] == "stats" and msg[1] in by_seq:
+                by_seq[msg[1]].stages[msg[2]] = msg[3]
+            elif msg is not None and msg[0] in ("ready", "fatal"):
+                self._handle_control(msg)
+        for r in runs:
+            if r.error is None:
+                r.outcome = self._outcome(r)
+        return runs
+
+    def _outcome(self, r: "_JobRun") -> JobOutcome:
+        from pipeline.formats import Transcript
+        from pipeline.stitch import majority_language, stitch, transcript_text
+
+        t_end = time.monotonic()
+        duration = (r.decoded_samples or 0) / SAMPLE_RATE
+        windows = sorted(r.windows, key=lambda w: w.index)
+        segments = stitch(windows, duration=duration)
+        language = r.job.options.language or majority_language(windows)
+        wall = t_end - r.t_submit
+        timings = _timings(r.stages, self.model_info, r.t_submit, t_end, duration)
+        transcript = Transcript(
+            text=transcript_text(segments),
+            language=language,
+            duration=round(duration, 3),
+            model=(self.model_info or {}).get("model", self.config.model),
+            segments=tuple(segments),
+            timings=timings,
+        )
+        log.info("job done: %.1f s of audio in %.2f s (%.1fx real time)", duration, wall, duration / wall if wall else 0)
+        return JobOutcome(transcript, r.stages, dict(self.model_info or {}), r.t_submit, r.t_first, windows)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _check_usable(self):
+        if self._closed:
+            raise PipelineError("the pipeline is closed")
+        if self._broken is not None:
+            raise self._broken
+        if not self._procs:
+            self.start()
+
+    def _put_job(self, msg):
+        q = self._inputs["source"]
+        while True:
+            try:
+                q.put(msg, timeout=POLL_S)
+                return
+            except queue.Full:
+                self._check_stages()
+
+    def _get(self, deadline):
+        """One message from the stages, or None after a short poll. Checks stage health."""
+        wait = 0.25
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
+        try:
+            return self._out.get(timeout=wait)
+        except queue.Empty:
+            self._check_stages()
+            return None
+
+    def _handle_control(self, msg):
+        if msg[0] == "ready":
+            self.model_info = msg[2]
+            self._state["loading"] = False
+        elif msg[0] == "fatal":
+            _, stage, message, tb = msg
+            self._fail(StageDied(f"{stage} stage failed: {message}", stage=stage, traceback=tb))
+
+    def _check_stages(self):
+        for name, p in self._procs.items():
+            if p.exitcode is not None:
+                # Prefer the stage's own account of what went wrong, if it sent one.
+                end = time.monotonic() + 0.5
+                while time.monotonic() < end:
+                    try:
+                        msg = self._out.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    if msg[0] in ("fatal", "ready"):
+                        self._handle_control(msg)
+                self._fail(StageDied(f"the {name} stage (pid {p.pid}) {describe_exit(p.exitcode)}", stage=name))
+
+    def _fail(self, err: PipelineError):
+        if err.traceback:
+            log.error("%s\n%s", err, err.traceback)
+        self._broken = err
+        self.close()
+        raise err
+
+
+def _timings(stages: dict, model: dict | None, t_submit: float, t_end: float, duration: float) -> dict:
+    """The figures a user sees: seconds spent downloading, decoding, inferring; wall time."""
+
+    def end_of(stage):
+        s = stages.get(stage)
+        return round(s["t_end"] - t_submit, 3) if s else None
+
+    wall = t_end - t_submit
+    infer = stages.get("infer")
+    out = {
+        "download_s": end_of("source"),
+        "decode_s": end_of("decode"),
+        "inference_s": round(infer["busy_s"], 3) if infer else None,
+        "total_s": round(wall, 3),
+        "rtfx": round(duration / wall, 2) if wall > 0 else None,
+    }
+    if model and model.get("t_ready", 0) > t_submit:  # this job waited for the model
+        out["model_load_s"] = round(model["load_s"], 3)
+    return out
+
+
+def _check_shm_space(needed: int) -> None:
+    """Fail early and clearly where /dev/shm is too small (Docker's default is 64 MB):
+    writing past its size would kill a stage with SIGBUS mid-job instead."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise PipelineError(
+            f"/dev/shm has {free / 2**20:.0f} MiB free but the pipeline's rings need "
+            f"{needed / 2**20:.0f} MiB: give the container more (docker run --shm-size=1g) "
+            "or use fewer window slots"
+        )
