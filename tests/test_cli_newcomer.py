@@ -326,8 +326,15 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_pointless_library_warnings_are_hidden(capsys):
+    import transformers
+
     from pipeline import logs
 
+    # As the infer stage does (pipeline/runtime/infer_loop.py): transformers' records go
+    # through our handlers. (Without this, a transformers imported by an earlier test in
+    # this process keeps its own stderr handler and the records never reach ours.)
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
     logs.setup("INFO")
     try:
         gen = logging.getLogger("transformers.generation.utils")
@@ -343,6 +350,8 @@ def test_pointless_library_warnings_are_hidden(capsys):
         assert "attention mask" in capsys.readouterr().err
     finally:
         logs.setup("WARNING")
+        transformers.utils.logging.disable_propagation()
+        transformers.utils.logging.enable_default_handler()
 
 
 def test_real_model_run_prints_no_library_warnings(real_tiny_dir, wav, tmp_path):

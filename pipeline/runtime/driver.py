@@ -23,7 +23,6 @@ from pipeline.ring import Ring
 from pipeline.runtime.context import (
     CANCEL_SLOTS,
     JOIN_TIMEOUT_S,
-    POLL_S,
     STAGES,
     StageContext,
 )
@@ -49,15 +48,17 @@ class _JobRun:
     """The driver's view of one job in flight: the window results so far, the stages'
     figures, and how it ended (``done_info``, or ``error``)."""
 
-    def __init__(self, seq: int, index: int, job: Job, t_submit: float):
-        self.seq, self.index, self.job, self.t_submit = seq, index, job, t_submit
+    def __init__(self, seq: int, job: Job, t_submit: float, progress=None):
+        self.seq, self.job, self.t_submit, self.progress = seq, job, t_submit, progress
+        self.finished = threading.Event()  # set once: outcome or error is final
+        self.stats_until: float | None = None  # done: wait for the stages' stats until then
         self.windows: list[TimedWindow] = []
         self.stages: dict = {}
         self.decoded_samples: int | None = None
         self.done_s = 0.0  # seconds of audio transcribed: each window's new audio, counted once
         self.done_info: dict | None = None
         self.t_first: float | None = None
-        self.error: JobError | None = None
+        self.error: BaseException | None = None
         self.outcome: JobOutcome | None = None
 
 
@@ -81,7 +82,14 @@ class Pipeline:
         self.model_info: dict | None = None
         self._finalizer = None
         self._state = {"loading": True}  # shared with the finalizer: no reference to self
-        self._lock = threading.Lock()  # one job at a time
+        self._lock = threading.Lock()  # starting the processes and the dispatcher
+        # Jobs in flight, by job number; jobs not yet handed to the source stage. Only the
+        # dispatcher thread reads the stages' output queue and routes it to these.
+        self._runs: dict[int, _JobRun] = {}
+        self._unsent: collections.deque = collections.deque()
+        self._runs_lock = threading.Lock()
+        self._dispatcher: threading.Thread | None = None
+        self._close_done = threading.Event()
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -148,16 +156,29 @@ class Pipeline:
         ``join_timeout``: how long stages get to leave on their own before they are
         terminated (default JOIN_TIMEOUT_S; the CLI uses less after a Ctrl-C)."""
         if self._closed:
+            # Closing already (the dispatcher closes on a dead stage): return once it is
+            # done, so that nothing outlives a close() that returned.
+            if threading.current_thread() is not self._dispatcher:
+                self._close_done.wait(30.0)
             return
         self._closed = True
-        if join_timeout is not None:
-            self._state["join_timeout"] = join_timeout
-        if self._finalizer is not None:
-            self._finalizer()
-        else:
-            Pipeline._cleanup(
-                self._procs, self._rings, self._queues, getattr(self, "_stop", None), getattr(self, "_inputs", {}), self._state
-            )
+        try:
+            d = self._dispatcher
+            if d is not None and d is not threading.current_thread():
+                d.join(2.0)  # it polls at most 0.25 s between looks at _closed
+            if join_timeout is not None:
+                self._state["join_timeout"] = join_timeout
+            if self._finalizer is not None:
+                self._finalizer()
+            else:
+                Pipeline._cleanup(
+                    self._procs, self._rings, self._queues, getattr(self, "_stop", None),
+                    getattr(self, "_inputs", {}), self._state,
+                )  # fmt: skip
+        finally:
+            # Waiters wake only now: every process and segment is gone by then.
+            self._abort_all(self._broken or PipelineError("the pipeline was closed"))
+            self._close_done.set()
 
     @staticmethod
     def _cleanup(procs, rings, queues, stop, inputs, state) -> None:
@@ -202,18 +223,22 @@ class Pipeline:
         for r in self._rings:
             with contextlib.suppress(Exception):
                 r.unlink()
+        self._close_done.set()  # a close() after this has nothing left to wait for
 
     def wait_ready(self, timeout: float | None = None) -> dict:
         """Block until the model is loaded (or raise if a stage failed). Returns model info."""
-        self._check_usable()
+        with self._lock:
+            self._check_usable()
+            self._start_dispatcher()
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.model_info is None:
-            msg = self._get(deadline)
-            if msg is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError("the model did not load in time")
-                continue
-            self._handle_control(msg)
+            if self._broken is not None:
+                raise self._broken
+            if self._closed:
+                raise PipelineError("the pipeline is closed")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("the model did not load in time")
+            time.sleep(0.05)
         return self.model_info
 
     # -- jobs -----------------------------------------------------------------------------
@@ -223,14 +248,13 @@ class Pipeline:
         return self.run_job(job, progress=progress, timeout=timeout).transcript
 
     def run_job(self, job: Job | str, progress=None, timeout: float | None = None) -> JobOutcome:
-        """Run one job. ``progress(done_s, decoded_s, decode_finished)`` is called as window
-        results arrive. Raises JobError for a failed job (the pipeline stays usable) and
-        StageDied when a stage is gone (the pipeline is then closed)."""
-        if isinstance(job, str):
-            job = Job(job)
-        with self._lock:
-            self._check_usable()
-            return self._run(job, progress, timeout)
+        """Run one job. ``progress(done_s, decoded_s, decode_finished)`` is called (from the
+        pipeline's dispatcher thread) as window results arrive. Raises JobError for a failed
+        job (the pipeline stays usable) and StageDied when a stage is gone (the pipeline is
+        then closed). Thread-safe: jobs run from several threads at once share the decoder.
+        On KeyboardInterrupt the job is cancelled and the exception carries
+        ``partial_windows``, the windows finished so far."""
+        return self.wait(self.submit(job, progress), timeout)
 
     def run_jobs(self, jobs: list, progress=None, timeout: float | None = None) -> list:
         """Run several jobs at once: all are submitted together and flow through the
@@ -240,107 +264,175 @@ class Pipeline:
         JobError it failed with: one job's failure never touches another's result.
         ``progress(i, done_s, decoded_s, decode_finished)`` for job ``i``. Raises
         StageDied when a stage is gone (the pipeline is then closed)."""
-        jobs = [Job(j) if isinstance(j, str) else j for j in jobs]
+        runs = []
+        try:
+            for i, job in enumerate(jobs):
+                prog = None if progress is None else (lambda *a, i=i: progress(i, *a))
+                runs.append(self.submit(job, prog))
+            out = []
+            for r in runs:
+                try:
+                    out.append(self.wait(r, timeout))
+                except JobError as exc:
+                    out.append(exc)
+            return out
+        except BaseException as exc:
+            for r in runs:
+                self._end_run(r, exc if isinstance(exc, PipelineError) else PipelineError("cancelled"), cancel=True)
+            if isinstance(exc, KeyboardInterrupt):  # the CLI writes what was finished
+                exc.partial_runs = [sorted(r.windows, key=lambda w: w.index) for r in runs]
+            raise
+
+    def submit(self, job: Job | str, progress=None) -> "_JobRun":
+        """Hand a job to the pipeline and return at once; ``wait`` gives its outcome."""
+        job = Job(job) if isinstance(job, str) else job
         with self._lock:
             self._check_usable()
-            runs = self._run_many(jobs, progress, timeout)
-        return [r.error if r.error is not None else r.outcome for r in runs]
+            self._start_dispatcher()
+        run = _JobRun(next(self._seq), job, time.monotonic(), progress)
+        with self._runs_lock:
+            if self._broken is not None:
+                raise self._broken
+            self._runs[run.seq] = run
+            self._unsent.append(run)
+        return run
 
-    def _run(self, job: Job, progress, timeout) -> JobOutcome:
-        prog = None if progress is None else (lambda _i, *a: progress(*a))
-        (run,) = self._run_many([job], prog, timeout)
+    def wait(self, run: "_JobRun", timeout: float | None = None) -> JobOutcome:
+        """The outcome of a submitted job: raises its JobError (or StageDied). Ctrl-C or a
+        timeout cancels the job (the stages drop what is left of it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not run.finished.wait(0.1):
+                if deadline is not None and time.monotonic() >= deadline:
+                    label = run.job.label or "the job"
+                    self._end_run(run, JobError(f"{label} timed out after {timeout:.0f} s", stage=None), cancel=True)
+        except BaseException as exc:
+            self._end_run(run, PipelineError("cancelled"), cancel=True)
+            if isinstance(exc, KeyboardInterrupt):  # the CLI writes what was finished
+                exc.partial_windows = sorted(list(run.windows), key=lambda w: w.index)
+            raise
         if run.error is not None:
             raise run.error
         return run.outcome
 
-    def _run_many(self, jobs: list, progress, timeout) -> list:
-        t_submit = time.monotonic()
-        deadline = None if timeout is None else t_submit + timeout
-        runs = [_JobRun(next(self._seq), i, job, t_submit) for i, job in enumerate(jobs)]
-        by_seq = {r.seq: r for r in runs}
-        unsent = collections.deque(runs)  # a full job queue never blocks the reading of results
-        open_ = set(by_seq)
+    # -- the dispatcher thread --------------------------------------------------------------
+
+    def _start_dispatcher(self) -> None:
+        if self._dispatcher is None:
+            self._dispatcher = threading.Thread(target=self._dispatch, name="wsp-dispatcher", daemon=True)
+            self._dispatcher.start()
+
+    def _dispatch(self) -> None:
+        """The one reader of the stages' output queue: hands jobs to the source stage
+        (never blocking on a full job queue, so results keep flowing), routes every
+        message to its job, completes jobs, and fails them all when a stage is gone."""
         try:
-            while open_:
-                while unsent:
-                    r = unsent[0]
-                    try:
-                        self._inputs["source"].put_nowait(("job", r.seq, r.job, r.t_submit))
-                    except queue.Full:
-                        break
-                    unsent.popleft()
-                msg = self._get(deadline)
-                if msg is None:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        for seq in list(open_):
-                            r = by_seq[seq]
-                            r.error = JobError(f"{r.job.label or 'the job'} timed out after {timeout:.0f} s", stage=None)
-                            self._cancel[seq % CANCEL_SLOTS] = seq
-                        open_.clear()
-                    continue
-                kind = msg[0]
-                if kind in ("ready", "fatal"):
-                    self._handle_control(msg)
-                    continue
-                r = by_seq.get(msg[1])
-                if r is None:
-                    continue  # a message of an earlier, abandoned job
-                if kind == "stats":
-                    r.stages[msg[2]] = msg[3]
-                if r.seq not in open_:
-                    continue  # done or failed: only its stats still count
-                if kind == "result":
-                    _, _, index, start_s, valid_s, covered_s, res = msg
-                    if r.t_first is None:
-                        r.t_first = time.monotonic()
-                    r.windows.append(TimedWindow(index=index, start=start_s, valid=valid_s, result=res))
-                    # Each window's share: its audio and the quiet stretch before it.
-                    r.done_s += start_s + valid_s - covered_s
-                    if progress is not None:
-                        dec = r.decoded_samples / SAMPLE_RATE if r.decoded_samples is not None else None
-                        progress(r.index, r.done_s, dec, r.decoded_samples is not None)
-                elif kind == "meta":
-                    if msg[2] == "decode":
-                        r.decoded_samples = msg[3]["samples"]
-                elif kind == "error":
-                    _, _, stage, message, tb, user = msg
-                    if not user:
-                        message = f"{stage} stage failed: {message}"
-                    r.error = JobError(message, stage=stage, traceback=None if user else tb)
-                    self._cancel[r.seq % CANCEL_SLOTS] = r.seq  # the stages drop what is left of it
-                    open_.discard(r.seq)
-                elif kind == "done":
-                    r.done_info = msg[2]
-                    open_.discard(r.seq)
-        except BaseException as exc:
-            for seq in open_:
-                self._cancel[seq % CANCEL_SLOTS] = seq  # the stages drop what is left of them
-            if isinstance(exc, KeyboardInterrupt):  # the CLI writes what was finished
-                exc.partial_runs = [sorted(r.windows, key=lambda w: w.index) for r in runs]
-                exc.partial_windows = exc.partial_runs[0] if len(runs) == 1 else None
-            raise
-        ok = [r for r in runs if r.error is None]
-        for r in ok:
-            expected = r.done_info.get("windows", len(r.windows))
-            if len(r.windows) != expected:
-                r.error = JobError(f"internal error: {expected} windows sent but {len(r.windows)} came back")
-            elif progress is not None and r.decoded_samples is not None:
-                # Quiet audio after the last window was never a window's share: done.
-                total_s = r.decoded_samples / SAMPLE_RATE
-                progress(r.index, total_s, total_s, True)
-        # The other stages' stats left before infer's "done" was possible; give the queue a
-        # moment to deliver them.
-        grace = time.monotonic() + 1.0
-        while any(len(r.stages) < len(STAGES) for r in ok) and time.monotonic() < grace:
-            msg = self._get(grace)
-            if msg is not None and msg[0] == "stats" and msg[1] in by_seq:
-                by_seq[msg[1]].stages[msg[2]] = msg[3]
-            elif msg is not None and msg[0] in ("ready", "fatal"):
-                self._handle_control(msg)
+            while not self._closed:
+                self._send_unsent()
+                with self._runs_lock:
+                    closing = [r for r in self._runs.values() if r.stats_until is not None]
+                wait_until = min((r.stats_until for r in closing), default=None)
+                msg = self._get(wait_until)
+                if msg is not None:
+                    self._route(msg)
+                for r in closing:
+                    if len(r.stages) >= len(STAGES) or time.monotonic() >= r.stats_until:
+                        self._complete(r)
+        except PipelineError as err:  # a stage is gone (_fail closed the pipeline)
+            self._abort_all(err)
+        except BaseException as exc:  # noqa: BLE001 - never leave a waiter hanging
+            log.exception("driver dispatcher failed")
+            self._abort_all(PipelineError(f"internal error in the driver: {exc!r}"))
+
+    def _send_unsent(self) -> None:
+        while True:
+            with self._runs_lock:
+                if not self._unsent:
+                    return
+                r = self._unsent[0]
+                try:
+                    self._inputs["source"].put_nowait(("job", r.seq, r.job, r.t_submit))
+                except queue.Full:
+                    return
+                self._unsent.popleft()
+
+    def _route(self, msg) -> None:
+        kind = msg[0]
+        if kind in ("ready", "fatal"):
+            self._handle_control(msg)
+            return
+        with self._runs_lock:
+            r = self._runs.get(msg[1])
+        if r is None:
+            return  # a message of a job that was cancelled, failed or is complete
+        if kind == "stats":
+            r.stages[msg[2]] = msg[3]
+        if r.stats_until is not None:
+            return  # done: only its stats still count
+        if kind == "result":
+            _, _, index, start_s, valid_s, covered_s, res = msg
+            if r.t_first is None:
+                r.t_first = time.monotonic()
+            r.windows.append(TimedWindow(index=index, start=start_s, valid=valid_s, result=res))
+            # Each window's share: its audio and the quiet stretch before it.
+            r.done_s += start_s + valid_s - covered_s
+            dec = r.decoded_samples / SAMPLE_RATE if r.decoded_samples is not None else None
+            self._progress(r, r.done_s, dec, r.decoded_samples is not None)
+        elif kind == "meta":
+            if msg[2] == "decode":
+                r.decoded_samples = msg[3]["samples"]
+        elif kind == "error":
+            _, _, stage, message, tb, user = msg
+            if not user:
+                message = f"{stage} stage failed: {message}"
+            self._end_run(r, JobError(message, stage=stage, traceback=None if user else tb), cancel=True)
+        elif kind == "done":
+            r.done_info = msg[2]
+            # The other stages' stats left before infer's "done" was possible; give the
+            # queue a moment to deliver them.
+            r.stats_until = time.monotonic() + 1.0
+
+    def _progress(self, r: "_JobRun", *args) -> None:
+        if r.progress is None:
+            return
+        try:
+            r.progress(*args)
+        except Exception as exc:  # noqa: BLE001 - the caller's callback: its job fails with it
+            self._end_run(r, exc, cancel=True)
+
+    def _complete(self, r: "_JobRun") -> None:
+        expected = r.done_info.get("windows", len(r.windows))
+        if len(r.windows) != expected:
+            self._end_run(r, JobError(f"internal error: {expected} windows sent but {len(r.windows)} came back"))
+            return
+        if r.decoded_samples is not None:
+            # Quiet audio after the last window was never a window's share: the job is done.
+            total_s = r.decoded_samples / SAMPLE_RATE
+            self._progress(r, total_s, total_s, True)
+        if r.finished.is_set():
+            return
+        r.outcome = self._outcome(r)
+        self._end_run(r, None)
+
+    def _end_run(self, r: "_JobRun", error: BaseException | None, cancel: bool = False) -> None:
+        """A job's end, once: its outcome (``error`` None) or error is final; ``cancel``
+        tells the stages to drop what is left of it."""
+        with self._runs_lock:
+            if r.finished.is_set():
+                return
+            self._runs.pop(r.seq, None)
+            with contextlib.suppress(ValueError):
+                self._unsent.remove(r)
+            r.error = error
+            if cancel and hasattr(self, "_cancel"):
+                self._cancel[r.seq % CANCEL_SLOTS] = r.seq
+            r.finished.set()
+
+    def _abort_all(self, err: BaseException) -> None:
+        with self._runs_lock:
+            runs = list(self._runs.values())
         for r in runs:
-            if r.error is None:
-                r.outcome = self._outcome(r)
-        return runs
+            self._end_run(r, err, cancel=True)
 
     def _outcome(self, r: "_JobRun") -> JobOutcome:
         from pipeline.formats import Transcript
@@ -373,15 +465,6 @@ class Pipeline:
             raise self._broken
         if not self._procs:
             self.start()
-
-    def _put_job(self, msg):
-        q = self._inputs["source"]
-        while True:
-            try:
-                q.put(msg, timeout=POLL_S)
-                return
-            except queue.Full:
-                self._check_stages()
 
     def _get(self, deadline):
         """One message from the stages, or None after a short poll. Checks stage health."""
