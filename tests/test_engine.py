@@ -92,7 +92,9 @@ def _reference_processors(min_new, suppress, begin, max_initial=50):
         WhisperTimeStampLogitsProcessor,
     )
 
-    cfg = GenerationConfig(no_timestamps_token_id=TB - 1, eos_token_id=EOS, max_initial_timestamp_index=max_initial)
+    cfg = GenerationConfig(
+        no_timestamps_token_id=TB - 1, eos_token_id=EOS, max_initial_timestamp_index=max_initial
+    )
     procs = [
         SuppressTokensLogitsProcessor(suppress),
         SuppressTokensAtBeginLogitsProcessor(begin, begin_index=P),
@@ -111,8 +113,10 @@ def test_slot_rules_match_generates_processors():
     suppress, begin = [1, 2, 7, 50258, 50359], [220, EOS]
     slots, steps = 6, 14
     mins = [0, 0, 4, 0, 9, 0]
-    rules = SlotRules(slots, V, eos=EOS, timestamp_begin=TB, no_timestamps=TB - 1, max_initial=50,
-                      detect_from_logprob=True, suppress=suppress, begin_suppress=begin)  # fmt: skip
+    rules = SlotRules(
+        slots, V, eos=EOS, timestamp_begin=TB, no_timestamps=TB - 1, max_initial=50,
+        detect_from_logprob=True, suppress=suppress, begin_suppress=begin,
+    )  # fmt: skip
     refs = [_reference_processors(mn, suppress, begin) for mn in mins]
     start = [0, 1, 2, 3, 5, 8]  # the global step at which each slot's window begins
     hist: list[list[int]] = [[] for _ in range(slots)]
@@ -224,7 +228,10 @@ def test_engine_matches_transcribe_tiny_en(tiny_en, audio):
     ref = b.transcribe([f[n] for n, *_ in rows], opts, temperatures=[r[1] for r in rows],
                        seeds=[r[2] for r in rows], sound=[r[3] for r in rows])  # fmt: skip
     engine = SlotEngine(b, slots=3, encoder_batch=2)
-    jobs = [(i, f[n], opts, dict(temperature=t, seed=s, sound=snd)) for i, (n, t, s, snd) in enumerate(rows)]
+    jobs = [
+        (i, f[n], opts, dict(temperature=t, seed=s, sound=snd))
+        for i, (n, t, s, snd) in enumerate(rows)
+    ]
     got = _run(engine, jobs)
     for i, r in enumerate(ref):
         _assert_same(got[i], r, rows[i][:3])
@@ -326,7 +333,8 @@ def test_mixed_options_forced_lengths_random_weights(rand_backend, rand_features
     b = rand_backend
     jobs, ref = [], {}
     for g, (opts, idx, temps, seeds) in enumerate(MIXED):
-        results = b.transcribe([rand_features[i] for i in idx], opts, temperatures=temps, seeds=seeds)
+        feats = [rand_features[i] for i in idx]
+        results = b.transcribe(feats, opts, temperatures=temps, seeds=seeds)
         for j, (i, r) in enumerate(zip(idx, results)):
             kw = dict(temperature=temps[j], seed=seeds[j]) if temps else {}
             ref[(g, j)] = r
@@ -339,30 +347,29 @@ def test_mixed_options_forced_lengths_random_weights(rand_backend, rand_features
     assert len({r.language for r in got.values()}) > 1
 
 
-def _simulate(lengths: list[int], slots: int) -> tuple[int, int]:
-    """The in-flight schedule by hand: FIFO admission into the lowest free slots, one
-    token per live slot per step, a prefix of slots computed. Returns (steps, computed)."""
-    waiting, running, steps, computed = list(lengths), [0] * slots, 0, 0
-    while waiting or any(running):
-        for s in range(slots):
-            if not running[s] and waiting:
-                running[s] = waiting.pop(0)
-        live = [s for s in range(slots) if running[s]]
-        computed += live[-1] + 1
+def _simulate(lengths: list[int], slots: int, bucket=lambda n: n) -> tuple[int, int]:
+    """The in-flight schedule by hand: FIFO admission into free slots, one token per live
+    slot per step, only live slots computed (the engine moves a window left alone in a
+    high slot down). Returns (steps, rows computed)."""
+    waiting, running, steps, computed = list(lengths), [], 0, 0
+    while waiting or running:
+        while len(running) < slots and waiting:
+            running.append(waiting.pop(0))
+        computed += bucket(len(running))
         steps += 1
-        for s in live:
-            running[s] -= 1
+        running = [n - 1 for n in running if n > 1]
     return steps, computed
 
 
-def test_refill_and_utilisation(rand_backend, rand_features):
+@pytest.mark.parametrize("static", [False, True])
+def test_refill_and_utilisation(rand_backend, rand_features, static):
     """Forced lengths make the schedule exact: a slot whose window ended takes the next
     waiting one at the next step; utilisation near 1 while windows wait, against a
     per-batch ``generate`` that runs every batch to its longest row."""
     b = rand_backend
     lengths = [24, 3, 3, 3, 3, 20, 4, 4, 6, 5, 3, 2, 2, 2, 3, 3]
     slots = 4
-    engine = SlotEngine(b, slots=slots)
+    engine = SlotEngine(b, slots=slots, static=static)
     for i, n in enumerate(lengths):
         engine.submit(i, rand_features[i % 6], DecodeOptions(tokens_per_window=n))
     order = []
@@ -371,15 +378,17 @@ def test_refill_and_utilisation(rand_backend, rand_features):
     # The short windows finish while the first long one runs: their slot was refilled.
     assert order.index(4) < order.index(0) and order.index(6) < order.index(0)
     s = engine.stats
-    steps, computed = _simulate(lengths, slots)
+    steps, computed = _simulate(lengths, slots, engine._bucket if static else (lambda n: n))
     prompt_steps = 2 * len(lengths)  # multilingual: language and task tokens at admission
     assert s["steps"] == steps
     assert s["tokens"] == sum(lengths) == s["row_steps_used"] - prompt_steps
     assert s["row_steps_computed"] - prompt_steps == computed
     used = s["row_steps_used"] - prompt_steps
     utilisation = used / computed
-    per_batch = sum(lengths) / sum(slots * max(lengths[i : i + slots]) for i in range(0, len(lengths), slots))
+    batches = [lengths[i : i + slots] for i in range(0, len(lengths), slots)]
+    per_batch = sum(lengths) / sum(len(b) * max(b) for b in batches)
     assert utilisation >= 0.9 > per_batch, (utilisation, per_batch)
+    assert (utilisation == 1.0) == (not static)  # eager: only live slots are computed
 
 
 def test_cancel_drops_only_that_jobs_windows(rand_backend, rand_features):
