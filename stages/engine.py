@@ -76,7 +76,16 @@ class _Slot:
 
 
 class SlotEngine:
-    """Greedy decoding of 30 s windows in a fixed number of decoder slots with in-flight batching."""
+    """Greedy decoding of 30 s windows in a fixed number of decoder slots with in-flight batching.
+
+    ``stats`` (cumulative): ``slots``; ``steps`` (decoder steps); ``row_steps_used`` (slot
+    rows that carried a window: one per generated token, plus the prompt positions run at
+    admission for multilingual models); ``row_steps_computed`` (rows run through the
+    decoder, empty ones included: the live prefix, or its power-of-two bucket when static);
+    ``encoder_s`` (encoder and cross-attention K/V) and ``decoder_s`` (admission's first
+    steps and every step, rules included), wall seconds; ``tokens`` and ``windows``
+    finished; ``moves`` (windows moved down to a lower slot, see ``_compact``).
+    """
 
     def __init__(
         self,
@@ -137,7 +146,7 @@ class SlotEngine:
         self._running: list[_Slot | None] = [None] * slots
         self.stats: dict[str, float] = dict(
             slots=slots, steps=0, row_steps_used=0, row_steps_computed=0,
-            encoder_s=0.0, decoder_s=0.0, tokens=0, windows=0,
+            encoder_s=0.0, decoder_s=0.0, tokens=0, windows=0, moves=0,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ public API
@@ -304,6 +313,7 @@ class SlotEngine:
         self.sampler.move(src, dst)
         self._running[dst], self._running[src] = self._running[src], None
         self.live[src] = False
+        self.stats["moves"] += 1
 
     # ------------------------------------------------------------------ the decoder step
 
