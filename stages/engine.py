@@ -167,6 +167,7 @@ class SlotEngine:
     def idle(self) -> bool:
         return not self._waiting and all(s is None for s in self._running)
 
+    @torch.inference_mode()
     def cancel(self, predicate: Callable[[Any], bool]) -> None:
         """Drop waiting and running windows whose key matches (a cancelled job)."""
         self._waiting = deque(w for w in self._waiting if not predicate(w.key))

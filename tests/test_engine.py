@@ -349,6 +349,25 @@ def test_mixed_options_forced_lengths_random_weights(rand_backend, rand_features
     assert len({r.language for r in got.values()}) > 1
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_static_path(tiny_model_dir, dtype):
+    """The dtypes of the CUDA path (caches and weights in half precision, rules in float32)
+    through the static step, on CPU: the same tokens as transcribe in that dtype (measured
+    equal on this machine; fp32 above is the proof, this guards the dtype plumbing)."""
+    b = WhisperBackend(str(tiny_model_dir), dtype=dtype)
+    rng = np.random.default_rng(0)
+    feats = [b.prepare(_window(0.1 * rng.standard_normal(n * SAMPLE_RATE).astype(np.float32)))
+             for n in (20, 12, 5)]  # fmt: skip
+    opts = DecodeOptions(tokens_per_window=16)
+    ref = b.transcribe(feats, opts)
+    engine = SlotEngine(b, slots=2, static=True)
+    assert engine.self_k[0].dtype == getattr(torch, dtype)
+    got = _run(engine, [(i, f, opts, {}) for i, f in enumerate(feats)])
+    for i, r in enumerate(ref):
+        assert (got[i].segments, got[i].language) == (r.segments, r.language), i
+        assert got[i].avg_logprob == pytest.approx(r.avg_logprob, abs=1e-2)
+
+
 def _simulate(lengths: list[int], slots: int, bucket=lambda n: n) -> tuple[int, int]:
     """The in-flight schedule by hand: FIFO admission into free slots, one token per live
     slot per step, only live slots computed (the engine moves a window left alone in a
