@@ -183,6 +183,24 @@ def test_slot_sampler_matches_step_recorder():
     assert (rec.veto.left < 3).any()  # the veto did act
 
 
+def _generates_processors(backend, options=DecodeOptions()) -> dict:
+    """The logits processors ``generate`` builds in ``transcribe``, by type name."""
+    original = backend.model._get_logits_processor
+    seen = {}
+
+    def spy(*args, **kwargs):
+        procs = original(*args, **kwargs)
+        seen.update((type(p).__name__, p) for p in procs)
+        return procs
+
+    backend.model._get_logits_processor = spy
+    try:
+        backend.transcribe([backend.prepare(_window(np.zeros(0, np.float32)))], options)
+    finally:
+        del backend.model._get_logits_processor
+    return seen
+
+
 # ---------------------------------------------------------------- real tiny.en
 
 READING = (
@@ -245,6 +263,28 @@ def test_engine_matches_transcribe_tiny_en(tiny_en, audio):
     assert s["row_steps_used"] == s["tokens"]  # English-only: no prompt steps besides
     assert s["moves"] > 0  # windows moved to lower slots decode the same
     assert s["encoder_s"] > 0 and s["decoder_s"] > 0
+
+
+@pytest.mark.parametrize("which", ["tiny_en", "rand_backend"])
+def test_rules_are_the_ones_generate_builds(which, request):
+    """SlotRules.for_backend reads the same ids and settings as the processors generate
+    builds for transcribe's kwargs (English-only and multilingual; forced lengths add
+    MinLength/MinNewTokens, which SlotRules takes from the options)."""
+    backend = request.getfixturevalue(which)
+    seen = _generates_processors(backend)
+    rules = SlotRules.for_backend(backend, 1)
+    assert set(seen) == {"SuppressTokensLogitsProcessor", "SuppressTokensAtBeginLogitsProcessor",
+                         "BatchedTimestampRules", "StepRecorder"}  # fmt: skip
+    suppress = seen["SuppressTokensLogitsProcessor"].suppress_tokens.tolist()
+    assert sorted(suppress) == torch.nonzero(rules.suppress_mask).squeeze(1).tolist()
+    begin = seen["SuppressTokensAtBeginLogitsProcessor"].begin_suppress_tokens.tolist()
+    assert sorted(begin) == sorted(rules.begin_ids.tolist())
+    ts = seen["BatchedTimestampRules"]
+    assert (ts.timestamp_begin, ts.no_timestamps_token_id, ts.eos_token_id,
+            ts.max_initial_timestamp_index, ts._detect_timestamp_from_logprob) == (
+        rules.tb, rules.no_ts, rules.eos, rules.max_initial, rules.detect)  # fmt: skip
+    forced = _generates_processors(backend, DecodeOptions(tokens_per_window=3))
+    assert {"MinLengthLogitsProcessor", "MinNewTokensLengthLogitsProcessor"} < set(forced)
 
 
 def test_static_mode_matches_on_real_weights(tiny_en, audio):
