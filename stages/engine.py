@@ -167,6 +167,16 @@ class SlotEngine:
     def idle(self) -> bool:
         return not self._waiting and all(s is None for s in self._running)
 
+    @property
+    def n_waiting(self) -> int:
+        """Windows submitted and not yet admitted (a driver feeding the engine as slots
+        free up keeps this small: admission order is submission order)."""
+        return len(self._waiting)
+
+    @property
+    def n_running(self) -> int:
+        return sum(s is not None for s in self._running)
+
     @torch.inference_mode()
     def cancel(self, predicate: Callable[[Any], bool]) -> None:
         """Drop waiting and running windows whose key matches (a cancelled job)."""

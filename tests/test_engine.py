@@ -411,6 +411,67 @@ def test_half_precision_static_path(tiny_model_dir, dtype):
         assert got[i].avg_logprob == pytest.approx(r.avg_logprob, abs=1e-2)
 
 
+def test_cuda_graph_flow_with_a_stand_in(rand_backend, rand_features, monkeypatch):
+    """The CUDA-graph branch (capture once per prefix bucket, then replay) on CPU, with a
+    stand-in for torch.cuda's stream and graph API: a 'graph' replays the body it captured
+    and checks that the static tensors it reads and writes are still the same storage (a
+    step that rebound one instead of writing into it would leave a real graph reading
+    stale memory). Results equal the eager engine's."""
+    import contextlib
+
+    opts = DecodeOptions(tokens_per_window=9)
+    jobs = [(i, rand_features[i], opts, {}) for i in range(5)]
+    expected = _run(SlotEngine(rand_backend, slots=4), jobs)
+    engine = SlotEngine(rand_backend, slots=4, static=True)
+    engine.cuda_graphs = True  # (the constructor allows it on CUDA only)
+
+    def storage():
+        bufs = [engine.next_tok, engine.pos, engine.logits, *engine.self_k, *engine.cross_v]
+        return [t.data_ptr() for t in bufs]
+
+    class Graph:
+        def capture_end(self, m):
+            self.m, self.ptrs = m, storage()
+
+        def replay(self):
+            assert storage() == self.ptrs
+            engine._static_body(self.m)
+
+        def pool(self):
+            return "pool"
+
+    captured = []
+    body = engine._static_body
+
+    def recording_body(m):
+        captured.append(m)
+        body(m)
+
+    @contextlib.contextmanager
+    def graph_ctx(graph, pool=None):
+        yield
+        graph.capture_end(captured[-1])
+
+    monkeypatch.setattr(engine, "_static_body", recording_body)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph_ctx)
+    class Stream:
+        def __init__(self, device=None):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    got = _run(engine, jobs)
+    for key, r in expected.items():
+        _assert_same(got[key], r, key)
+    assert sorted(engine._graphs) == [1, 4]  # 5 windows in 4 slots: buckets 4, then 1
+    assert engine._pool == "pool"
+
+
 def _simulate(lengths: list[int], slots: int, bucket=lambda n: n) -> tuple[int, int]:
     """The in-flight schedule by hand: FIFO admission into free slots, one token per live
     slot per step, only live slots computed (the engine moves a window left alone in a
