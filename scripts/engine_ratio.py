@@ -115,6 +115,9 @@ def main() -> None:
         "engine_s": [round(x, 2) for x in runs["engine"]],
         "encoder_s": [round(x, 2) for x in runs["encoder"]],
         "ratio_best": round(min(runs["generate"]) / min(runs["engine"]), 3),
+        # Each repeat's generate over the engine run right after it (noise hits both alike
+        # when it lasts longer than a pair).
+        "ratio_paired": [round(g / e, 3) for g, e in zip(runs["generate"], runs["engine"])],
         # The same without the encoder's share (its best time, subtracted from both).
         "decode_ratio_best": round(
             (min(runs["generate"]) - min(runs["encoder"]))
