@@ -168,16 +168,14 @@ class SlotEngine:
         return not self._waiting and all(s is None for s in self._running)
 
     @property
-    def n_waiting(self) -> int:
-        """Windows submitted and not yet admitted (a driver feeding the engine as slots
-        free up keeps this small: admission order is submission order)."""
+    def waiting(self) -> int:
+        """Windows submitted and not yet in a slot."""
         return len(self._waiting)
 
     @property
-    def n_running(self) -> int:
-        return sum(s is not None for s in self._running)
+    def free_slots(self) -> int:
+        return sum(s is None for s in self._running)
 
-    @torch.inference_mode()
     def cancel(self, predicate: Callable[[Any], bool]) -> None:
         """Drop waiting and running windows whose key matches (a cancelled job)."""
         self._waiting = deque(w for w in self._waiting if not predicate(w.key))
