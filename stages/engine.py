@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 import torch
@@ -70,14 +70,22 @@ class _Slot:
 
     window: _Window
     prompt: list[int]
-    max_new: int
     pos: int  # position of the token the next step feeds
-    no_speech: float | None = None
-    fresh: bool = field(default=False)  # English-only: no-speech from the next step
+    no_speech: float | None = None  # None: read from the slot's first step (English-only)
+    fresh: bool = False  # English-only: the next step is the first step
 
 
 class SlotEngine:
-    """Greedy decoding of 30 s windows in a fixed number of decoder slots with in-flight batching."""
+    """Greedy decoding of 30 s windows in a fixed number of decoder slots with in-flight batching.
+
+    ``stats`` (cumulative): ``slots``; ``steps`` (decoder steps); ``row_steps_used`` (slot
+    rows that carried a window: one per generated token, plus the prompt positions run at
+    admission for multilingual models); ``row_steps_computed`` (rows run through the
+    decoder, empty ones included: the live prefix, or its power-of-two bucket when static);
+    ``encoder_s`` (encoder and cross-attention K/V) and ``decoder_s`` (admission's first
+    steps and every step, rules included), wall seconds; ``tokens`` and ``windows``
+    finished; ``moves`` (windows moved down to a lower slot, see ``_compact``).
+    """
 
     def __init__(
         self,
@@ -99,7 +107,9 @@ class SlotEngine:
         self.slots = slots
         self.encoder_batch = encoder_batch or slots
         self.static = (self.device.type == "cuda") if static is None else static
-        self.cuda_graphs = (self.static and self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
+        if cuda_graphs is None:
+            cuda_graphs = self.static and self.device.type == "cuda"
+        self.cuda_graphs = cuda_graphs
         if self.cuda_graphs and not (self.static and self.device.type == "cuda"):
             raise ValueError("cuda_graphs needs static=True on a CUDA device")
         self.max_pos = cfg.max_target_positions
@@ -107,7 +117,10 @@ class SlotEngine:
         self.head_dim = cfg.d_model // self.heads
         n_layers, ctx = cfg.decoder_layers, cfg.max_source_positions
         shape = lambda n: (slots, self.heads, n, self.head_dim)  # noqa: E731
-        buf = lambda n: [torch.zeros(shape(n), dtype=self.dtype, device=self.device) for _ in range(n_layers)]  # noqa: E731
+
+        def buf(n):  # one (S, H, n, hd) tensor per layer
+            return [torch.zeros(shape(n), dtype=self.dtype, device=self.device) for _ in range(n_layers)]
+
         self.self_k, self.self_v = buf(self.max_pos), buf(self.max_pos)
         self.cross_k, self.cross_v = buf(ctx), buf(ctx)
         long = lambda: torch.zeros(slots, dtype=torch.long, device=self.device)  # noqa: E731
@@ -133,7 +146,7 @@ class SlotEngine:
         self._running: list[_Slot | None] = [None] * slots
         self.stats: dict[str, float] = dict(
             slots=slots, steps=0, row_steps_used=0, row_steps_computed=0,
-            encoder_s=0.0, decoder_s=0.0, tokens=0, windows=0,
+            encoder_s=0.0, decoder_s=0.0, tokens=0, windows=0, moves=0,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ public API
@@ -143,7 +156,8 @@ class SlotEngine:
         """Queue one window (features from backend.prepare). key: any hashable, returned with the result.
         temperature/seed/sound mean exactly what transcribe()'s per-row temperatures/seeds/sound mean."""
         if tuple(features.shape) != (self.backend.n_mels, N_FRAMES):
-            raise ValueError(f"expected features ({self.backend.n_mels}, {N_FRAMES}), got {tuple(features.shape)}")
+            want = (self.backend.n_mels, N_FRAMES)
+            raise ValueError(f"expected features {want}, got {tuple(features.shape)}")
         self.backend.generate_kwargs(options)  # the same validation as transcribe's
         if options.language is not None and self.backend.multilingual:
             self._language_token(options.language)
@@ -181,6 +195,7 @@ class SlotEngine:
         """Admit waiting windows into free slots, then ONE decoder step for every live slot;
         returns the windows that finished at this step (end-of-text or token limit)."""
         self._admit()
+        self._compact()
         live_idx = [s for s, slot in enumerate(self._running) if slot is not None]
         if not live_idx:
             return []
@@ -209,7 +224,7 @@ class SlotEngine:
         for s in live_idx:
             self._running[s].pos += 1
             self._running[s].fresh = False
-        results = self._finish(done_rows, fresh)
+        results = self._finish(done_rows)
         self.stats["steps"] += 1
         self.stats["row_steps_used"] += len(live_idx)
         self.stats["row_steps_computed"] += m
@@ -261,10 +276,12 @@ class SlotEngine:
             no_speech = logits.softmax(dim=-1)[:, self.backend.no_speech_id].tolist()
             detected = self._lang_ids[logits[:, self._lang_ids].argmax(dim=-1)].tolist()
             langs = [
-                detected[i] if w.options.language is None else self._language_token(w.options.language)
+                self._language_token(w.options.language) if w.options.language else detected[i]
                 for i, w in enumerate(windows)
             ]
-            prompts = [[self.sot, lang, self._task_to_id[w.options.task]] for lang, w in zip(langs, windows)]
+            prompts = [
+                [self.sot, lang, self._task_to_id[w.options.task]] for lang, w in zip(langs, windows)
+            ]
             self._forward(idx, torch.tensor(langs, device=self.device), zeros + 1, 2)
             self.stats["row_steps_used"] += 2 * take
             self.stats["row_steps_computed"] += 2 * take
@@ -281,9 +298,31 @@ class SlotEngine:
         self.max_new[idx] = torch.tensor(max_new, device=self.device)
         self.rules.reset(idx, torch.tensor(min_new, device=self.device))
         self.live[idx] = True
-        for s, w, prompt, ns, mx in zip(rows, windows, prompts, no_speech, max_new):
+        for s, w, prompt, ns in zip(rows, windows, prompts, no_speech):
             self.sampler.reset(s, w.temperature, w.seed, w.sound)
-            self._running[s] = _Slot(w, prompt, mx, pos=p - 1, no_speech=ns, fresh=ns is None)
+            self._running[s] = _Slot(w, prompt, pos=p - 1, no_speech=ns, fresh=ns is None)
+
+    def _compact(self) -> None:
+        """Keep the live slots at the lowest indices. A step computes slots 0..m-1, so a
+        window left running in a high slot while lower ones are empty (the last windows of
+        a run, after a cancel) is moved down, its caches and state copied once, rather than
+        computing the empty slots below it at every step until it ends."""
+        while True:
+            live = [s for s, slot in enumerate(self._running) if slot is not None]
+            if not live or live[-1] < len(live):
+                return
+            self._move(live[-1], self._running.index(None))
+
+    def _move(self, src: int, dst: int) -> None:
+        per_slot = [*self.self_k, *self.self_v, *self.cross_k, *self.cross_v, self.next_tok,
+                    self.pos, self.max_new, self.generated, self.live, self.no_speech,
+                    *self.rules.state(), *self.sampler.state()]  # fmt: skip
+        for t in per_slot:
+            t[dst] = t[src]
+        self.sampler.move(src, dst)
+        self._running[dst], self._running[src] = self._running[src], None
+        self.live[src] = False
+        self.stats["moves"] += 1
 
     # ------------------------------------------------------------------ the decoder step
 
@@ -301,13 +340,14 @@ class SlotEngine:
         take = (lambda t: t[:n]) if prefix else (lambda t: t[rows])  # noqa: E731
         heads, hd = self.heads, self.head_dim
         dec = self.decoder
-        x = dec.embed_tokens(tokens[:, None]) + dec.embed_positions.weight[pos][:, None]  # (n, 1, d)
+        x = dec.embed_tokens(tokens[:, None]) + dec.embed_positions.weight[pos][:, None]  # n,1,d
         mask = (self._kv_cols[:kv_len][None, :] <= pos[:, None])[:, None, None, :]  # (n, 1, 1, kv)
 
         def split(t):  # (n, 1, d) -> (n, H, 1, hd)
             return t.view(n, 1, heads, hd).transpose(1, 2).contiguous()
 
-        for layer, sk, sv, ck, cv in zip(dec.layers, self.self_k, self.self_v, self.cross_k, self.cross_v):
+        caches = zip(self.self_k, self.self_v, self.cross_k, self.cross_v)
+        for layer, (sk, sv, ck, cv) in zip(dec.layers, caches):
             att = layer.self_attn
             h = layer.self_attn_layer_norm(x)
             q = split(att.q_proj(h) * att.scaling)
@@ -372,7 +412,7 @@ class SlotEngine:
         self.live[s] = False
         self.sampler.release(s)
 
-    def _finish(self, done_rows: list[int], fresh: list[int]) -> list[tuple[Any, WindowResult]]:
+    def _finish(self, done_rows: list[int]) -> list[tuple[Any, WindowResult]]:
         if not done_rows:
             return []
         idx = torch.tensor(done_rows, device=self.device)
@@ -386,7 +426,9 @@ class SlotEngine:
             w = slot.window
             row = slot.prompt + gen[i][: counts[i]]
             no_speech = slot.no_speech if slot.no_speech is not None else ns_dev[i]
-            (result,) = self.backend._results([row], w.options, [avg[i]], [no_speech], [w.temperature])
+            (result,) = self.backend._results(
+                [row], w.options, [avg[i]], [no_speech], [w.temperature]
+            )
             out.append((w.key, result))
             self.stats["tokens"] += counts[i]
             self.stats["windows"] += 1

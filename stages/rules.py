@@ -67,7 +67,7 @@ class SlotRules:
         self.eos, self.tb, self.no_ts = eos, timestamp_begin, no_timestamps
         self.max_initial, self.detect = max_initial, detect_from_logprob
         self.suppress_mask = torch.zeros(vocab, dtype=torch.bool, device=device)
-        self.suppress_mask[torch.as_tensor(list(suppress), dtype=torch.long)] = True
+        self.suppress_mask[torch.as_tensor(list(suppress), dtype=torch.long, device=device)] = True
         self.begin_ids = torch.as_tensor(list(begin_suppress), dtype=torch.long, device=device)
         self.cols = torch.arange(vocab - timestamp_begin, device=device)  # timestamp values
         z = lambda dtype: torch.zeros(slots, dtype=dtype, device=device)  # noqa: E731
@@ -104,6 +104,10 @@ class SlotRules:
         self.penult_ts[rows] = True
         self.has_ts[rows] = False
 
+    def state(self) -> list[torch.Tensor]:
+        """The per-slot state tensors (S, ...), for moving a window to another slot."""
+        return [self.n, self.min_new, self.last_val, self.last_ts, self.penult_ts, self.has_ts]
+
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         """scores: (m, V) float32 logits of slots 0..m-1, written in place and returned."""
         m = scores.shape[0]
@@ -114,7 +118,8 @@ class SlotRules:
         # SuppressTokens, then SuppressTokensAtBegin (the first generated position only).
         scores.masked_fill_(self.suppress_mask, NEG_INF)
         if len(self.begin_ids):
-            scores[:, self.begin_ids] = scores[:, self.begin_ids].masked_fill(first[:, None], NEG_INF)
+            begin = scores[:, self.begin_ids]
+            scores[:, self.begin_ids] = begin.masked_fill(first[:, None], NEG_INF)
         # Timestamp rules (BatchedTimestampRules, with the history replaced by the state).
         scores[:, self.no_ts] = NEG_INF
         ts_scores = scores[:, tb:]  # view: writes land in ``scores``
@@ -200,6 +205,16 @@ class SlotSampler:
     def release(self, slot: int) -> None:
         self.hot.pop(slot, None)
 
+    def state(self) -> list[torch.Tensor]:
+        """The per-slot state tensors (S, ...), for moving a window to another slot."""
+        return [self.sum_logprob, self.count, self.cum, self.valid, self.active, self.left]
+
+    def move(self, src: int, dst: int) -> None:
+        """The window of ``src`` now lives in ``dst`` (its generator goes with it)."""
+        self.hot.pop(dst, None)
+        if src in self.hot:
+            self.hot[dst] = self.hot.pop(src)
+
     def _veto(self, scores, live, last_val, has_ts):
         """EotVeto: mask end-of-text where the window still has sound after the last
         timestamp. Same arithmetic as ``EotVeto.__call__``, last timestamp from the state."""
@@ -211,8 +226,9 @@ class SlotSampler:
         cum = self.cum[:m]
         frame = ((last_t + self.grace_s) / EotVeto.FRAME_S).long().clamp(0, cum.shape[1] - 1)
         after = cum[:, -1] - cum.gather(1, frame[:, None]).squeeze(1)
-        veto = wants_eos & (self.valid[:m] - last_t >= self.min_left_s) & (after >= self.min_sound_s)
-        scores[:, self.eos] = torch.where(veto, torch.full_like(scores[:, self.eos], NEG_INF), scores[:, self.eos])
+        left_s = self.valid[:m] - last_t
+        veto = wants_eos & (left_s >= self.min_left_s) & (after >= self.min_sound_s)
+        scores[:, self.eos].masked_fill_(veto, NEG_INF)
         left -= veto.long()
         return scores
 

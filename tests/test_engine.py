@@ -92,7 +92,9 @@ def _reference_processors(min_new, suppress, begin, max_initial=50):
         WhisperTimeStampLogitsProcessor,
     )
 
-    cfg = GenerationConfig(no_timestamps_token_id=TB - 1, eos_token_id=EOS, max_initial_timestamp_index=max_initial)
+    cfg = GenerationConfig(
+        no_timestamps_token_id=TB - 1, eos_token_id=EOS, max_initial_timestamp_index=max_initial
+    )
     procs = [
         SuppressTokensLogitsProcessor(suppress),
         SuppressTokensAtBeginLogitsProcessor(begin, begin_index=P),
@@ -111,8 +113,10 @@ def test_slot_rules_match_generates_processors():
     suppress, begin = [1, 2, 7, 50258, 50359], [220, EOS]
     slots, steps = 6, 14
     mins = [0, 0, 4, 0, 9, 0]
-    rules = SlotRules(slots, V, eos=EOS, timestamp_begin=TB, no_timestamps=TB - 1, max_initial=50,
-                      detect_from_logprob=True, suppress=suppress, begin_suppress=begin)  # fmt: skip
+    rules = SlotRules(
+        slots, V, eos=EOS, timestamp_begin=TB, no_timestamps=TB - 1, max_initial=50,
+        detect_from_logprob=True, suppress=suppress, begin_suppress=begin,
+    )  # fmt: skip
     refs = [_reference_processors(mn, suppress, begin) for mn in mins]
     start = [0, 1, 2, 3, 5, 8]  # the global step at which each slot's window begins
     hist: list[list[int]] = [[] for _ in range(slots)]
@@ -179,6 +183,24 @@ def test_slot_sampler_matches_step_recorder():
     assert (rec.veto.left < 3).any()  # the veto did act
 
 
+def _generates_processors(backend, options=DecodeOptions()) -> dict:
+    """The logits processors ``generate`` builds in ``transcribe``, by type name."""
+    original = backend.model._get_logits_processor
+    seen = {}
+
+    def spy(*args, **kwargs):
+        procs = original(*args, **kwargs)
+        seen.update((type(p).__name__, p) for p in procs)
+        return procs
+
+    backend.model._get_logits_processor = spy
+    try:
+        backend.transcribe([backend.prepare(_window(np.zeros(0, np.float32)))], options)
+    finally:
+        del backend.model._get_logits_processor
+    return seen
+
+
 # ---------------------------------------------------------------- real tiny.en
 
 READING = (
@@ -224,7 +246,10 @@ def test_engine_matches_transcribe_tiny_en(tiny_en, audio):
     ref = b.transcribe([f[n] for n, *_ in rows], opts, temperatures=[r[1] for r in rows],
                        seeds=[r[2] for r in rows], sound=[r[3] for r in rows])  # fmt: skip
     engine = SlotEngine(b, slots=3, encoder_batch=2)
-    jobs = [(i, f[n], opts, dict(temperature=t, seed=s, sound=snd)) for i, (n, t, s, snd) in enumerate(rows)]
+    jobs = [
+        (i, f[n], opts, dict(temperature=t, seed=s, sound=snd))
+        for i, (n, t, s, snd) in enumerate(rows)
+    ]
     got = _run(engine, jobs)
     for i, r in enumerate(ref):
         _assert_same(got[i], r, rows[i][:3])
@@ -236,7 +261,33 @@ def test_engine_matches_transcribe_tiny_en(tiny_en, audio):
     s = engine.stats
     assert s["windows"] == 7 and s["tokens"] == sum(r.n_tokens for r in ref)
     assert s["row_steps_used"] == s["tokens"]  # English-only: no prompt steps besides
+    assert s["moves"] > 0  # windows moved to lower slots decode the same
     assert s["encoder_s"] > 0 and s["decoder_s"] > 0
+
+
+@pytest.mark.parametrize("which", ["tiny_en", "rand_backend"])
+def test_rules_are_the_ones_generate_builds(which, request):
+    """SlotRules.for_backend reads the same ids and settings as the processors generate
+    builds for transcribe's kwargs (English-only and multilingual; forced lengths add
+    MinLength/MinNewTokens, which SlotRules takes from the options)."""
+    backend = request.getfixturevalue(which)
+    # (Random weights never say end-of-text: forced to 3 tokens there, to be quick.)
+    forced = _generates_processors(backend, DecodeOptions(tokens_per_window=3))
+    assert {"MinLengthLogitsProcessor", "MinNewTokensLengthLogitsProcessor"} < set(forced)
+    seen = forced if which == "rand_backend" else _generates_processors(backend)
+    rules = SlotRules.for_backend(backend, 1)
+    assert set(seen) - set(forced) == set()
+    assert set(seen) - {"MinLengthLogitsProcessor", "MinNewTokensLengthLogitsProcessor"} == {
+        "SuppressTokensLogitsProcessor", "SuppressTokensAtBeginLogitsProcessor",
+        "BatchedTimestampRules", "StepRecorder"}  # fmt: skip
+    suppress = seen["SuppressTokensLogitsProcessor"].suppress_tokens.tolist()
+    assert sorted(suppress) == torch.nonzero(rules.suppress_mask).squeeze(1).tolist()
+    begin = seen["SuppressTokensAtBeginLogitsProcessor"].begin_suppress_tokens.tolist()
+    assert sorted(begin) == sorted(rules.begin_ids.tolist())
+    ts = seen["BatchedTimestampRules"]
+    assert (ts.timestamp_begin, ts.no_timestamps_token_id, ts.eos_token_id,
+            ts.max_initial_timestamp_index, ts._detect_timestamp_from_logprob) == (
+        rules.tb, rules.no_ts, rules.eos, rules.max_initial, rules.detect)  # fmt: skip
 
 
 def test_static_mode_matches_on_real_weights(tiny_en, audio):
@@ -326,7 +377,8 @@ def test_mixed_options_forced_lengths_random_weights(rand_backend, rand_features
     b = rand_backend
     jobs, ref = [], {}
     for g, (opts, idx, temps, seeds) in enumerate(MIXED):
-        results = b.transcribe([rand_features[i] for i in idx], opts, temperatures=temps, seeds=seeds)
+        feats = [rand_features[i] for i in idx]
+        results = b.transcribe(feats, opts, temperatures=temps, seeds=seeds)
         for j, (i, r) in enumerate(zip(idx, results)):
             kw = dict(temperature=temps[j], seed=seeds[j]) if temps else {}
             ref[(g, j)] = r
@@ -336,33 +388,113 @@ def test_mixed_options_forced_lengths_random_weights(rand_backend, rand_features
     for key, r in ref.items():
         _assert_same(got[key], r, key)
     assert {r.n_tokens for r in got.values()} == {12, 7, 20}
+    assert engine.stats["moves"] > 0
     assert len({r.language for r in got.values()}) > 1
 
 
-def _simulate(lengths: list[int], slots: int) -> tuple[int, int]:
-    """The in-flight schedule by hand: FIFO admission into the lowest free slots, one
-    token per live slot per step, a prefix of slots computed. Returns (steps, computed)."""
-    waiting, running, steps, computed = list(lengths), [0] * slots, 0, 0
-    while waiting or any(running):
-        for s in range(slots):
-            if not running[s] and waiting:
-                running[s] = waiting.pop(0)
-        live = [s for s in range(slots) if running[s]]
-        computed += live[-1] + 1
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_static_path(tiny_model_dir, dtype):
+    """The dtypes of the CUDA path (caches and weights in half precision, rules in float32)
+    through the static step, on CPU: the same tokens as transcribe in that dtype (measured
+    equal on this machine; fp32 above is the proof, this guards the dtype plumbing)."""
+    b = WhisperBackend(str(tiny_model_dir), dtype=dtype)
+    rng = np.random.default_rng(0)
+    feats = [b.prepare(_window(0.1 * rng.standard_normal(n * SAMPLE_RATE).astype(np.float32)))
+             for n in (20, 12, 5)]  # fmt: skip
+    opts = DecodeOptions(tokens_per_window=16)
+    ref = b.transcribe(feats, opts)
+    engine = SlotEngine(b, slots=2, static=True)
+    assert engine.self_k[0].dtype == getattr(torch, dtype)
+    got = _run(engine, [(i, f, opts, {}) for i, f in enumerate(feats)])
+    for i, r in enumerate(ref):
+        assert (got[i].segments, got[i].language) == (r.segments, r.language), i
+        assert got[i].avg_logprob == pytest.approx(r.avg_logprob, abs=1e-2)
+
+
+def test_cuda_graph_flow_with_a_stand_in(rand_backend, rand_features, monkeypatch):
+    """The CUDA-graph branch (capture once per prefix bucket, then replay) on CPU, with a
+    stand-in for torch.cuda's stream and graph API: a 'graph' replays the body it captured
+    and checks that the static tensors it reads and writes are still the same storage (a
+    step that rebound one instead of writing into it would leave a real graph reading
+    stale memory). Results equal the eager engine's."""
+    import contextlib
+
+    opts = DecodeOptions(tokens_per_window=9)
+    jobs = [(i, rand_features[i], opts, {}) for i in range(5)]
+    expected = _run(SlotEngine(rand_backend, slots=4), jobs)
+    engine = SlotEngine(rand_backend, slots=4, static=True)
+    engine.cuda_graphs = True  # (the constructor allows it on CUDA only)
+
+    def storage():
+        bufs = [engine.next_tok, engine.pos, engine.logits, *engine.self_k, *engine.cross_v]
+        return [t.data_ptr() for t in bufs]
+
+    class Graph:
+        def capture_end(self, m):
+            self.m, self.ptrs = m, storage()
+
+        def replay(self):
+            assert storage() == self.ptrs
+            engine._static_body(self.m)
+
+        def pool(self):
+            return "pool"
+
+    captured = []
+    body = engine._static_body
+
+    def recording_body(m):
+        captured.append(m)
+        body(m)
+
+    @contextlib.contextmanager
+    def graph_ctx(graph, pool=None):
+        yield
+        graph.capture_end(captured[-1])
+
+    monkeypatch.setattr(engine, "_static_body", recording_body)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph_ctx)
+    class Stream:
+        def __init__(self, device=None):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    got = _run(engine, jobs)
+    for key, r in expected.items():
+        _assert_same(got[key], r, key)
+    assert sorted(engine._graphs) == [1, 4]  # 5 windows in 4 slots: buckets 4, then 1
+    assert engine._pool == "pool"
+
+
+def _simulate(lengths: list[int], slots: int, bucket=lambda n: n) -> tuple[int, int]:
+    """The in-flight schedule by hand: FIFO admission into free slots, one token per live
+    slot per step, only live slots computed (the engine moves a window left alone in a
+    high slot down). Returns (steps, rows computed)."""
+    waiting, running, steps, computed = list(lengths), [], 0, 0
+    while waiting or running:
+        while len(running) < slots and waiting:
+            running.append(waiting.pop(0))
+        computed += bucket(len(running))
         steps += 1
-        for s in live:
-            running[s] -= 1
+        running = [n - 1 for n in running if n > 1]
     return steps, computed
 
 
-def test_refill_and_utilisation(rand_backend, rand_features):
+@pytest.mark.parametrize("static", [False, True])
+def test_refill_and_utilisation(rand_backend, rand_features, static):
     """Forced lengths make the schedule exact: a slot whose window ended takes the next
     waiting one at the next step; utilisation near 1 while windows wait, against a
     per-batch ``generate`` that runs every batch to its longest row."""
     b = rand_backend
     lengths = [24, 3, 3, 3, 3, 20, 4, 4, 6, 5, 3, 2, 2, 2, 3, 3]
     slots = 4
-    engine = SlotEngine(b, slots=slots)
+    engine = SlotEngine(b, slots=slots, static=static)
     for i, n in enumerate(lengths):
         engine.submit(i, rand_features[i % 6], DecodeOptions(tokens_per_window=n))
     order = []
@@ -371,15 +503,17 @@ def test_refill_and_utilisation(rand_backend, rand_features):
     # The short windows finish while the first long one runs: their slot was refilled.
     assert order.index(4) < order.index(0) and order.index(6) < order.index(0)
     s = engine.stats
-    steps, computed = _simulate(lengths, slots)
+    steps, computed = _simulate(lengths, slots, engine._bucket if static else (lambda n: n))
     prompt_steps = 2 * len(lengths)  # multilingual: language and task tokens at admission
     assert s["steps"] == steps
     assert s["tokens"] == sum(lengths) == s["row_steps_used"] - prompt_steps
     assert s["row_steps_computed"] - prompt_steps == computed
     used = s["row_steps_used"] - prompt_steps
     utilisation = used / computed
-    per_batch = sum(lengths) / sum(slots * max(lengths[i : i + slots]) for i in range(0, len(lengths), slots))
+    batches = [lengths[i : i + slots] for i in range(0, len(lengths), slots)]
+    per_batch = sum(lengths) / sum(len(b) * max(b) for b in batches)
     assert utilisation >= 0.9 > per_batch, (utilisation, per_batch)
+    assert (utilisation == 1.0) == (not static)  # eager: only live slots are computed
 
 
 def test_cancel_drops_only_that_jobs_windows(rand_backend, rand_features):
