@@ -388,6 +388,9 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     signal.signal(signal.SIGTERM, _on_sigterm)
     show_progress = not args.quiet and sys.stderr.isatty()
     return _run(args, cfg, options, inputs, show_progress)
@@ -417,13 +420,21 @@ def _run(args, cfg, options, inputs, show_progress: bool) -> int:
             job = Job(inp.source, options, profile=args.profile, label=inp.label)
             try:
                 outcome = pipe.run_job(job, progress=bar)
+            except StageDied as exc:  # the pipeline, not this input, failed
+                bar.close()
+                print(f"error: {exc}", file=sys.stderr)
+                failed.append(inp.label)
+                if pipe.model_info is None:  # the model never loaded: so would every input
+                    failed.extend(i.label for i in inputs[inputs.index(inp) + 1:])
+                    break
+                if inp is not inputs[-1]:
+                    pipe.close()
+                    pipe = Pipeline(cfg)  # a fresh pipeline for the rest
+                continue
             except PipelineError as exc:
                 bar.close()
                 print(f"error: {input_message(inp.label, str(exc))}", file=sys.stderr)
                 failed.append(inp.label)
-                if isinstance(exc, StageDied) and inp is not inputs[-1]:
-                    pipe.close()
-                    pipe = Pipeline(cfg)  # a stage died: a fresh pipeline for the rest
                 continue
             bar.close()
             try:

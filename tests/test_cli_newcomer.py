@@ -144,6 +144,23 @@ def test_output_that_cannot_be_written_fails_up_front(wav, tmp_path, case):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
 
+def test_a_model_that_fails_to_load_is_one_line_without_v(tiny_model_dir, tones, tmp_path):
+    """It passes the up-front check (a checkpoint directory) but cannot load: one line
+    naming the stage and the model, no doubled tracebacks (they come back with -v)."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    for f in broken.glob("*.safetensors"):
+        f.write_bytes(b"garbage")
+    r = cli(*tones, "--model", broken, "--output-dir", tmp_path / "out")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in err, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: infer stage failed: cannot load model"), err
+    assert lines[1].startswith("0 of 2 inputs transcribed")  # the second was not tried again
+
+
 # ----------------------------------------------------------------------- 2: hub failures
 
 
@@ -325,9 +342,12 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
 # ------------------------------------------------------------------- 7: quiet by default
 
 
-def test_pointless_library_warnings_are_hidden(capsys):
+def test_pointless_library_warnings_are_hidden(capsys, monkeypatch):
     from pipeline import logs
 
+    # As in the infer stage: transformers' records propagate to our handler (imported
+    # transformers otherwise keeps them on its own handler).
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)
     logs.setup("INFO")
     try:
         gen = logging.getLogger("transformers.generation.utils")
