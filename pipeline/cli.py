@@ -392,11 +392,15 @@ def main(argv=None) -> int:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     signal.signal(signal.SIGTERM, _on_sigterm)
-    show_progress = not args.quiet and sys.stderr.isatty()
-    return _run(args, cfg, options, inputs, show_progress)
+    return _run(args, cfg, options, inputs, show_progress(args, sys.stderr))
 
 
-def _run(args, cfg, options, inputs, show_progress: bool) -> int:
+def show_progress(args, stream) -> bool:
+    """A progress bar only on a terminal, and not with --quiet."""
+    return not args.quiet and stream.isatty()
+
+
+def _run(args, cfg, options, inputs, progress: bool) -> int:
     from pipeline.runtime import Pipeline
 
     pipe = Pipeline(cfg)
@@ -416,7 +420,7 @@ def _run(args, cfg, options, inputs, show_progress: bool) -> int:
                     print(f"error: {inp.label}: is a directory, not an audio file", file=sys.stderr)
                     failed.append(inp.label)
                     continue
-            bar = Progress(inp.label) if show_progress else _NoProgress()
+            bar = Progress(inp.label) if progress else _NoProgress()
             job = Job(inp.source, options, profile=args.profile, label=inp.label)
             try:
                 outcome = pipe.run_job(job, progress=bar)
