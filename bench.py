@@ -883,7 +883,8 @@ def main(argv=None) -> int:
     # 1, 5 and 15-minute load averages before any of our work: a busy machine skews timings.
     args.load_at_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     logs.setup(("WARNING", "INFO", "DEBUG")[min(args.verbose, 2)], role="bench")
-    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)  # progress lines on stderr
+    # Progress lines (model ready, run n/N) are INFO: shown with -v only (issue 10).
+    log.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING)
     if args.show_config:
         if not args.synthetic:
             print("error: --show-config needs --synthetic ARCH", file=sys.stderr)
@@ -948,18 +949,24 @@ def main(argv=None) -> int:
                                       info["device"], info["dtype"])  # fmt: skip
         doc = report(ours, baselines, args, synthetic, reference)
         sys.stdout.write(format_report(doc))
+        wrote = []
         if args.json_path:
             Path(args.json_path).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+            wrote.append(f"wrote all figures (JSON) to {args.json_path}")
         if args.trace:
             from pipeline.trace import write_trace
 
             write_trace(args.trace, ours["outcome"])
+            wrote.append(f"wrote the median run's trace to {args.trace} (open it in https://ui.perfetto.dev)")
         if args.plot:
             from pipeline.trace import write_plot
 
             title = (f"{Path(str(doc['model'])).name}: {doc['audio_s']:.0f} s audio, wall "
                      f"{doc['wall_s']:.2f} s ({doc['rtfx']:.0f}x)")  # fmt: skip
             write_plot(args.plot, ours["outcome"], title=title, ring_slots=doc["ring_slots"])
+            wrote.append(f"wrote the median run's timeline plot to {args.plot}")
+        if wrote:
+            sys.stdout.write("".join(f"{w}\n" for w in wrote))
         return 0
     except Exception as exc:  # noqa: BLE001 - one line for the user, traceback with -v
         if args.verbose:

@@ -339,7 +339,7 @@ class Progress:
     once decoding has finished, which is early) and the speed as a real-time factor.
     Callable as the pipeline's ``progress(done_s, decoded_s, decode_finished)``."""
 
-    def __init__(self, label: str, stream=None):
+    def __init__(self, label: str, stream=None, position: int | None = None):
         from tqdm import tqdm
 
         self.t0 = time.monotonic()
@@ -351,7 +351,7 @@ class Progress:
             ncols, nrows = 100, 24
         self.bar = tqdm(
             total=None, desc=label if len(label) <= 40 else "..." + label[-37:], unit="s",
-            file=stream, leave=True, ncols=ncols, nrows=nrows,
+            file=stream, leave=True, ncols=ncols, nrows=nrows, position=position,
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} s audio "
                        "[{elapsed}<{remaining}{postfix}]",
         )  # fmt: skip
@@ -388,46 +388,78 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     signal.signal(signal.SIGTERM, _on_sigterm)
-    show_progress = not args.quiet and sys.stderr.isatty()
-    return _run(args, cfg, options, inputs, show_progress)
+    return _run(args, cfg, options, inputs, show_progress(args, sys.stderr))
 
 
-def _run(args, cfg, options, inputs, show_progress: bool) -> int:
+def show_progress(args, stream) -> bool:
+    """A progress bar only on a terminal, and not with --quiet."""
+    return not args.quiet and stream.isatty()
+
+
+def _readable(inp: Input) -> str | None:
+    """Why a local input cannot be read (checked before the pipeline starts), or None."""
+    if inp.source == "-" or "://" in inp.source:
+        return None
+    if not os.path.exists(inp.source):
+        return "no such file"
+    if os.path.isdir(inp.source):
+        return "is a directory, not an audio file"
+    return None
+
+
+def _run(args, cfg, options, inputs, progress: bool) -> int:
+    """All readable inputs go to one pipeline as one ``run_jobs`` call: the model loads
+    once, the inputs flow through the stages one after another, and the infer stage
+    decodes the windows of all of them in the same decoder slots. A failed input is
+    reported and the others go on."""
     from pipeline.runtime import Pipeline
 
-    pipe = Pipeline(cfg)
     failed: list[str] = []
+    todo: list[Input] = []
+    for inp in inputs:
+        why = _readable(inp)
+        if why:
+            print(f"error: {inp.label}: {why}", file=sys.stderr)
+            failed.append(inp.label)
+        else:
+            todo.append(inp)
+    bars: dict[int, Progress] = {}
+
+    def on_progress(i, done_s, decoded_s, decode_finished):
+        if progress:
+            if i not in bars:
+                bars[i] = Progress(todo[i].label, position=len(bars))
+            bars[i](done_s, decoded_s, decode_finished)
+
+    def close_bars():
+        for b in bars.values():
+            b.close()
+        bars.clear()
+
     done = 0
-    current = None
-    bar = _NoProgress()
+    pipe = Pipeline(cfg)
     try:
-        for inp in inputs:
-            current = inp
-            if inp.source not in ("-",) and "://" not in inp.source:
-                if not os.path.exists(inp.source):
-                    print(f"error: {inp.label}: no such file", file=sys.stderr)
-                    failed.append(inp.label)
-                    continue
-                if os.path.isdir(inp.source):
-                    print(f"error: {inp.label}: is a directory, not an audio file", file=sys.stderr)
-                    failed.append(inp.label)
-                    continue
-            bar = Progress(inp.label) if show_progress else _NoProgress()
-            job = Job(inp.source, options, profile=args.profile, label=inp.label)
+        results = []
+        if todo:
+            jobs = [Job(inp.source, options, profile=args.profile, label=inp.label) for inp in todo]
             try:
-                outcome = pipe.run_job(job, progress=bar)
-            except PipelineError as exc:
-                bar.close()
-                print(f"error: {input_message(inp.label, str(exc))}", file=sys.stderr)
+                results = pipe.run_jobs(jobs, progress=on_progress)
+            except StageDied as exc:  # the pipeline, not an input, failed: all of them did
+                close_bars()
+                print(f"error: {exc}", file=sys.stderr)
+                failed.extend(inp.label for inp in todo)
+            close_bars()
+        for inp, res in zip(todo, results):
+            if isinstance(res, PipelineError):
+                print(f"error: {input_message(inp.label, str(res))}", file=sys.stderr)
                 failed.append(inp.label)
-                if isinstance(exc, StageDied) and inp is not inputs[-1]:
-                    pipe.close()
-                    pipe = Pipeline(cfg)  # a stage died: a fresh pipeline for the rest
                 continue
-            bar.close()
             try:
-                _emit(inp, outcome.transcript, args.fmt)
+                _emit(inp, res.transcript, args.fmt)
             except OSError as exc:
                 print(f"error: {inp.output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
                 failed.append(inp.label)
@@ -436,22 +468,24 @@ def _run(args, cfg, options, inputs, show_progress: bool) -> int:
             if args.profile:
                 from pipeline.profile import format_profile, profile_from_outcome
 
-                sys.stderr.write(format_profile(profile_from_outcome(outcome)))
+                sys.stderr.write(format_profile(profile_from_outcome(res)))
     except KeyboardInterrupt as exc:
         _second_interrupt_exits(pipe)
-        bar.close()
-        windows = getattr(exc, "partial_windows", None)
-        if windows is not None and current is not None:
-            model = (pipe.model_info or {}).get("model", cfg.model)
+        close_bars()
+        runs = getattr(exc, "partial_runs", None) or []
+        model = (pipe.model_info or {}).get("model", cfg.model)
+        for inp, windows in zip(todo, runs):
+            if not windows and len(todo) > 1:
+                continue  # nothing of it was finished: no file for it
             t = partial_transcript(windows, options, model)
             try:
-                _emit(current, t, args.fmt)
-                if not args.quiet:
-                    print(f"{current.label}: interrupted; wrote the transcript of the first "
-                          f"{t.duration:.1f} s" + (f" to {current.output}" if current.output else ""),
-                          file=sys.stderr)
+                _emit(inp, t, args.fmt)
             except OSError:
-                pass
+                continue
+            if not args.quiet:
+                print(f"{inp.label}: interrupted; wrote the transcript of the first "
+                      f"{t.duration:.1f} s" + (f" to {inp.output}" if inp.output else ""),
+                      file=sys.stderr)
         pipe.close(join_timeout=INTERRUPT_JOIN_S)
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

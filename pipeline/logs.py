@@ -40,6 +40,19 @@ class _QuietLibraries(logging.Filter):
         return True
 
 
+class _NoTracebacks(logging.Filter):
+    """Below info (the CLI's default, WARNING), records that carry a traceback are dropped:
+    the failure reaches the user as the driver's one ``error: ...`` line, and a traceback
+    (printed twice, by the stage and by the driver) buried it (issue 10). -v shows them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().getEffectiveLevel() <= logging.INFO:
+            return True
+        if record.exc_info or "Traceback (most recent call last)" in record.getMessage():
+            return False
+        return True
+
+
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.role = _state["role"]
@@ -69,5 +82,6 @@ def setup(level: str | int = "WARNING", role: str | None = None) -> None:
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(_ContextFilter())
     handler.addFilter(_QuietLibraries())
+    handler.addFilter(_NoTracebacks())
     root.addHandler(handler)
     root.setLevel(level)

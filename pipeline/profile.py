@@ -177,21 +177,41 @@ def profile_from_outcome(outcome) -> dict:
     }
 
 
+def _amount(unit: str | None, value: float | None, rate: bool = False) -> str:
+    """A stage's work in words: bytes as MB, samples as seconds of audio, windows as such
+    (issue 10: the table said "items", which meant ring slots for one stage, batches for
+    another)."""
+    from pipeline.constants import SAMPLE_RATE
+
+    if value is None:
+        return "-"
+    per = "/s" if rate else ""
+    if unit == "B":
+        return f"{value / 1e6:.1f} MB{per}"
+    if unit == "samples":
+        return f"{value / SAMPLE_RATE:.1f} s audio{per}"
+    return f"{value:.1f} {unit}{per}" if rate else f"{value:.0f} {unit}"
+
+
 def format_profile(p: dict) -> str:
-    """The profile as a table for a terminal (stderr)."""
+    """The profile as a table for a terminal (stderr): each stage's work in its own unit
+    (download: MB, decode: seconds of audio, chunk and infer: windows) and rate per busy
+    second, its busy / starved / blocked seconds, and the ring it writes (slots in use)."""
     lines = [
         f"audio {p['audio_s']:.1f} s  wall {p['wall_s']:.2f} s  {p['rtfx'] or 0:.1f}x real time  "
         f"windows {p['windows']}  model load {_f(p['model_load_s'])} s  "
         f"first result {_f(p['first_result_s'])} s",
-        f"{'stage':<9}{'items':>7}{'busy s':>9}{'starved s':>11}{'blocked s':>11}"
-        f"{'items/s':>9}{'ring':>8}{'mean':>6}{'max':>5}",
+        f"{'stage':<9}{'work':>15}{'busy s':>9}{'starved s':>11}{'blocked s':>11}"
+        f"{'rate (per busy s)':>20}{'ring':>8}{'mean':>6}{'max':>5}",
     ]
     for name, s in p["stages"].items():
+        unit = s.get("unit")
         lines.append(
-            f"{name:<9}{s['items']:>7}{s['busy_s']:>9.3f}{s['starved_s']:>11.3f}{s['blocked_s']:>11.3f}"
-            f"{_f(s['throughput_per_s'], 1):>9}{s.get('ring') or '-':>8}{_f(s['ring_mean'], 1):>6}"
-            f"{_f(s['ring_max'], 0):>5}"
+            f"{name:<9}{_amount(unit, s.get('units')):>15}{s['busy_s']:>9.3f}{s['starved_s']:>11.3f}"
+            f"{s['blocked_s']:>11.3f}{_amount(unit, s.get('units_per_s'), rate=True):>20}"
+            f"{s.get('ring') or '-':>8}{_f(s['ring_mean'], 1):>6}{_f(s['ring_max'], 0):>5}"
         )
+    lines.append("ring: slots in use (mean, max) of the ring the stage writes")
     decodes = p.get("decodes") or {}
     if decodes:
         lines.append("decodes: " + ", ".join(f"{k} {v}" for k, v in decodes.items()))

@@ -83,13 +83,37 @@ def write_trace(path, outcome, **kw) -> Path:
 _COLORS = {"busy": "#2b8a3e", "starved": "#d0d0d0", "blocked": "#e8590c"}
 
 
-def write_plot(path, outcome, *, title: str | None = None, ring_slots: dict | None = None) -> Path:
-    """A PNG: stage timelines (busy / starved / blocked) above the rings' occupancy.
-    ``ring_slots``: {"bytes": 16, ...} draws each ring's capacity as a dashed line."""
+def ring_series(outcome, ring_slots: dict | None = None) -> list[dict]:
+    """The rings' occupancy lines of the plot: for each ring, ``label``, ``xs`` and ``ys``
+    (seconds since submission, slots in use; sampled when the stage writes a slot, then held
+    to the end of the run, so every line spans the whole run: issue 10 saw the window
+    ring's line stop at the chunker's last write), and its ``capacity`` (slots) if known."""
+    t0 = outcome.t_submit
+    ends = [s.get("t_end") for s in outcome.stages.values() if s.get("t_end") is not None]
+    run_end = (max(ends) - t0) if ends else None
+    out = []
+    for stage in STAGES:
+        ring = RING.get(stage)
+        s = outcome.stages.get(stage)
+        occ = [(t - t0, n) for t, n in (s or {}).get("occupancy", []) if n >= 0]
+        if not ring or not occ:
+            continue
+        xs, ys = [x for x, _ in occ], [y for _, y in occ]
+        if run_end is not None and xs[-1] < run_end:
+            xs.append(run_end)
+            ys.append(ys[-1])
+        out.append({"ring": ring, "label": f"{ring} ring", "xs": xs, "ys": ys,
+                    "capacity": (ring_slots or {}).get(ring)})
+    return out
+
+
+def plot_figure(outcome, *, title: str | None = None, ring_slots: dict | None = None):
+    """The matplotlib figure ``write_plot`` saves (stage timelines above ring occupancy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     t0 = outcome.t_submit
@@ -97,6 +121,7 @@ def write_plot(path, outcome, *, title: str | None = None, ring_slots: dict | No
     fig, (ax, ax2) = plt.subplots(
         2, 1, figsize=(12, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
     )
+    drawn = set()
     for row, stage in enumerate(present):
         tl = stage_timeline(outcome.stages[stage])
         y = len(present) - 1 - row
@@ -104,29 +129,37 @@ def write_plot(path, outcome, *, title: str | None = None, ring_slots: dict | No
             bars = [(a - t0, b - a) for a, b in tl[kind]]
             if bars:
                 ax.broken_barh(bars, (y - 0.35, 0.7), facecolors=_COLORS[kind], linewidth=0)
+                drawn.add(kind)
     ax.set_yticks(range(len(present)))
     ax.set_yticklabels([display_name(s) for s in reversed(present)])
+    # The legend shows what is drawn, as it is drawn (issue 10: a dotted line appeared as
+    # a filled box, and kinds never drawn were listed).
+    handles = [Patch(color=c, label=k) for k, c in _COLORS.items() if k in drawn]
     if outcome.t_first_result:
         ax.axvline(outcome.t_first_result - t0, color="#1c7ed6", lw=1, ls=":")
-    ax.legend(
-        handles=[Patch(color=c, label=k) for k, c in _COLORS.items()]
-        + [Patch(color="#1c7ed6", label="first result")],
-        loc="upper right", fontsize=8, ncol=4,
-    )  # fmt: skip
+        handles.append(Line2D([], [], color="#1c7ed6", lw=1, ls=":", label="first result"))
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize=8, ncol=4)
     ax.set_title(title or "pipeline timeline")
-    for stage in present:
-        ring = RING.get(stage)
-        occ = [(t - t0, n) for t, n in outcome.stages[stage].get("occupancy", []) if n >= 0]
-        if ring and occ:
-            xs, ys = zip(*occ)
-            (line,) = ax2.step(xs, ys, where="post", label=f"{ring} ring", lw=1)
-            if ring_slots and ring in ring_slots:
-                ax2.axhline(ring_slots[ring], color=line.get_color(), ls="--", lw=0.7)
+    for series in ring_series(outcome, ring_slots):
+        (line,) = ax2.step(series["xs"], series["ys"], where="post", label=series["label"], lw=1)
+        if series["capacity"] is not None:
+            ax2.axhline(series["capacity"], color=line.get_color(), ls="--", lw=0.7,
+                        label=f"{series['label']} capacity ({series['capacity']} slots)")
     ax2.set_ylabel("slots in use")
     ax2.set_xlabel("seconds since the job was submitted")
     if ax2.lines:
-        ax2.legend(loc="upper right", fontsize=8)
+        ax2.legend(loc="upper right", fontsize=8, ncol=2)
     fig.tight_layout()
+    return fig
+
+
+def write_plot(path, outcome, *, title: str | None = None, ring_slots: dict | None = None) -> Path:
+    """A PNG: stage timelines (busy / starved / blocked) above the rings' occupancy.
+    ``ring_slots``: {"bytes": 16, ...} draws each ring's capacity as a labelled dashed line."""
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(outcome, title=title, ring_slots=ring_slots)
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -334,10 +334,26 @@ def _check_hub(spec: str, timeout: float) -> ModelCheck:
     from huggingface_hub.utils import build_hf_headers
 
     url = f"{constants.ENDPOINT.rstrip('/')}/{spec}/resolve/main/config.json"
+    box: dict = {}
+
+    def fetch():  # in a thread: requests' timeouts do not bound DNS resolution
+        try:
+            box["r"] = requests.get(url, headers=build_hf_headers(),
+                                    timeout=(min(5.0, timeout), timeout), allow_redirects=True)
+        except BaseException as exc:  # noqa: BLE001 - handed over below
+            box["exc"] = exc
+
+    import threading
+
+    t = threading.Thread(target=fetch, name="hub-check", daemon=True)
+    t.start()
+    t.join(timeout)
     try:
-        r = requests.get(
-            url, headers=build_hf_headers(), timeout=(min(5.0, timeout), timeout), allow_redirects=True
-        )
+        if t.is_alive():
+            raise requests.Timeout()
+        if "exc" in box:
+            raise box["exc"]
+        r = box["r"]
     except requests.Timeout:
         raise ModelResolveError(
             f"model {spec!r}: the model hub did not answer within {timeout:.0f} s: {_hub_advice()}"

@@ -79,6 +79,15 @@ def bench_run(mp3_dir, tiny_model_dir, tmp_path_factory):
     return r, paths
 
 
+def test_bench_is_quiet_and_says_where_it_wrote(bench_run):
+    """No INFO log lines without -v (issue 10); each file written is named on stdout."""
+    r, paths = bench_run
+    assert " INFO " not in r.stderr, r.stderr[-2000:]
+    for kind, what in (("json", "JSON"), ("trace", "trace"), ("png", "plot")):
+        line = next((ln for ln in r.stdout.splitlines() if str(paths[kind]) in ln), None)
+        assert line and line.startswith("wrote ") and what in line, (kind, r.stdout[-1500:])
+
+
 def test_bench_report_and_json(bench_run, mp3_dir):
     r, paths = bench_run
     for word in ("download", "decode", "chunk", "infer", "wall", "real time", "baseline", "ours is"):
