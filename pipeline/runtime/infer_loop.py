@@ -216,6 +216,10 @@ class _InferJob:
             d = dict(self.batches, slots=self.info.get("batch_size") or None, engine="generate")
         d["tokens_per_s"] = round(d["tokens"] / d["decoder_s"], 1) if d.get("decoder_s") else None
         d["utilisation"] = round(d["row_steps_used"] / d["row_steps_computed"], 4) if d["row_steps_computed"] else None
+        # Slots holding a window over all slots at each step: what idles at a run's end,
+        # which the engine does not compute (it moves windows down to the first slots).
+        full = d["steps"] * (d.get("slots") or 0)
+        d["occupancy"] = round(d["row_steps_used"] / full, 4) if full else None
         for k in ("encoder_s", "decoder_s"):
             d[k] = round(d[k], 4)
         return d
