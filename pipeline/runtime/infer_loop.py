@@ -448,7 +448,10 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
                 engine_step()
                 for job in [j for j in running.values() if j.failed or ctx.cancelled(j.seq)]:
                     finish_if_done(job)
-                while True:  # messages that came during the step, without waiting
+                # Messages that came during the step, without waiting, while little work
+                # waits: features held here stay at about two slot-loads whatever the
+                # audio's length (the reader, and the window ring behind it, wait).
+                while len(work) < engine.slots:
                     try:
                         msg = local.get_nowait()
                     except queue.Empty:
