@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pipeline import logs
 from pipeline.config import MAX_BATCH_SIZE, Job, PipelineConfig, env_batch_size, env_int, env_model
 from pipeline.errors import JobError, PipelineError, input_message
-from pipeline.languages import LANGUAGES, TO_LANGUAGE_CODE, clip  # noqa: F401 (re-exported)
+from pipeline.languages import LANGUAGES, TO_LANGUAGE_CODE, clip, language_code  # noqa: F401 (re-exported)
 from pipeline.types import TASKS, DecodeOptions
 
 log = logging.getLogger(__name__)
@@ -82,16 +82,10 @@ def _language_code(value) -> str | None:
         return None
     if not isinstance(value, str):
         raise RequestError(f"language: must be a string such as 'en', not {type(value).__name__}")
-    v = value.strip().lower()
-    if v in ("", "auto", "detect"):
-        return None
-    if v in LANGUAGES:
-        return v
-    if v in TO_LANGUAGE_CODE:
-        return TO_LANGUAGE_CODE[v]
-    raise RequestError(
-        f"language: {clip(value, 40)!r} is not a Whisper language (use a code such as 'en' or 'de')"
-    )
+    try:
+        return language_code(value)
+    except ValueError as exc:
+        raise RequestError(f"language: {exc} (use a code such as 'en' or 'de')") from None
 
 
 def _type_name(value) -> str:

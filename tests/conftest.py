@@ -29,3 +29,16 @@ def real_tiny_dir():
         return resolve_model("tiny.en")
     except ModelResolveError as exc:
         pytest.skip(f"tiny.en weights not installed: {exc}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (use with ``pytestmark`` or autouse): on 2 shared
+    cores, torch's two spinning OpenMP threads run several times slower whenever another
+    process is busy."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

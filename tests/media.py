@@ -88,3 +88,12 @@ def duration_of(path) -> float:
         text=True,
     ).stdout
     return float(out.strip())
+
+
+def window(x: np.ndarray) -> np.ndarray:
+    """Zero-pad (or cut) in the audio domain to one 30 s window: (480000,) float32."""
+    from pipeline.constants import N_SAMPLES
+
+    out = np.zeros(N_SAMPLES, np.float32)
+    out[: min(len(x), N_SAMPLES)] = x[:N_SAMPLES]
+    return out

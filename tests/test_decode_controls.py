@@ -23,30 +23,19 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.constants import N_SAMPLES, SAMPLE_RATE
+from pipeline.constants import SAMPLE_RATE
 from pipeline.types import DecodeOptions
 from stages.infer import EotVeto, StepRecorder, WhisperBackend, compression_ratio
 from stages.quality import sound_profile
+from tests.media import window as _window
 
 REPO = Path(__file__).resolve().parents[1]
 JFK = REPO.parent / "shared" / "audio" / "jfk.flac"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared cores, torch's two spinning OpenMP threads run several
-    times slower whenever another process is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _window(x: np.ndarray) -> np.ndarray:
-    """Zero-pad in the audio domain to one 30 s window: (480000,) float32."""
-    out = np.zeros(N_SAMPLES, np.float32)
-    out[: min(len(x), N_SAMPLES)] = x[:N_SAMPLES]
-    return out
+def one_thread(one_torch_thread):
+    """Every test here runs with one torch thread (tests/conftest.py)."""
 
 
 def _words(text: str) -> list[str]:

@@ -16,31 +16,21 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.constants import N_SAMPLES, SAMPLE_RATE
+from pipeline.constants import SAMPLE_RATE
 from pipeline.types import DecodeOptions
 from stages.engine import SlotEngine
 from stages.infer import BatchedTimestampRules, StepRecorder, WhisperBackend
 from stages.quality import sound_profile
 from stages.rules import SlotRules, SlotSampler
 from tests.media import speech
+from tests.media import window as _window
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared cores, two spinning OpenMP threads run several times
-    slower whenever another process is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _window(x: np.ndarray) -> np.ndarray:
-    out = np.zeros(N_SAMPLES, np.float32)
-    out[: min(len(x), N_SAMPLES)] = x[:N_SAMPLES]
-    return out
+def one_thread(one_torch_thread):
+    """Every test here runs with one torch thread (tests/conftest.py)."""
 
 
 def _espeak(tmp_path_factory, text: str) -> np.ndarray:
