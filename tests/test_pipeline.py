@@ -259,11 +259,13 @@ def test_bad_input_fails_fast_with_one_line(tiny_model_dir, bad_inputs, case):
 
 
 def _stage_pids(proc_pid: int, timeout=60) -> dict[str, int]:
-    """The wsp-* stage processes under the CLI process, by stage name."""
+    """The wsp-* stage processes under the CLI process, by stage name. Direct children
+    only: a process the decode stage forks for ffmpeg is named wsp-decode too until it
+    execs, and ffmpeg on a WAV may be gone a moment later (the pid then names nothing)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            kids = psutil.Process(proc_pid).children(recursive=True)
+            kids = psutil.Process(proc_pid).children(recursive=False)
             named = {k.name()[4:]: k.pid for k in kids if k.name().startswith("wsp-")}
         except psutil.Error:
             named = {}
