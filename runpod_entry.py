@@ -37,6 +37,34 @@ _SDK_LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARN", "WARN": "WAR
                "ERROR": "ERROR", "CRITICAL": "ERROR"}
 
 
+CONCURRENCY_ENV = "WORKER_CONCURRENCY"
+
+
+def worker_concurrency() -> int:
+    """Requests one worker takes at once (``WORKER_CONCURRENCY``, default 1, at most 64).
+    Above one, concurrent requests share the pipeline: their windows are decoded in the same
+    decoder slots, so a GPU stays busy across requests."""
+    raw = os.environ.get(CONCURRENCY_ENV, "1").strip() or "1"
+    try:
+        n = int(raw)
+    except ValueError:
+        raise SystemExit(f"error: {CONCURRENCY_ENV} must be an integer from 1 to 64, not {raw[:40]!r}") from None
+    if not 1 <= n <= 64:
+        raise SystemExit(f"error: {CONCURRENCY_ENV} must be an integer from 1 to 64, not {n}")
+    return n
+
+
+def async_handler(worker):
+    """The RunPod handler as a coroutine: each request runs ``worker.handle`` in a thread
+    of its own, so the SDK can hand the worker several requests at once."""
+    import asyncio
+
+    async def handler(job):
+        return await asyncio.to_thread(worker.handle, job)
+
+    return handler
+
+
 def sdk_log_level(ours: str) -> str:
     return _SDK_LEVELS.get(ours.strip().upper(), "INFO")
 
@@ -69,8 +97,12 @@ def main():
 
     signal.signal(signal.SIGTERM, on_sigterm)
     log.info("worker started: model %s loading in the background", worker.config.model)
+    concurrency = worker_concurrency()
+    log.info("taking up to %d request(s) at once (%s)", concurrency, CONCURRENCY_ENV)
     try:
-        runpod.serverless.start({"handler": worker.handle})
+        runpod.serverless.start(
+            {"handler": async_handler(worker), "concurrency_modifier": lambda current: concurrency}
+        )
     finally:
         worker.close()
 

@@ -6,10 +6,15 @@ being worked on, so the lines of one request can be picked out of a worker's log
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import threading
 
 _state = {"role": "driver", "job": "-"}
+# A job id for this thread alone (a worker serving several requests at once, one thread
+# each); where none is set, the process-wide one above.
+_thread = threading.local()
 
 FORMAT = "%(asctime)s %(levelname)s [%(role)s job=%(job)s] %(name)s: %(message)s"
 
@@ -56,12 +61,23 @@ class _NoTracebacks(logging.Filter):
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.role = _state["role"]
-        record.job = _state["job"]
+        record.job = getattr(_thread, "job", None) or _state["job"]
         return True
 
 
 def set_role(role: str) -> None:
     _state["role"] = role
+
+
+@contextlib.contextmanager
+def thread_job(job_id):
+    """Stamp ``job_id`` on the log lines of this thread (only) inside the block."""
+    before = getattr(_thread, "job", None)
+    _thread.job = "-" if job_id is None else str(job_id)
+    try:
+        yield
+    finally:
+        _thread.job = before
 
 
 def set_job(job_id) -> None:

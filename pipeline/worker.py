@@ -281,7 +281,9 @@ def _warm_imports() -> None:
 
 
 class Worker:
-    """One long-lived pipeline serving jobs one at a time; rebuilt if a stage dies.
+    """One long-lived pipeline serving jobs, several at once when called from several
+    threads (RunPod's concurrency above one: their windows share the decoder's slots);
+    rebuilt once if a stage dies, whichever request noticed.
 
     ``progress_sender(job, update)``: called (throttled, see ProgressReporter) during a job.
     """
@@ -335,10 +337,13 @@ class Worker:
     def handle(self, job: dict) -> dict:
         """The RunPod handler: never raises; errors come back as {"error": "one line"}."""
         job_id = job.get("id") if isinstance(job, dict) else None
-        logs.set_job(job_id)
+        with logs.thread_job(job_id):
+            return self._handle_logged(job, job_id)
+
+    def _handle_logged(self, job: dict, job_id) -> dict:
+        pipeline = self.pipeline
         try:
-            with self._lock:
-                return self._handle(job, job_id)
+            return self._handle(job, job_id, pipeline)
         except RequestError as exc:
             log.info("bad request: %s", clip(str(exc), 300))
             return {"error": clip(str(exc), 300)}
@@ -350,22 +355,25 @@ class Worker:
             return {"error": clip(str(exc), 300)}
         except PipelineError as exc:  # a stage died (StageDied) or the pipeline is unusable
             log.error("pipeline failed: %s; restarting it", clip(str(exc), 300))
-            self._restart()
+            self._restart(pipeline)
             return {"error": clip(str(exc), 300)}
         except Exception as exc:  # noqa: BLE001 - the worker must survive any request
             log.exception("unexpected error")
             return {"error": clip(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0])}
-        finally:
-            logs.set_job(None)
 
-    def _restart(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            log.exception("closing the failed pipeline")
-        self._start_pipeline()
+    def _restart(self, failed):
+        """A fresh pipeline in place of ``failed``, once: requests that ran on the same
+        failed pipeline at the same time restart it only once."""
+        with self._lock:
+            if self.pipeline is not failed:
+                return
+            try:
+                failed.close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing the failed pipeline")
+            self._start_pipeline()
 
-    def _handle(self, job: dict, job_id) -> dict:
+    def _handle(self, job: dict, job_id, pipeline) -> dict:
         t0 = time.monotonic()
         req = parse_request(
             job.get("input") if isinstance(job, dict) else None,
@@ -385,7 +393,7 @@ class Worker:
             progress = ProgressReporter(lambda update: sender(job, update), self.progress_interval)
         log.info("job: %s, %s", req.source_key, req.options)
         try:
-            outcome = self.pipeline.run_job(
+            outcome = pipeline.run_job(
                 Job(
                     req.source,
                     req.options,

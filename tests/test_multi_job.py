@@ -95,3 +95,25 @@ def test_slot_engine_and_generate_give_the_same_transcript(real_tiny_dir, tmp_pa
 def test_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="engine"):
         PipelineConfig(model="x", engine="turbo")
+
+
+def test_a_jobs_batch_size_caps_its_slots(real_tiny_dir, tmp_path):
+    """A request's batch_size caps the decoder slots its windows hold at once: with 1, one
+    window at a time (every step decodes one row); the words are the same."""
+    wav = media.speech(tmp_path / "s.wav", (
+        "Permission is hereby granted, free of charge, to any person obtaining a copy of this software "
+        "and associated documentation files, to deal in the software without restriction, including "
+        "without limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, "
+        "and sell copies of the software. The above copyright notice and this permission notice shall "
+        "be included in all copies or substantial portions of the software. A journey of a thousand "
+        "miles begins with a single step, and the river that flows past the old mill carries leaves "
+        "from the mountains all the way down to the sea."))  # fmt: skip
+    opts = DecodeOptions(language="en")
+    with Pipeline(PipelineConfig(model=real_tiny_dir, batch_size=4)) as p:
+        wide = p.run_job(Job(str(wav), opts, profile=True))
+        one = p.run_job(Job(str(wav), opts, profile=True, batch_size=1))
+    assert len(one.windows) >= 2
+    d1, d4 = one.stages["infer"]["decode"], wide.stages["infer"]["decode"]
+    assert d1["row_steps_used"] == d1["steps"]  # one row per step
+    assert d4["steps"] < d4["row_steps_used"]  # several rows per step
+    assert one.transcript.segments == wide.transcript.segments

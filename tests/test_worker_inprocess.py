@@ -146,3 +146,29 @@ def test_worker_survives_a_dead_stage(worker, speech_dir):
     out = worker.handle({"id": "job-next", "input": {"audio_base64": b64}})
     assert "error" not in out, out
     assert out["text"]
+
+
+def test_concurrent_requests_share_the_pipeline(worker, speech_dir):
+    """RunPod concurrency above one: requests handled from several threads at once each get
+    their own transcript, the same as alone, on the one pipeline."""
+    import threading
+
+    b64 = base64.b64encode((speech_dir / "short.wav").read_bytes()).decode()
+    alone = worker.handle({"id": "alone", "input": {"audio_base64": b64, "language": "en"}})
+    assert "error" not in alone and alone["text"], alone
+    pipeline = worker.pipeline
+    out: dict = {}
+
+    def one(i):
+        out[i] = worker.handle({"id": f"job-{i}", "input": {"audio_base64": b64, "language": "en"}})
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(out) == [0, 1, 2]
+    for r in out.values():
+        assert "error" not in r, r
+        assert r["text"] == alone["text"] and r["segments"] == alone["segments"]
+    assert worker.pipeline is pipeline  # nothing restarted

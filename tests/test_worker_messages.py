@@ -117,3 +117,41 @@ def test_runpod_sdk_level_follows_ours():
     assert runpod_entry.sdk_log_level("INFO") == "INFO"
     assert runpod_entry.sdk_log_level("warning") == "WARN"
     assert runpod_entry.sdk_log_level("DEBUG") == "DEBUG"
+
+
+def test_worker_concurrency_setting(monkeypatch):
+    import runpod_entry
+
+    monkeypatch.delenv("WORKER_CONCURRENCY", raising=False)
+    assert runpod_entry.worker_concurrency() == 1
+    monkeypatch.setenv("WORKER_CONCURRENCY", "4")
+    assert runpod_entry.worker_concurrency() == 4
+    for bad in ("0", "65", "two"):
+        monkeypatch.setenv("WORKER_CONCURRENCY", bad)
+        with pytest.raises(SystemExit, match="WORKER_CONCURRENCY"):
+            runpod_entry.worker_concurrency()
+
+
+def test_async_handler_runs_requests_in_threads_at_once():
+    """The SDK awaits the handler; several requests run at once, each in its own thread,
+    and each gets its own result."""
+    import asyncio
+    import threading
+
+    import runpod_entry
+
+    inside = threading.Barrier(3)
+
+    class Fake:
+        def handle(self, job):
+            inside.wait(5)  # would time out (BrokenBarrierError) if requests ran one by one
+            return {"id": job["id"], "thread": threading.get_ident()}
+
+    handler = runpod_entry.async_handler(Fake())
+
+    async def three():
+        return await asyncio.gather(*(handler({"id": i}) for i in range(3)))
+
+    out = asyncio.run(three())
+    assert [o["id"] for o in out] == [0, 1, 2]
+    assert len({o["thread"] for o in out}) == 3

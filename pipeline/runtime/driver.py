@@ -16,6 +16,7 @@ import time
 import weakref
 from dataclasses import dataclass
 
+from pipeline import logs
 from pipeline.config import Job, PipelineConfig
 from pipeline.constants import N_SAMPLES, PCM_DTYPE, SAMPLE_RATE
 from pipeline.errors import JobError, PipelineError, StageDied, describe_exit
@@ -337,7 +338,8 @@ class Pipeline:
                     self._route(msg)
                 for r in closing:
                     if len(r.stages) >= len(STAGES) or time.monotonic() >= r.stats_until:
-                        self._complete(r)
+                        with logs.thread_job(r.job.job_id or r.seq):  # its lines carry its id
+                            self._complete(r)
         except PipelineError as err:  # a stage is gone (_fail closed the pipeline)
             self._abort_all(err)
         except BaseException as exc:  # noqa: BLE001 - never leave a waiter hanging

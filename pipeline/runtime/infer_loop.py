@@ -346,13 +346,20 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
 
     def feed_engine() -> None:
         """Work into the engine while it has room: it holds at most one slot-load waiting,
-        so a re-decode made now still goes in ahead of windows that came later."""
+        so a re-decode made now still goes in ahead of windows that came later. A job's
+        ``batch_size`` (a request's own) caps how many of its windows are in the engine at
+        once; its other windows wait their turn, in order."""
+        skipped = []
         while work and engine.waiting < engine.slots:
             it = work.popleft()
             job = running.get(it.seq)
             if job is None or job.failed or ctx.cancelled(it.seq):
                 if job is not None:
                     finish_if_done(job)
+                continue
+            cap = (jobs.get(it.seq) or {}).get("batch_size") or engine.slots
+            if in_engine[it.seq] >= cap:
+                skipped.append(it)
                 continue
             try:
                 ctx.maybe_fault(job.stats.items)
@@ -363,6 +370,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
                 finish_if_done(job)
                 continue
             in_engine[it.seq] += 1
+        work.extendleft(reversed(skipped))
 
     def engine_step() -> None:
         """One decoder step of every live slot; finished windows go to their reviews."""
