@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "directory (transformers or CTranslate2), or a hub id "
                         "(default: $MODEL_ID, else openai/whisper-large-v3-turbo)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="windows per inference batch (default: $MODEL_BATCH_SIZE, else 16)")
+                   help="decoder slots: windows decoded at once (default: $MODEL_BATCH_SIZE, else 16)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
                    help="model precision (default: float16 on cuda, float32 on cpu)")
