@@ -49,15 +49,22 @@ class Transcript:
             "language": self.language,
             "duration": _ms(self.duration),
             "model": self.model,
-            "segments": [
-                {"start": _ms(s.start), "end": _ms(s.end), "text": s.text.strip()}
-                for s in self.segments
-            ],
+            "segments": [_segment_dict(s) for s in self.segments],
             "timings": dict(self.timings),
         }
         if self.partial:
             out["partial"] = True
         return out
+
+
+def _segment_dict(s) -> dict:
+    out = {"start": _ms(s.start), "end": _ms(s.end), "text": s.text.strip()}
+    if s.words:
+        out["words"] = [
+            {"word": w.word.strip(), "start": _ms(w.start), "end": _ms(w.end), "probability": round(w.probability, 4)}
+            for w in s.words
+        ]
+    return out
 
 
 def format_transcript(t: Transcript, fmt: str) -> str:

@@ -67,16 +67,64 @@ def stitch(windows: Iterable[TimedWindow], duration: float = 0.0) -> list[Segmen
             )
     out: list[Segment] = []
     for w in ws:
-        lo, hi = w.start, w.start + w.valid
-        if duration > 0:
-            hi = min(hi, duration)
-        for seg in sorted(w.result.segments, key=lambda s: (s.start, s.end)):
-            if not seg.text.strip():
-                continue
-            start = min(max(w.start + seg.start, lo), hi)
-            end = min(max(w.start + seg.end, start), hi)
-            if out and start < out[-1].end:
-                start = out[-1].end
-                end = max(end, start)
-            out.append(replace(seg, start=round(start, 3), end=round(end, 3)))
+        out.extend(_window_segments(w, out[-1].end if out else None, duration))
     return out
+
+
+def _window_segments(w: TimedWindow, prev_end: float | None, duration: float = 0.0) -> list[Segment]:
+    """One window's segments in absolute seconds, after a transcript whose last segment
+    ended at ``prev_end`` (None: nothing before)."""
+    out: list[Segment] = []
+    lo, hi = w.start, w.start + w.valid
+    if duration > 0:
+        hi = min(hi, duration)
+    for seg in sorted(w.result.segments, key=lambda s: (s.start, s.end)):
+        if not seg.text.strip():
+            continue
+        start = min(max(w.start + seg.start, lo), hi)
+        end = min(max(w.start + seg.end, start), hi)
+        last = out[-1].end if out else prev_end
+        if last is not None and start < last:
+            start = last
+            end = max(end, start)
+        words = _place_words(seg.words, w.start, start, end)
+        out.append(replace(seg, start=round(start, 3), end=round(end, 3), words=words))
+    return out
+
+
+class StreamStitcher:
+    """``stitch`` for results that arrive one window at a time, in any order: ``add`` gives
+    the segments that became final (those of every window up to the first one still
+    missing), in order, the same segments ``stitch`` gives for all windows at the end.
+    Windows are numbered 0, 1, 2, ... within a job (``TimedWindow.index``)."""
+
+    def __init__(self):
+        self._pending: dict[int, TimedWindow] = {}
+        self._next = 0
+        self._last_end: float | None = None
+
+    def add(self, window: TimedWindow) -> list[Segment]:
+        if window.index < self._next or window.index in self._pending:
+            raise ValueError(f"stitch: window {window.index} came twice")
+        self._pending[window.index] = window
+        out: list[Segment] = []
+        while self._next in self._pending:
+            segs = _window_segments(self._pending.pop(self._next), self._last_end)
+            if segs:
+                self._last_end = segs[-1].end
+            out.extend(segs)
+            self._next += 1
+        return out
+
+
+def _place_words(words, offset: float, lo: float, hi: float) -> tuple:
+    """A segment's words in absolute seconds: moved by the window's ``offset``, kept inside
+    the segment's ``[lo, hi]`` and in order (each starts no earlier than the last ended)."""
+    out = []
+    for wd in words:
+        start = min(max(offset + wd.start, lo), hi)
+        if out:
+            start = max(start, out[-1].end)
+        end = min(max(offset + wd.end, start), hi)
+        out.append(replace(wd, start=round(start, 3), end=round(end, 3)))
+    return tuple(out)

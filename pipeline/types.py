@@ -6,6 +6,18 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word of a segment with its time (seconds, relative like its segment's) and the
+    model's probability of its tokens (their product's geometric mean, OpenAI's
+    ``probability``). ``word`` keeps Whisper's leading space."""
+
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
 class Segment:
     """A piece of transcript. Times are seconds.
 
@@ -19,6 +31,7 @@ class Segment:
     end: float
     text: str
     open_end: bool = False
+    words: tuple[Word, ...] = ()  # filled only when word timestamps were asked for
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,14 @@ class DecodeOptions:
     # Force every window to generate exactly this many tokens (benchmarks with random
     # weights, which never emit end-of-text). None: normal decoding.
     tokens_per_window: int | None = None
+    # Word timestamps (issue 11): each segment gets its words with start, end, probability.
+    word_timestamps: bool = False
+    # Text that conditions every window (OpenAI's ``prompt``: spellings, style), fed as
+    # <|startofprev|> tokens before <|startoftranscript|>; its last 223 tokens are kept.
+    prompt: str | None = None
+    # Temperature of each window's first decode: 0 is greedy; the quality review's fallback
+    # goes on from the next step above it (OpenAI's ``temperature``).
+    temperature: float = 0.0
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -70,3 +91,13 @@ class DecodeOptions:
             raise ValueError(f"language must be a language code like 'en', not {self.language!r}")
         if self.tokens_per_window is not None and not (1 <= self.tokens_per_window <= 440):
             raise ValueError("tokens_per_window must be between 1 and 440")
+        if not isinstance(self.word_timestamps, bool):
+            raise ValueError(f"word_timestamps must be true or false, not {self.word_timestamps!r}")
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise ValueError(f"prompt must be text, not {type(self.prompt).__name__}")
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, (int, float))
+            or not 0.0 <= self.temperature <= 1.0
+        ):
+            raise ValueError(f"temperature must be a number from 0 to 1, not {self.temperature!r}")

@@ -49,8 +49,9 @@ class _JobRun:
     """The driver's view of one job in flight: the window results so far, the stages'
     figures, and how it ended (``done_info``, or ``error``)."""
 
-    def __init__(self, seq: int, job: Job, t_submit: float, progress=None):
+    def __init__(self, seq: int, job: Job, t_submit: float, progress=None, on_window=None):
         self.seq, self.job, self.t_submit, self.progress = seq, job, t_submit, progress
+        self.on_window = on_window
         self.finished = threading.Event()  # set once: outcome or error is final
         self.stats_until: float | None = None  # done: wait for the stages' stats until then
         self.windows: list[TimedWindow] = []
@@ -284,13 +285,17 @@ class Pipeline:
                 exc.partial_runs = [sorted(r.windows, key=lambda w: w.index) for r in runs]
             raise
 
-    def submit(self, job: Job | str, progress=None) -> "_JobRun":
-        """Hand a job to the pipeline and return at once; ``wait`` gives its outcome."""
+    def submit(self, job: Job | str, progress=None, on_window=None) -> "_JobRun":
+        """Hand a job to the pipeline and return at once; ``wait`` gives its outcome.
+        ``on_window(TimedWindow)`` is called (from the dispatcher thread, so it must be
+        quick) for each window result as it arrives, in any order: what streaming builds
+        on (``pipeline.stitch.StreamStitcher`` puts them in order). An exception from
+        ``progress`` or ``on_window`` fails the job with it."""
         job = Job(job) if isinstance(job, str) else job
         with self._lock:
             self._check_usable()
             self._start_dispatcher()
-        run = _JobRun(next(self._seq), job, time.monotonic(), progress)
+        run = _JobRun(next(self._seq), job, time.monotonic(), progress, on_window)
         with self._runs_lock:
             if self._broken is not None:
                 raise self._broken
@@ -375,7 +380,14 @@ class Pipeline:
             _, _, index, start_s, valid_s, covered_s, res = msg
             if r.t_first is None:
                 r.t_first = time.monotonic()
-            r.windows.append(TimedWindow(index=index, start=start_s, valid=valid_s, result=res))
+            window = TimedWindow(index=index, start=start_s, valid=valid_s, result=res)
+            r.windows.append(window)
+            if r.on_window is not None:
+                try:
+                    r.on_window(window)
+                except Exception as exc:  # noqa: BLE001 - the caller's callback: its job fails with it
+                    self._end_run(r, exc, cancel=True)
+                    return
             # Each window's share: its audio and the quiet stretch before it.
             r.done_s += start_s + valid_s - covered_s
             dec = r.decoded_samples / SAMPLE_RATE if r.decoded_samples is not None else None
