@@ -321,6 +321,11 @@ class Pipeline:
             raise run.error
         return run.outcome
 
+    def cancel(self, run: "_JobRun", reason: str = "cancelled") -> None:
+        """Cancel a submitted job (its client went away): its waiter gets a JobError and
+        the stages drop what is left of it; other jobs go on. No-op once it has ended."""
+        self._end_run(run, JobError(reason, stage=None), cancel=True)
+
     # -- the dispatcher thread --------------------------------------------------------------
 
     def _start_dispatcher(self) -> None:
