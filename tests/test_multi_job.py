@@ -117,3 +117,20 @@ def test_a_jobs_batch_size_caps_its_slots(real_tiny_dir, tmp_path):
     assert d1["row_steps_used"] == d1["steps"]  # one row per step
     assert d4["steps"] < d4["row_steps_used"]  # several rows per step
     assert one.transcript.segments == wide.transcript.segments
+
+
+def test_a_failed_decoder_step_fails_only_the_jobs_in_it(real_tiny_dir, tmp_path, monkeypatch):
+    """A decoder step that raises (here injected once, at the 5th step) fails the job whose
+    windows were in the engine, with a one-line reason; the infer stage keeps its model and
+    the next job is transcribed as before."""
+    a = media.speech(tmp_path / "a.wav", "The quick brown fox jumps over the lazy dog. It was a sunny day.")
+    monkeypatch.setenv("WSP_FAULT", "engine:5")  # read by the stage processes at start
+    opts = DecodeOptions(language="en")
+    with Pipeline(PipelineConfig(model=real_tiny_dir, batch_size=4)) as p:
+        with pytest.raises(JobError, match="decoder step failed: injected fault") as err:
+            p.transcribe(Job(str(a), opts))
+        assert err.value.stage == "infer"
+        infer_pid = p.pids["infer"]
+        again = p.transcribe(Job(str(a), opts))
+        assert p.pids["infer"] == infer_pid  # no restart, no reload
+    assert "brown fox" in again.text.lower()

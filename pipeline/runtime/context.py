@@ -21,7 +21,8 @@ STAGES = ("source", "decode", "chunk", "infer")
 JOIN_TIMEOUT_S = 5.0
 POLL_S = 0.1
 CANCEL_SLOTS = 256  # recent job numbers remembered as cancelled
-FAULT_ENV = "WSP_FAULT"  # testing aid: "stage" or "stage:N" raises in that stage's Nth item
+FAULT_ENV = "WSP_FAULT"  # testing aid: "stage" or "stage:N" raises in that stage's Nth item;
+# "engine:N": the infer stage's Nth decoder step raises, once
 
 
 class JobCancelled(Exception):
@@ -101,6 +102,7 @@ class StageContext:
         self.out_q = out_q
         self.parent_pid = parent_pid
         self.fault_at = None
+        self.step_fault_at = None  # infer: the engine's Nth decoder step raises, once
 
     def alive(self) -> bool:
         return not self.stop.is_set() and os.getppid() == self.parent_pid
@@ -128,6 +130,11 @@ class StageContext:
     def maybe_fault(self, item_no: int) -> None:
         if self.fault_at is not None and item_no >= self.fault_at:
             raise RuntimeError(f"injected fault in the {self.name} stage ({FAULT_ENV})")
+
+    def maybe_step_fault(self, step_no: int) -> None:
+        if self.step_fault_at is not None and step_no >= self.step_fault_at:
+            self.step_fault_at = None
+            raise RuntimeError(f"injected fault in a decoder step ({FAULT_ENV})")
 
 
 class JobInput:

@@ -375,11 +375,30 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
     def engine_step() -> None:
         """One decoder step of every live slot; finished windows go to their reviews."""
         try:
+            ctx.maybe_step_fault(engine.stats["steps"])
             finished = engine.step()
         except torch_oom() as exc:
             raise RuntimeError(
                 f"out of GPU memory in the decoder with {engine.slots} slots: lower the batch size"
             ) from exc
+        except Exception as exc:  # noqa: BLE001 - see _device_broken
+            if _device_broken(exc):
+                raise
+            # A step computes every live slot at once, so the fault cannot be pinned on
+            # one window: the jobs with windows in the engine fail, the engine is emptied,
+            # and the stage (its model loaded) goes on with the jobs that had none there.
+            seqs = [seq for seq, n in in_engine.items() if n]
+            engine.cancel(lambda it: True)
+            in_engine.clear()
+            log.error("decoder step failed; failing %d job(s) with windows in it", len(seqs), exc_info=True)
+            for seq in seqs:
+                job = running.get(seq)
+                if job is not None and not job.failed:
+                    fail(job, RuntimeError(f"decoder step failed: {exc}"))
+            for seq in seqs:
+                if seq in running:
+                    finish_if_done(running[seq])
+            return
         again_by_seq: dict[int, list] = {}
         for it, res in finished:
             in_engine[it.seq] -= 1
@@ -490,6 +509,12 @@ def _make_engine(backend, cfg):
     from stages.engine import SlotEngine
 
     return SlotEngine(backend, slots=cfg.batch_size)
+
+
+def _device_broken(exc: BaseException) -> bool:
+    """A CUDA error poisons the device context: every later step would fail too, so the
+    stage ends (the driver or the worker starts a fresh one) rather than failing each job."""
+    return "CUDA error" in str(exc) or "CUBLAS_STATUS" in str(exc) or "device-side assert" in str(exc)
 
 
 def torch_oom():

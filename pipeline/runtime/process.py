@@ -65,6 +65,8 @@ def _stage_entry(name: str, ctx: StageContext, *args):
     fault = os.environ.get(FAULT_ENV, "")
     if fault.split(":")[0] == name:
         ctx.fault_at = int(fault.split(":")[1]) if ":" in fault else 0
+    elif name == "infer" and fault.split(":")[0] == "engine":  # one decoder step, once
+        ctx.step_fault_at = int(fault.split(":")[1]) if ":" in fault else 0
     rings = [a for a in args if isinstance(a, Ring)]
     code = 0
     fatal = False
