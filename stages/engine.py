@@ -26,6 +26,15 @@ step (``<|startoftranscript|>`` alone, as ``WhisperBackend._first_step``) for no
 language detection; for English-only models that step *is* the slot's first decoder step,
 so the no-speech probability is read from it instead of running it twice.
 
+A job's ``prompt`` (issue 11) puts previous text before that: ``<|startofprev|>`` and up to
+223 prompt tokens (``WhisperBackend.prompt_ids``), exactly the decoder input of
+``generate(prompt_ids=...)``. Slots then hold prompts of different lengths (each slot has
+its own position anyway): admission writes a window's prompt into its cache in one pass
+(``_prefill``, rows of different lengths padded, the padding masked until overwritten).
+The language is still detected from ``<|startoftranscript|>`` alone (as generate's
+``detect_language``); the no-speech probability is read at ``<|startoftranscript|>`` after
+the previous text (openai/whisper's ``probs_at_sot``), as ``WhisperBackend._first_step``.
+
 Static shapes (part 2): with ``static=True`` (the default on CUDA) the step reads its inputs
 from preallocated buffers (tokens, positions), attends over all 448 cache positions under
 the mask, and writes its logits into a preallocated buffer; slots run in prefixes rounded
