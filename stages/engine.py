@@ -26,6 +26,15 @@ step (``<|startoftranscript|>`` alone, as ``WhisperBackend._first_step``) for no
 language detection; for English-only models that step *is* the slot's first decoder step,
 so the no-speech probability is read from it instead of running it twice.
 
+A job's ``prompt`` (issue 11) puts previous text before that: ``<|startofprev|>`` and up to
+223 prompt tokens (``WhisperBackend.prompt_ids``), exactly the decoder input of
+``generate(prompt_ids=...)``. Slots then hold prompts of different lengths (each slot has
+its own position anyway): admission writes a window's prompt into its cache in one pass
+(``_prefill``, rows of different lengths padded, the padding masked until overwritten).
+The language is still detected from ``<|startoftranscript|>`` alone (as generate's
+``detect_language``); the no-speech probability is read at ``<|startoftranscript|>`` after
+the previous text (openai/whisper's ``probs_at_sot``), as ``WhisperBackend._first_step``.
+
 Static shapes (part 2): with ``static=True`` (the default on CUDA) the step reads its inputs
 from preallocated buffers (tokens, positions), attends over all 448 cache positions under
 the mask, and writes its logits into a preallocated buffer; slots run in prefixes rounded
@@ -62,6 +71,7 @@ class _Window:
     temperature: float
     seed: int
     sound: Any
+    prev: list[int]  # previous-text tokens (a prompt: <|startofprev|> ...), [] for none
 
 
 @dataclass
@@ -151,17 +161,22 @@ class SlotEngine:
 
     # ------------------------------------------------------------------ public API
 
-    def submit(self, key, features: torch.Tensor, options: DecodeOptions, *, temperature: float = 0.0,
+    def submit(self, key, features: torch.Tensor, options: DecodeOptions, *, temperature: float | None = None,
                seed: int = 0, sound=None) -> None:  # fmt: skip
         """Queue one window (features from backend.prepare). key: any hashable, returned with the result.
-        temperature/seed/sound mean exactly what transcribe()'s per-row temperatures/seeds/sound mean."""
+        temperature/seed/sound mean exactly what transcribe()'s per-row temperatures/seeds/sound mean
+        (temperature None: ``options.temperature``). ``options.prompt`` is decoded before the
+        window as previous text (``backend.prompt_ids``), as ``generate(prompt_ids=...)`` does."""
         if tuple(features.shape) != (self.backend.n_mels, N_FRAMES):
             want = (self.backend.n_mels, N_FRAMES)
             raise ValueError(f"expected features {want}, got {tuple(features.shape)}")
         self.backend.generate_kwargs(options)  # the same validation as transcribe's
         if options.language is not None and self.backend.multilingual:
             self._language_token(options.language)
-        self._waiting.append(_Window(key, features, options, float(temperature), int(seed), sound))
+        if temperature is None:
+            temperature = options.temperature
+        prev = self.backend.prompt_ids(options)
+        self._waiting.append(_Window(key, features, options, float(temperature), int(seed), sound, prev))
 
     @property
     def idle(self) -> bool:
@@ -267,9 +282,10 @@ class SlotEngine:
         self.stats["encoder_s"] += t1 - t0
 
         idx = torch.tensor(rows, device=self.device)
+        prevs = [w.prev for w in windows]
         if self.backend.multilingual:
-            # First step: <|startoftranscript|> alone at 0 -> no-speech, language; then the
-            # language token at 1; the step feeds the task token at 2.
+            # First step: <|startoftranscript|> alone at 0 -> no-speech, language (generate's
+            # detect_language reads it there, prompt or not).
             sot = torch.full((take,), self.sot, dtype=torch.long, device=self.device)
             zeros = torch.zeros(take, dtype=torch.long, device=self.device)
             logits = self._forward(idx, sot, zeros, 1)
@@ -279,28 +295,71 @@ class SlotEngine:
                 self._language_token(w.options.language) if w.options.language else detected[i]
                 for i, w in enumerate(windows)
             ]
-            prompts = [
-                [self.sot, lang, self._task_to_id[w.options.task]] for lang, w in zip(langs, windows)
-            ]
-            self._forward(idx, torch.tensor(langs, device=self.device), zeros + 1, 2)
-            self.stats["row_steps_used"] += 2 * take
-            self.stats["row_steps_computed"] += 2 * take
+            starts = [self._task_to_id[w.options.task] for w in windows]
+            prompts = [prev + [self.sot, lang, task] for prev, lang, task in zip(prevs, langs, starts)]
+            # Then the prompt up to the language token into the cache (the step feeds the
+            # task token): the language token at 1 after the first step, or, with previous
+            # text, everything from 0, no-speech read at <|startoftranscript|> after it.
+            feeds = [(0, pr[:-1]) if prev else (1, pr[1:-1]) for prev, pr in zip(prevs, prompts)]
+            at_sot = self._prefill(idx, feeds, [len(prev) if prev else -1 for prev in prevs])
+            for i, prev in enumerate(prevs):
+                if prev:
+                    no_speech[i] = at_sot[i]
+            used = take + sum(len(f) for _, f in feeds)
+            self.stats["row_steps_used"] += used
+            self.stats["row_steps_computed"] += used
         else:
+            # English-only: previous text into the cache at 0.., and the step feeds
+            # <|startoftranscript|> after it (no-speech read from that step, ``fresh``).
             no_speech = [None] * take
-            prompts = [[self.sot] for _ in windows]
+            prompts = [prev + [self.sot] for prev in prevs]
+            if any(prevs):
+                self._prefill(idx, [(0, prev) for prev in prevs], [-1] * take)
+                used = sum(len(prev) for prev in prevs)
+                self.stats["row_steps_used"] += used
+                self.stats["row_steps_computed"] += used
         self.stats["decoder_s"] += time.perf_counter() - t1
 
-        p = len(prompts[0])
+        lens = [len(pr) for pr in prompts]
         self.next_tok[idx] = torch.tensor([pr[-1] for pr in prompts], device=self.device)
-        self.pos[idx] = p - 1
-        max_new = [w.options.tokens_per_window or self.backend.max_new_tokens for w in windows]
-        min_new = [w.options.tokens_per_window or 0 for w in windows]
-        self.max_new[idx] = torch.tensor(max_new, device=self.device)
-        self.rules.reset(idx, torch.tensor(min_new, device=self.device))
+        self.pos[idx] = torch.tensor(lens, device=self.device) - 1
+        limits = [self.backend.token_limits(w.options, n) for w, n in zip(windows, lens)]
+        self.max_new[idx] = torch.tensor([hi for _, hi in limits], device=self.device)
+        self.rules.reset(idx, torch.tensor([lo for lo, _ in limits], device=self.device))
         self.live[idx] = True
         for s, w, prompt, ns in zip(rows, windows, prompts, no_speech):
             self.sampler.reset(s, w.temperature, w.seed, w.sound)
-            self._running[s] = _Slot(w, prompt, pos=p - 1, no_speech=ns, fresh=ns is None)
+            self._running[s] = _Slot(w, prompt, pos=len(prompt) - 1, no_speech=ns, fresh=ns is None)
+
+    def _prefill(self, idx: torch.Tensor, feeds: list[tuple[int, list[int]]], read: list[int]) -> list:
+        """Prompt tokens into the self-attention caches of slots ``idx`` (n,), all rows in
+        one pass: row i feeds ``feeds[i] = (start, tokens)`` at positions start, start+1, ...
+        (rows differ in length: shorter ones are padded, and the padding's K/V land beyond
+        the row's prompt, where the mask hides them until the step overwrites them).
+        Returns per row the no-speech probability at index ``read[i]`` of its tokens, or
+        None where ``read[i]`` is -1."""
+        out: list = [None] * len(feeds)
+        keep = [i for i, (_, toks) in enumerate(feeds) if toks]
+        if not keep:
+            return out
+        idx = idx[torch.tensor(keep, device=idx.device)]
+        feeds, read = [feeds[i] for i in keep], [read[i] for i in keep]
+        n, width = len(feeds), max(len(t) for _, t in feeds)
+        tokens = torch.full((n, width), self.sot, dtype=torch.long)
+        pos = torch.zeros((n, width), dtype=torch.long)
+        for i, (start, toks) in enumerate(feeds):
+            tokens[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+            pos[i] = start + torch.arange(width)
+        pos.clamp_(max=self.max_pos - 1)
+        tokens, pos = tokens.to(self.device), pos.to(self.device)
+        hidden = self._decode(idx, tokens, pos, int(pos.max()) + 1)  # (n, width, d)
+        rows = [i for i, r in enumerate(read) if r >= 0]
+        if rows:
+            at = hidden[rows, [read[i] for i in rows]]  # (k, d)
+            probs = self.model.proj_out(at).float().softmax(dim=-1)[:, self.backend.no_speech_id]
+            for i, p in zip(rows, probs.tolist()):
+                out[keep[i]] = p
+        return out
 
     def _compact(self) -> None:
         """Keep the live slots at the lowest indices. A step computes slots 0..m-1, so a
@@ -332,41 +391,51 @@ class SlotEngine:
         rows: an int m (slots 0..m-1, the step) or a (n,) long tensor (admission);
         tokens, pos: (n,) long, the token fed and its position (its K/V land in the cache
         there); kv_len: cache positions attended to (positions > pos are masked).
+        """
+        x = self._decode(rows, tokens[:, None], pos[:, None], kv_len)
+        return self.model.proj_out(x)[:, -1].float()
+
+    def _decode(self, rows, tokens: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """L decoder positions per slot: hidden states (n, L, d) after the final layer norm.
+
+        rows as for ``_forward``; tokens, pos: (n, L) long (a row's positions may differ
+        from another's: each query attends to its own slot's cache up to its position).
         Mirrors transformers' WhisperDecoder layer by layer (q scaled before SDPA, scale 1).
         """
         prefix = isinstance(rows, int)
         n = rows if prefix else rows.shape[0]
+        L = tokens.shape[1]
         ar = self._arange[:n] if prefix else rows
         take = (lambda t: t[:n]) if prefix else (lambda t: t[rows])  # noqa: E731
         heads, hd = self.heads, self.head_dim
         dec = self.decoder
-        x = dec.embed_tokens(tokens[:, None]) + dec.embed_positions.weight[pos][:, None]  # n,1,d
-        mask = (self._kv_cols[:kv_len][None, :] <= pos[:, None])[:, None, None, :]  # (n, 1, 1, kv)
+        x = dec.embed_tokens(tokens) + dec.embed_positions.weight[pos]  # (n, L, d)
+        mask = (self._kv_cols[:kv_len][None, None, :] <= pos[:, :, None])[:, None]  # (n,1,L,kv)
 
-        def split(t):  # (n, 1, d) -> (n, H, 1, hd)
-            return t.view(n, 1, heads, hd).transpose(1, 2).contiguous()
+        def split(t):  # (n, L, d) -> (n, H, L, hd)
+            return t.view(n, L, heads, hd).transpose(1, 2).contiguous()
 
         caches = zip(self.self_k, self.self_v, self.cross_k, self.cross_v)
         for layer, (sk, sv, ck, cv) in zip(dec.layers, caches):
             att = layer.self_attn
             h = layer.self_attn_layer_norm(x)
             q = split(att.q_proj(h) * att.scaling)
-            sk[ar, :, pos] = split(att.k_proj(h))[:, :, 0]
-            sv[ar, :, pos] = split(att.v_proj(h))[:, :, 0]
+            # (n, L, H, hd) into the cache at (slot, :, position)
+            sk[ar[:, None], :, pos] = att.k_proj(h).view(n, L, heads, hd)
+            sv[ar[:, None], :, pos] = att.v_proj(h).view(n, L, heads, hd)
             keys, values = take(sk[:, :, :kv_len]), take(sv[:, :, :kv_len])
             o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0)
-            x = x + att.out_proj(o.transpose(1, 2).reshape(n, 1, -1))
+            x = x + att.out_proj(o.transpose(1, 2).reshape(n, L, -1))
 
             att = layer.encoder_attn
             h = layer.encoder_attn_layer_norm(x)
             q = split(att.q_proj(h) * att.scaling)
             o = F.scaled_dot_product_attention(q, take(ck), take(cv), scale=1.0)
-            x = x + att.out_proj(o.transpose(1, 2).reshape(n, 1, -1))
+            x = x + att.out_proj(o.transpose(1, 2).reshape(n, L, -1))
 
             h = layer.final_layer_norm(x)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
-        x = dec.layer_norm(x)
-        return self.model.proj_out(x)[:, -1].float()
+        return dec.layer_norm(x)
 
     def _bucket(self, m: int) -> int:
         """Static prefix sizes: powers of two, capped at the slot count (one graph each)."""

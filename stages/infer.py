@@ -338,6 +338,10 @@ class WhisperBackend:
         self.no_speech_id = gc.no_timestamps_token_id - 1
         # openai/whisper sample_len: n_text_ctx // 2 tokens per window at most.
         self.max_new_tokens = self.model.config.max_target_positions // 2
+        self.sot = gc.decoder_start_token_id
+        self.prev_sot = getattr(gc, "prev_sot_token_id", None)
+        if self.prev_sot is None:
+            self.prev_sot = self.tokenizer.convert_tokens_to_ids("<|startofprev|>")
 
         # Feature extraction constants, on the device once (WhisperFeatureExtractor's torch
         # path re-creates them and copies its result back to host memory on every call).
@@ -413,6 +417,34 @@ class WhisperBackend:
         assert features.shape == (self.n_mels, N_FRAMES)
         return features
 
+    def prompt_ids(self, options: DecodeOptions) -> list[int]:
+        """The previous-text tokens of ``options.prompt`` (OpenAI's ``prompt``), [] for none:
+        ``<|startofprev|>`` and the tokens of ``" " + prompt.strip()`` (transformers'
+        ``get_prompt_ids``), of which the last ``max_target_positions // 2 - 1`` (223) are
+        kept, as openai/whisper and transformers' long-form path cut previous text. Every
+        window of the job is decoded after them, as ``generate(prompt_ids=...)`` does.
+        A prompt holding a special token (``<|en|>``) is a ValueError."""
+        if options.prompt is None or not options.prompt.strip():
+            return []
+        ids = [int(i) for i in self.tokenizer.get_prompt_ids(options.prompt, return_tensors="np")]
+        keep = self.model.config.max_target_positions // 2 - 1
+        return [self.prev_sot] + ids[1:][-keep:]
+
+    def token_limits(self, options: DecodeOptions, prompt_len: int) -> tuple[int, int]:
+        """(min, max) new tokens of a window whose decoder prompt (previous text and the
+        start tokens) is ``prompt_len`` tokens long: ``tokens_per_window`` (both) or
+        (0, ``max_new_tokens``), cut so that prompt and tokens fit in
+        ``max_target_positions`` (as generate requires)."""
+        room = self.model.config.max_target_positions - prompt_len
+        if options.tokens_per_window is not None:
+            n = min(options.tokens_per_window, room)
+            return n, n
+        return 0, min(self.max_new_tokens, room)
+
+    def start_tokens(self) -> int:
+        """Length of the start sequence: <|startoftranscript|> [<|lang|> <|task|>]."""
+        return 3 if self.multilingual else 1
+
     def generate_kwargs(self, options: DecodeOptions) -> dict[str, Any]:
         """The kwargs ``transcribe`` passes to ``model.generate`` (tests pass them to the pipeline)."""
         kwargs: dict[str, Any] = {
@@ -421,10 +453,13 @@ class WhisperBackend:
             "do_sample": False,
             "force_unique_generate_call": True,
         }
+        prompt = self.prompt_ids(options)
+        lo, hi = self.token_limits(options, len(prompt) + self.start_tokens())
         if options.tokens_per_window is not None:
-            kwargs["min_new_tokens"] = kwargs["max_new_tokens"] = options.tokens_per_window
-        else:
-            kwargs["max_new_tokens"] = self.max_new_tokens
+            kwargs["min_new_tokens"] = lo
+        kwargs["max_new_tokens"] = hi
+        if prompt:
+            kwargs["prompt_ids"] = torch.tensor(prompt, dtype=torch.long, device=self.device)
         if self.multilingual:
             kwargs["task"] = options.task
             if options.language is not None:
@@ -447,12 +482,15 @@ class WhisperBackend:
         """Decode a batch of windows in one ``generate`` call.
 
         features: B tensors (n_mels, 3000) from ``prepare``. ``temperatures``: per row, 0
-        (greedy, the default) or a fallback temperature at which that row is sampled,
-        reproducibly from ``seeds[row]`` (see ``StepRecorder``). Returns B WindowResults, in
-        order, with window-relative segment times in [0, 30] s and the quality signals.
+        (greedy) or a temperature at which that row is sampled, reproducibly from
+        ``seeds[row]`` (see ``StepRecorder``); None: ``options.temperature`` for every row.
+        Returns B WindowResults, in order, with window-relative segment times in [0, 30] s
+        and the quality signals.
         """
         if not features:
             return []
+        if temperatures is None and options.temperature > 0:
+            temperatures = [float(options.temperature)] * len(features)
         kwargs = self.generate_kwargs(options)
         t0 = time.perf_counter()
         batch = torch.stack(features).to(self._torch_dtype)  # (B, n_mels, 3000)
@@ -483,18 +521,30 @@ class WhisperBackend:
         transformers' ``detect_language`` computes with the same step: doing it here
         saves ``generate`` a second encoder pass over the batch).
 
+        With a prompt (``prompt_ids``) the no-speech probability is read at
+        <|startoftranscript|> after the previous-text tokens, where openai/whisper's
+        decoding reads it (``probs_at_sot``); the language is still detected from
+        <|startoftranscript|> alone, as ``generate``'s ``detect_language`` does.
+
         encoder_hidden: (B, 1500, d_model). Returns (B floats, B language codes or None).
         """
         n = encoder_hidden.shape[0]
-        sot = self.model.generation_config.decoder_start_token_id
-        ids = torch.full((n, 1), sot, dtype=torch.long, device=encoder_hidden.device)
-        hidden = self.model.model.decoder(
-            input_ids=ids, encoder_hidden_states=encoder_hidden, use_cache=False
-        ).last_hidden_state
-        logits = self.model.proj_out(hidden[:, -1]).float()  # (B, V)
-        no_speech = logits.softmax(dim=-1)[:, self.no_speech_id].tolist()
+        dev = encoder_hidden.device
+
+        def logits_after(tokens: list[int]) -> torch.Tensor:  # (B, V) at the last token
+            ids = torch.tensor([tokens] * n, dtype=torch.long, device=dev)
+            hidden = self.model.model.decoder(
+                input_ids=ids, encoder_hidden_states=encoder_hidden, use_cache=False
+            ).last_hidden_state
+            return self.model.proj_out(hidden[:, -1]).float()
+
+        prompt = self.prompt_ids(options)
+        detect = self.multilingual and options.language is None and bool(self._lang_ids)
+        logits = logits_after([self.sot]) if detect or not prompt else None
+        after_prompt = logits_after(prompt + [self.sot]) if prompt else logits
+        no_speech = after_prompt.softmax(dim=-1)[:, self.no_speech_id].tolist()
         languages = None
-        if self.multilingual and options.language is None and self._lang_ids:
+        if detect:
             lang_ids = torch.tensor(self._lang_ids, device=logits.device)
             best = logits[:, lang_ids].argmax(dim=-1).tolist()
             languages = [self._id_to_lang[self._lang_ids[i]] for i in best]
@@ -508,8 +558,8 @@ class WhisperBackend:
         no_speech: list[float] | None = None,
         temperatures: list[float] | None = None,
     ) -> list[WindowResult]:
-        """Token rows (prompt + generated + padding) -> WindowResults, with each row's
-        quality signals where given."""
+        """Token rows ([previous text] + prompt + generated + padding) -> WindowResults, with
+        each row's quality signals where given."""
         none = [None] * len(rows)
         avg_logprobs, no_speech = avg_logprobs or none, no_speech or none
         temperatures = temperatures or [0.0] * len(rows)
@@ -517,6 +567,10 @@ class WhisperBackend:
         pieces: list[tuple[int, float, float, bool, list[int]]] = []  # (row, start, end, open, ids)
         meta = []
         for r, row in enumerate(rows):
+            # Previous text (a prompt: <|startofprev|> and its tokens) is no part of the
+            # transcript: the row starts again at <|startoftranscript|>.
+            if row and row[0] == self.prev_sot:
+                row = row[row.index(self.sot) :] if self.sot in row else []
             # Prompt: <|startoftranscript|> [<|lang|> <|task|>]; the first generated token is
             # always a timestamp (the timestamp rules force it), so the prompt is the run of
             # special tokens at the start.

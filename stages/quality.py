@@ -13,7 +13,8 @@ real tiny.en and base weights against sequential long-form decoding (see README,
   compresses too well (a repetition loop) or whose mean token log-probability is too low
   is decoded again at the next temperature, sampled reproducibly; if every temperature
   fails, the attempt with the best mean log-probability among those that did not loop is
-  kept (faster-whisper's choice), else the last.
+  kept (faster-whisper's choice), else the last. A job's own ``temperature`` (OpenAI's
+  request field) is where each decode starts: the fallback takes the rungs above it.
 - **No-speech rule** (openai/whisper): a decode whose no-speech probability is high and
   whose mean log-probability is low gives no text.
 - **Junk segments**: a segment with no letter or digit (".", "...", "-") is dropped: it
@@ -278,8 +279,10 @@ class WindowReview:
     """Decides a window's transcript from one or more decodes.
 
     ``audio``: the window's real samples (no padding), float32, at most 30 s. ``pace``:
-    the job's ``Pace``, shared by its reviews (None: no skip check). Call ``requests()``
-    for what to decode first, then ``feed(request, result)`` with each result, which
+    the job's ``Pace``, shared by its reviews (None: no skip check). ``temperature``: the
+    job's own (OpenAI's request field): every span's first decode is sampled at it (0:
+    greedy) and the fallback goes on from the rungs of ``cfg.temperatures`` above it.
+    Call ``requests()`` for what to decode first, then ``feed(request, result)`` with each result, which
     returns the further requests it needs (a fallback, a tail, the halves of a split);
     when ``done``, ``result()`` is the window's final WindowResult (times from the window's
     start). One review per window; requests of many windows share batches.
@@ -291,6 +294,7 @@ class WindowReview:
         audio: np.ndarray,
         cfg: QualityConfig = QualityConfig(),
         pace: Pace | None = None,
+        temperature: float = 0.0,
     ):
         if len(audio) > N_SAMPLES:
             raise ValueError(f"a window holds at most {N_SAMPLES} samples, not {len(audio)}")
@@ -298,6 +302,7 @@ class WindowReview:
         self.audio = audio
         self.cfg = cfg
         self.pace = pace
+        self.temperature = float(temperature)
         self.levels = frame_levels(audio)
         self.loud = loud_frames(self.levels, cfg)
         self.gated = gate(self.levels, cfg)
@@ -316,7 +321,7 @@ class WindowReview:
         self._asked = True
         if len(self.audio) == 0 or (self.cfg.enabled and self.gated is not None):
             return []
-        return [self._ask(_Span(0, len(self.audio), 0), 0.0, "window")]
+        return [self._ask(_Span(0, len(self.audio), 0), self.temperature, "window")]
 
     @property
     def done(self) -> bool:
@@ -372,7 +377,7 @@ class WindowReview:
         tail = self._tail(span, segments)
         if tail is not None:
             cut, segments = tail
-            follow.append(self._ask(_Span(cut, span.end, span.depth + 1), 0.0, "tail"))
+            follow.append(self._ask(_Span(cut, span.end, span.depth + 1), self.temperature, "tail"))
         if span.depth == 0:
             # The window's own segments join the pace first: with a batch of a job's first
             # windows decided together, the pace has figures from the third window on.
@@ -458,8 +463,8 @@ class WindowReview:
             return []
         group = _Split(owner=(span.start, span.end), old=seg)
         return [
-            self._ask(_Span(a, mid, span.depth + 1, group=group), 0.0, "split"),
-            self._ask(_Span(mid, b, span.depth + 1, group=group), 0.0, "split"),
+            self._ask(_Span(a, mid, span.depth + 1, group=group), self.temperature, "split"),
+            self._ask(_Span(mid, b, span.depth + 1, group=group), self.temperature, "split"),
         ]
 
     def _half_done(self, span: _Span, segments: list[Segment]) -> list[Request]:

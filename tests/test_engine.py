@@ -335,6 +335,124 @@ def test_engine_matches_transcribe_base(base, audio):
     assert engine.stats["row_steps_used"] == engine.stats["tokens"] + 2 * len(jobs)
 
 
+# ---------------------------------------------------------------- prompt and temperature (issue 11)
+
+PROMPT = "Ask not, Fellow Amerikans."  # a spelling the models would not write by themselves
+
+
+@pytest.fixture(scope="module")
+def jfk():
+    """jfk.flac (about 11 s) as two windows: from 0 s and from 3 s."""
+    import shutil
+    import subprocess
+
+    from tests.media import shared_audio
+
+    path = shared_audio("jfk.flac")
+    if path is None or shutil.which("ffmpeg") is None:
+        pytest.skip("jfk.flac or ffmpeg is absent")
+    raw = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
+         "-ar", str(SAMPLE_RATE), "-"], capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    x = np.frombuffer(raw, dtype=np.float32)
+    return {"jfk": _window(x), "jfk3": _window(x[3 * SAMPLE_RATE :])}
+
+
+def _prompt_jobs(b, groups, f):
+    """groups: [(options, [window names])] -> (engine jobs, {key: transcribe's result}),
+    transcribe (``generate(prompt_ids=...)``) once per group."""
+    jobs, ref = [], {}
+    for g, (opts, names) in enumerate(groups):
+        for name, r in zip(names, b.transcribe([f[n] for n in names], opts)):
+            ref[(g, name)] = r
+            jobs.append(((g, name), f[name], opts, {}))
+    return jobs, ref
+
+
+def test_prompt_ids_and_limits(tiny_en):
+    """<|startofprev|> + tokens of " " + prompt.strip() (transformers' get_prompt_ids), the
+    last 223 kept; generate gets them as prompt_ids with max_new_tokens cut to fit 448."""
+    b, tok = tiny_en, tiny_en.tokenizer
+    full = tok.get_prompt_ids("  " + PROMPT + " ", return_tensors="np").tolist()
+    opts = DecodeOptions(prompt="  " + PROMPT + " ")
+    assert b.prompt_ids(opts) == full and full[0] == b.prev_sot
+    kw = b.generate_kwargs(opts)
+    assert kw["prompt_ids"].tolist() == full and kw["max_new_tokens"] == 224
+    assert b.prompt_ids(DecodeOptions(prompt="  ")) == [] and b.prompt_ids(DecodeOptions()) == []
+    assert "prompt_ids" not in b.generate_kwargs(DecodeOptions())
+    long = DecodeOptions(prompt="one two three " * 100)
+    ids = b.prompt_ids(long)
+    every = tok.get_prompt_ids(long.prompt, return_tensors="np").tolist()
+    assert len(ids) == 224 and ids == [b.prev_sot] + every[-223:]
+    assert b.generate_kwargs(long)["max_new_tokens"] == 448 - 224 - 1
+    assert b.token_limits(DecodeOptions(tokens_per_window=440), 225) == (223, 223)
+    with pytest.raises(ValueError, match="special token"):
+        b.prompt_ids(DecodeOptions(prompt="hello <|en|>"))
+
+
+def test_prompt_matches_generate_tiny_en(tiny_en, jfk, audio):
+    """Slot engine vs generate(prompt_ids=...) on real tiny.en: the same prompt over two
+    windows and a long prompt (cut to 223 tokens), in two slots (refilled with a prompt of
+    another length); the prompt's tokens are no part of the text."""
+    b = tiny_en
+    f = {k: b.prepare(x) for k, x in {**jfk, "speech": audio["speech"]}.items()}
+    groups = [
+        (DecodeOptions(prompt=PROMPT), ["jfk", "jfk3"]),
+        (DecodeOptions(prompt="one two three " * 100), ["speech"]),
+    ]
+    jobs, ref = _prompt_jobs(b, groups, f)
+    engine = SlotEngine(b, slots=2)
+    got = _run(engine, jobs)
+    for key, r in ref.items():
+        _assert_same(got[key], r, key)
+    text = lambda r: "".join(s.text for s in r.segments)  # noqa: E731
+    assert text(got[(0, "jfk")]).startswith(" And so my fellow Americans")
+    assert "Amerikans" not in text(got[(0, "jfk")]) + text(got[(0, "jfk3")])
+    s = engine.stats  # the prompt's tokens, prefilled at admission, are counted
+    assert s["row_steps_used"] == s["tokens"] + 2 * len(b.prompt_ids(groups[0][0])) + 224
+
+
+def test_prompt_matches_generate_base_and_changes_a_spelling(base, jfk):
+    """Multilingual base: a prompt with language detection (from <|startoftranscript|>
+    alone, as generate does) and another with the language given, token for token
+    generate(prompt_ids=...), beside a window with no prompt, in two slots. The prompt's
+    spelling is taken up."""
+    b = base
+    f = {k: b.prepare(x) for k, x in jfk.items()}
+    groups = [
+        (DecodeOptions(prompt=PROMPT), ["jfk"]),
+        (DecodeOptions(prompt="Fellow Amerikans, listen.", language="en"), ["jfk3"]),
+    ]
+    jobs, ref = _prompt_jobs(b, groups, f)
+    engine = SlotEngine(b, slots=2)
+    got = _run(engine, jobs + [("plain", f["jfk"], DecodeOptions(), {})])
+    for key, r in ref.items():
+        _assert_same(got[key], r, key)
+    text = lambda r: "".join(s.text for s in r.segments)  # noqa: E731
+    assert got[(0, "jfk")].language == "en" and got[(1, "jfk3")].language == "en"
+    assert "Amerikans" in text(got[(0, "jfk")])
+    assert "Americans" in text(got["plain"]) and "Amerikans" not in text(got["plain"])
+    # Admission: the first step, then the prompt up to the language token (with none:
+    # the language token alone).
+    n_prev = [len(b.prompt_ids(g[0])) for g in groups] + [0]
+    s = engine.stats
+    assert s["row_steps_used"] == s["tokens"] + sum(1 + (p + 2 if p else 1) for p in n_prev)
+
+
+def test_temperature_from_options_is_reproducible(tiny_en, audio):
+    """DecodeOptions.temperature is a window's temperature when none is given: sampled
+    as transcribe samples it at that temperature, the same on every run for a seed."""
+    b = tiny_en
+    feats = b.prepare(audio["speech"])
+    opts = DecodeOptions(temperature=0.8)
+    (ref,) = b.transcribe([feats], DecodeOptions(), temperatures=[0.8], seeds=[5])
+    for _ in range(2):
+        (got,) = _run(SlotEngine(b, slots=1), [(0, feats, opts, dict(seed=5))]).values()
+        _assert_same(got, ref)
+    assert got.temperature == 0.8
+
+
 # ---------------------------------------------------------------- random weights
 
 

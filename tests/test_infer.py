@@ -274,6 +274,23 @@ def test_segment_rules(backend):
     assert r2.n_tokens == len(rows[2]) - 3
 
 
+def test_results_ignore_previous_text(backend):
+    """Rows that begin with a prompt (<|startofprev|> and its tokens, as generate returns
+    them with prompt_ids) give the results of the same rows without it: its text, its
+    timestamps and any language token in it are no part of the window's transcript."""
+    tb, tok = backend.timestamp_begin, backend.tokenizer
+    a = tok(" a", add_special_tokens=False).input_ids
+    prev = backend.prompt_ids(DecodeOptions(prompt="Zorblat, 12 o'clock."))
+    assert prev[0] == backend.prev_sot == 50361 and len(prev) > 3
+    start = [50258, 50259, 50359]  # <|startoftranscript|> <|en|> <|transcribe|>
+    rows = [start + [tb, *a, tb + 50, 50257], start + [tb + 5, *a, *a]]
+    odd = [backend.prev_sot, *prev[1:3], tb + 7, 50262]  # timestamps, <|zh|> in previous text
+    for before in (prev, odd):
+        with_prev = [before + row for row in rows]
+        assert backend._results(with_prev, DecodeOptions()) == backend._results(rows, DecodeOptions())
+    assert backend._results([prev], DecodeOptions())[0].segments == ()  # no transcript at all
+
+
 def test_segments_match_pipeline_postprocessing(backend):
     """Many random rows that obey Whisper's timestamp rules, cut by us and by the ASR
     pipeline's own post-processing (``_decode_asr``): same text, same segment times.

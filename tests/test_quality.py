@@ -526,6 +526,40 @@ def test_all_temperatures_fail_keeps_best_attempt():
     assert out.segments and out.segments[0].text.startswith(" to benefit")
 
 
+def test_job_temperature_starts_the_ladder():
+    """A job's temperature (OpenAI's request field): the first decode is sampled at it, the
+    fallback takes the rungs above it; seeds stay reproducible; 0 is the greedy start."""
+    audio = speech_like(20.0)
+
+    def script(r):
+        return _loop(r.temperature)
+
+    dec = FakeDecoder(script)
+    out = drive(WindowReview(3, audio, temperature=0.3), dec)
+    assert [(r.kind, r.temperature) for r in dec.seen] == [
+        ("window", 0.3), ("fallback", 0.4), ("fallback", 0.6), ("fallback", 0.8), ("fallback", 1.0)
+    ]  # fmt: skip
+    assert out.temperature == 1.0  # every attempt looped: the last is kept
+    dec2 = FakeDecoder(script)
+    drive(WindowReview(3, audio, temperature=0.3), dec2)
+    assert [r.seed for r in dec2.seen] == [r.seed for r in dec.seen]
+    # At the top of the ladder: one sampled decode, judged as it is.
+    dec = FakeDecoder(script)
+    drive(WindowReview(3, audio, temperature=1.0), dec)
+    assert [r.temperature for r in dec.seen] == [1.0]
+    # A good first decode at the job's temperature is kept; 0 is greedy, as before.
+    good = res(seg(0.0, 19.6, " Words of a sentence."), lp=-0.4, n=20)
+    for t in (0.0, 0.6):
+        dec = FakeDecoder(lambda r: good)
+        out = drive(WindowReview(3, audio, temperature=t), dec)
+        assert [r.temperature for r in dec.seen] == [t] and out.temperature == t
+    # The review without a job's temperature is the greedy start of before.
+    assert WindowReview(3, audio).requests()[0].temperature == 0.0
+    # Quality off: the one decode is still at the job's temperature.
+    off = WindowReview(3, audio, QualityConfig(enabled=False), temperature=0.4)
+    assert [r.temperature for r in off.requests()] == [0.4]
+
+
 def test_no_speech_gives_no_segments():
     audio = speech_like(20.0)
     # Unlikely text and a high no-speech probability: no segments and no fallback, even

@@ -116,7 +116,8 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
                 finally:
                     ring_in.release(slot)
                 try:
-                    review = WindowReview(index, audio, jobs[seq]["quality"], jobs[seq]["pace"])
+                    review = WindowReview(index, audio, jobs[seq]["quality"], jobs[seq]["pace"],
+                                          temperature=jobs[seq]["info"]["options"].temperature)
                     review.place = (start, valid, covered_from)
                     items = _prepare_items(backend, seq, review, review.requests(), review.cfg.enabled)
                 except Exception as exc:  # noqa: BLE001
