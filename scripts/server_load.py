@@ -12,6 +12,7 @@ wall times, the ratio and the server's memory.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
         return 0 if same else 1
     finally:
         srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
