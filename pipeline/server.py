@@ -471,13 +471,19 @@ class Server:
             loop.call_soon_threadsafe(windows.put_nowait, w)
 
         pipeline, run = self._submit(job, on_window)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         stitcher = StreamStitcher()
         seen: set[int] = set()
         state = {"text": "", "held": ""}  # sent so far; whitespace held back from the last delta
 
         async def send(event: dict):
+            # The status goes out with the first event: a job that fails before any text
+            # (audio that cannot be decoded) still gets its plain 400.
             try:
+                if not resp.prepared:
+                    await resp.prepare(request)
                 await resp.write(b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n")
             except (ConnectionResetError, ConnectionError, RuntimeError):
                 self._cancel(pipeline, run, "the client went away")
@@ -505,11 +511,12 @@ class Server:
             await feed(w)
 
         try:
-            await resp.prepare(request)
             await self._wait(request, pipeline, run, check=pump)
             try:
                 outcome = self._outcome(pipeline, run, label)
             except ApiError as exc:
+                if not resp.prepared:
+                    raise
                 await send({"type": "error", "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}})
                 return resp
             for w in sorted(outcome.windows, key=lambda w: w.index):  # any not yet handed over
@@ -517,7 +524,8 @@ class Server:
             await send({"type": "transcript.text.done", "text": state["text"]})
             await resp.write_eof()
         except ClientGone:
-            pass
+            if not resp.prepared:
+                raise
         return resp
 
 
