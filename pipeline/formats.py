@@ -142,7 +142,7 @@ def _verbose_segment(i: int, s, w) -> dict:
 
     return {
         "id": i,
-        "seek": int(round(w.start * 100)) if w is not None else 0,
+        "seek": round(w.start * 100) if w is not None else 0,
         "start": _ms(s.start),
         "end": _ms(s.end),
         "text": s.text,

@@ -148,7 +148,7 @@ class Server:
                 return
             try:
                 failed.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("closing the failed pipeline")
             from pipeline.runtime import Pipeline
 
@@ -506,7 +506,7 @@ class Server:
         async def pump():
             try:
                 w = await asyncio.wait_for(windows.get(), POLL_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             await feed(w)
 
@@ -611,7 +611,7 @@ def make_app(server: Server) -> web.Application:
             return error_body(exc.status, message, "invalid_request_error", None, kind)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - our fault: logged, one line to the client
+        except Exception as exc:  # our fault: logged, one line to the client
             log.exception("internal error on %s %s", request.method, request.path)
             return error_body(500, f"internal error: {type(exc).__name__}", "server_error")
 

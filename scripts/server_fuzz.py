@@ -21,14 +21,14 @@ import os
 import random
 import socket
 import struct
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from server_common import JFK, Server, health  # noqa: E402
+from server_common import JFK, Server, health
 
 KEY = "sk-fuzz"
 PATH = "/v1/audio/transcriptions"
@@ -62,7 +62,7 @@ def raw(url: str, head: bytes, body: bytes = b"", hang_up: bool = False, timeout
                 if not chunk:
                     break
                 data += chunk
-        except (ConnectionResetError, BrokenPipeError, socket.timeout):
+        except (TimeoutError, ConnectionResetError, BrokenPipeError):
             return 0
     try:
         return int(data.split(b" ", 2)[1])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from server_common import Server, minute_of_speech  # noqa: E402
+from server_common import Server, minute_of_speech
 
 
 def main(argv=None) -> int:

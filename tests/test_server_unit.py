@@ -23,7 +23,7 @@ from pipeline.stitch import stitch, transcript_text
 from pipeline.types import Segment, TimedWindow, WindowResult, Word
 
 openai = pytest.importorskip("openai")
-from aiohttp import web  # noqa: E402
+from aiohttp import web
 
 
 def _words(start: float, text: str, step: float = 0.5):
