@@ -19,6 +19,7 @@ import argparse
 import collections
 import os
 import random
+import shutil
 import socket
 import struct
 import sys
@@ -259,6 +260,7 @@ def main(argv=None) -> int:
     finally:
         rc = srv.stop()
         print(f"server exit code {rc}")
+        shutil.rmtree(uploads, ignore_errors=True)
 
 
 if __name__ == "__main__":
