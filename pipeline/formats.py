@@ -67,17 +67,91 @@ def _segment_dict(s) -> dict:
     return out
 
 
-def format_transcript(t: Transcript, fmt: str) -> str:
-    """The transcript as ``fmt`` (one of ``FORMATS``), ending with a newline."""
+def format_transcript(t: Transcript, fmt: str, max_line_chars: int | None = None) -> str:
+    """The transcript as ``fmt`` (one of ``FORMATS``), ending with a newline.
+
+    ``max_line_chars`` (srt and vtt): where segments carry words, cues are cut between
+    words so that each holds whole words up to that many characters (a longer word gets a
+    cue of its own), timed from its first word's start to its last word's end. Segments
+    without words stay one cue each."""
+    if max_line_chars is not None and (
+        isinstance(max_line_chars, bool) or not isinstance(max_line_chars, int) or max_line_chars < 1
+    ):
+        raise ValueError(f"max_line_chars must be a positive integer, not {max_line_chars!r}")
     if fmt == "text":
         return t.text + "\n"
     if fmt == "json":
         return json.dumps(t.to_dict(), indent=2, ensure_ascii=False) + "\n"
     if fmt == "srt":
-        return _srt(t.segments)
+        return _srt(t.segments, max_line_chars)
     if fmt == "vtt":
-        return _vtt(t.segments)
+        return _vtt(t.segments, max_line_chars)
     raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+
+
+def verbose_json(t: Transcript, task: str = "transcribe", windows=(), words: bool = False, segments: bool = True) -> dict:
+    """OpenAI's ``verbose_json`` body: ``task``, ``language`` (the full lowercase name,
+    "english"), ``duration``, ``text``, and ``segments`` (id, seek, start, end, text,
+    tokens, temperature, avg_logprob, compression_ratio, no_speech_prob) and/or ``words``
+    ([{word, start, end, probability}], ``probability`` ours beyond OpenAI's three keys).
+
+    ``windows``: the job's TimedWindows (``JobOutcome.windows``), which hold the quality
+    signals: each segment takes those of the window it lies in (they are per window here,
+    not per segment); a signal the backend did not give is written as 0.0 (OpenAI's
+    types have no null there). ``seek`` is the window's start in 10 ms frames, as OpenAI's
+    is; ``tokens`` is empty (the transcript does not keep token ids)."""
+    from pipeline.languages import LANGUAGES
+
+    out = {
+        "task": task,
+        "language": LANGUAGES.get(t.language or "", t.language or ""),
+        "duration": _ms(t.duration),
+        "text": t.text,
+    }
+    if segments:
+        ws = sorted(windows, key=lambda w: w.start)
+        out["segments"] = [_verbose_segment(i, s, _window_of(ws, s)) for i, s in enumerate(t.segments)]
+    if words:
+        out["words"] = [
+            {"word": w.word.strip(), "start": _ms(w.start), "end": _ms(w.end), "probability": round(float(w.probability), 4)}
+            for s in t.segments
+            for w in s.words
+            if w.word.strip()
+        ]
+    return out
+
+
+def _window_of(windows, seg):
+    """The window (sorted by start) whose audio holds the segment's middle, else None."""
+    mid = (seg.start + seg.end) / 2
+    best = None
+    for w in windows:
+        if w.start <= mid + 1e-3:
+            best = w
+        else:
+            break
+    return best
+
+
+def _verbose_segment(i: int, s, w) -> dict:
+    r = w.result if w is not None else None
+
+    def signal(name):
+        v = getattr(r, name, None) if r is not None else None
+        return round(float(v), 4) if v is not None else 0.0
+
+    return {
+        "id": i,
+        "seek": round(w.start * 100) if w is not None else 0,
+        "start": _ms(s.start),
+        "end": _ms(s.end),
+        "text": s.text,
+        "tokens": [],
+        "temperature": float(r.temperature) if r is not None else 0.0,
+        "avg_logprob": signal("avg_logprob"),
+        "compression_ratio": signal("compression_ratio"),
+        "no_speech_prob": signal("no_speech_prob"),
+    }
 
 
 def _ms(seconds: float) -> float:
@@ -98,10 +172,14 @@ def _cue_text(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _cues(segments):
+def _cues(segments, max_line_chars: int | None = None):
     """(start_ms, end_ms, cue text) for segments with text; end > start by at least 1 ms
-    (a cue that ends when it starts is dropped by WebVTT players)."""
+    (a cue that ends when it starts is dropped by WebVTT players). With ``max_line_chars``,
+    a segment that carries words becomes cues of whole words (see format_transcript)."""
     for seg in segments:
+        if max_line_chars is not None and any(w.word.strip() for w in seg.words):
+            yield from _word_cues(seg.words, max_line_chars)
+            continue
         text = _cue_text(seg.text)
         if not text:
             continue
@@ -110,17 +188,41 @@ def _cues(segments):
         yield start, end, text
 
 
-def _srt(segments) -> str:
+def _word_cues(words, max_chars: int):
+    """One segment's words as cues of at most ``max_chars`` characters (words joined by one
+    space; a word longer than that alone), each timed by its first and last word."""
+    group: list = []
+    length = 0
+
+    def cue(ws):
+        start = max(0, round(ws[0].start * 1000))
+        end = max(start + 1, round(ws[-1].end * 1000))
+        return start, end, " ".join(_cue_text(w.word) for w in ws)
+
+    for w in words:
+        text = _cue_text(w.word)
+        if not text:
+            continue
+        if group and length + 1 + len(text) > max_chars:
+            yield cue(group)
+            group, length = [], 0
+        length += len(text) + (1 if group else 0)
+        group.append(w)
+    if group:
+        yield cue(group)
+
+
+def _srt(segments, max_line_chars: int | None = None) -> str:
     # Each cue: index, timings, text, then a blank line (also after the last cue).
     return "".join(
         f"{i}\n{_timestamp(a, ',')} --> {_timestamp(b, ',')}\n{text}\n\n"
-        for i, (a, b, text) in enumerate(_cues(segments), start=1)
+        for i, (a, b, text) in enumerate(_cues(segments, max_line_chars), start=1)
     )
 
 
-def _vtt(segments) -> str:
+def _vtt(segments, max_line_chars: int | None = None) -> str:
     parts = ["WEBVTT\n\n"]
-    for a, b, text in _cues(segments):
+    for a, b, text in _cues(segments, max_line_chars):
         text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         parts.append(f"{_timestamp(a, '.')} --> {_timestamp(b, '.')}\n{text}\n\n")
     return "".join(parts)

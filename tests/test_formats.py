@@ -172,3 +172,63 @@ def test_awkward_text_does_not_break_cues():
     assert all(
         c.end_time.in_milliseconds() > c.start_time.in_milliseconds() for c in v_cues
     )
+
+
+# ---------------------------------------------------------------- word cues, verbose_json (issue 11)
+
+from pipeline.types import TimedWindow, WindowResult, Word  # noqa: E402
+
+WORDED = (
+    Segment(
+        0.0,
+        4.0,
+        " And so my fellow Americans,",
+        words=(
+            Word(0.0, 0.5, " And", 0.9),
+            Word(0.5, 0.8, " so", 0.8),
+            Word(0.8, 1.2, " my", 0.95),
+            Word(1.2, 2.0, " fellow", 0.7),
+            Word(2.0, 4.0, " Americans,", 0.6),
+        ),
+    ),
+    Segment(5.0, 6.0, " Supercalifragilistic", words=(Word(5.0, 6.0, " Supercalifragilistic", 0.5),)),
+    Segment(7.0, 8.0, " no words here"),
+)
+
+
+def test_word_cues_hold_whole_words_up_to_the_limit_timed_by_their_words():
+    t = make(WORDED, duration=8.0)
+    cues = list(srt.parse(format_transcript(t, "srt", max_line_chars=12)))
+    assert [c.content for c in cues] == ["And so my", "fellow", "Americans,", "Supercalifragilistic", "no words here"]
+    assert all(len(c.content) <= 12 for c in cues[:3])
+    secs = [(c.start.total_seconds(), c.end.total_seconds()) for c in cues]
+    assert secs == [(0.0, 1.2), (1.2, 2.0), (2.0, 4.0), (5.0, 6.0), (7.0, 8.0)]
+    vtt = list(webvtt.read_buffer(io.StringIO(format_transcript(t, "vtt", max_line_chars=12))))
+    assert [c.text for c in vtt] == [c.content for c in cues]
+    # Without the limit (or without words) a segment stays one cue.
+    assert [c.content for c in srt.parse(format_transcript(t, "srt"))] == [
+        "And so my fellow Americans,", "Supercalifragilistic", "no words here"]  # fmt: skip
+    with pytest.raises(ValueError):
+        format_transcript(t, "srt", max_line_chars=0)
+
+
+def test_verbose_json_in_openais_shape():
+    from pipeline.formats import verbose_json
+
+    t = make(WORDED, duration=8.0)
+    windows = [
+        TimedWindow(0, 0.0, 4.5, WindowResult((), "en", 5, avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.1)),
+        TimedWindow(1, 4.5, 3.5, WindowResult((), "en", 5, temperature=0.2)),
+    ]
+    v = verbose_json(t, "transcribe", windows, words=True)
+    assert (v["task"], v["language"], v["duration"], v["text"]) == ("transcribe", "english", 8.0, t.text)
+    s0, s1, s2 = v["segments"]
+    assert s0 == {"id": 0, "seek": 0, "start": 0.0, "end": 4.0, "text": " And so my fellow Americans,", "tokens": [],
+                  "temperature": 0.0, "avg_logprob": -0.2, "compression_ratio": 1.1, "no_speech_prob": 0.01}  # fmt: skip
+    assert (s1["id"], s1["seek"], s1["temperature"], s1["avg_logprob"]) == (1, 450, 0.2, 0.0)
+    assert s2["seek"] == 450
+    assert v["words"][0] == {"word": "And", "start": 0.0, "end": 0.5, "probability": 0.9}
+    assert len(v["words"]) == 6
+    only_words = verbose_json(t, "translate", windows, words=True, segments=False)
+    assert "segments" not in only_words and only_words["task"] == "translate"
+    assert "words" not in verbose_json(t)

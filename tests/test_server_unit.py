@@ -1,0 +1,194 @@
+"""The server (pipeline/server.py) over a scripted pipeline: no model, no stages.
+
+What the real-model tests (tests/test_server.py) cannot reach on demand: segments with
+words (word timestamps come from another branch), windows arriving out of order while
+streaming, a job that fails after its stream began, a stage's own fault (500) and a dead
+pipeline (503). The app runs in a thread on a free port; the client is the real ``openai``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import JobError, StageDied
+from pipeline.formats import Transcript
+from pipeline.runtime.driver import JobOutcome
+from pipeline.server import Server, ServerConfig, make_app
+from pipeline.stitch import stitch, transcript_text
+from pipeline.types import Segment, TimedWindow, WindowResult, Word
+
+openai = pytest.importorskip("openai")
+from aiohttp import web
+
+
+def _words(start: float, text: str, step: float = 0.5):
+    return tuple(Word(start + i * step, start + (i + 1) * step, " " + w, 0.9) for i, w in enumerate(text.split()))
+
+
+W0 = TimedWindow(0, 0.0, 10.0, WindowResult((Segment(0.0, 3.0, " And so my fellow Americans", words=_words(0.0, "And so my fellow Americans")),), "en", avg_logprob=-0.1))  # fmt: skip
+W1 = TimedWindow(1, 10.0, 10.0, WindowResult((Segment(0.0, 4.0, " ask not what your country can do for you", words=_words(0.0, "ask not what your country can do for you")),), "en"))  # fmt: skip
+TEXT = "And so my fellow Americans ask not what your country can do for you"
+
+
+class Run:
+    def __init__(self, job, on_window):
+        self.job, self.on_window = job, on_window
+        self.finished = threading.Event()
+        self.outcome = None
+        self.error = None
+
+
+class ScriptedPipeline:
+    """Pipeline's interface as the server uses it; each job plays ``script``: a list of
+    ("window", TimedWindow) / ("sleep", s) / ("fail", exc) steps, then its outcome."""
+
+    def __init__(self):
+        self.model_info = {"model": "fake", "device": "cpu"}
+        self._broken = None
+        self._closed = False
+        self._runs = {}
+        self.script = [("window", W1), ("sleep", 0.2), ("window", W0)]
+        self.jobs = []
+
+    def wait_ready(self, timeout=None):
+        return self.model_info
+
+    def submit(self, job, progress=None, on_window=None):
+        if self._broken is not None:
+            raise self._broken
+        run = Run(job, on_window)
+        self.jobs.append(job)
+        threading.Thread(target=self._play, args=(run, list(self.script)), daemon=True).start()
+        return run
+
+    def _play(self, run, script):
+        windows = []
+        for kind, arg in script:
+            if run.finished.is_set():
+                return
+            if kind == "sleep":
+                time.sleep(arg)
+            elif kind == "fail":
+                run.error = arg
+                run.finished.set()
+                return
+            else:
+                windows.append(arg)
+                if run.on_window:
+                    run.on_window(arg)
+        segs = stitch(windows, duration=20.0)
+        t = Transcript(transcript_text(segs), "en", 20.0, "fake", tuple(segs))
+        run.outcome = JobOutcome(t, {}, {}, 0.0, None, sorted(windows, key=lambda w: w.index))
+        run.finished.set()
+
+    def wait(self, run, timeout=None):
+        run.finished.wait(timeout)
+        if run.error is not None:
+            raise run.error
+        return run.outcome
+
+    def cancel(self, run, reason="cancelled"):
+        if not run.finished.is_set():
+            run.error = JobError(reason)
+            run.finished.set()
+
+    def close(self):
+        pass
+
+
+@pytest.fixture()
+def fake():
+    return ScriptedPipeline()
+
+
+@pytest.fixture()
+def client(fake):
+    server = Server(PipelineConfig(model="fake"), ServerConfig(model_id="org/fake-model"), pipeline=fake)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(make_app(server))
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    try:
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=30)
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+        loop.close()
+
+
+def create(client, **kw):
+    return client.audio.transcriptions.create(model=kw.pop("model", "fake-model"), file=("a.wav", b"RIFF...."), **kw)
+
+
+def test_words_in_verbose_json_and_word_options_reach_the_job(client, fake):
+    v = create(client, response_format="verbose_json", timestamp_granularities=["word"], prompt="Americans",
+               temperature=0.4)  # fmt: skip
+    assert v.text == TEXT and v.language == "english" and v.duration == 20.0
+    assert [w.word for w in v.words] == TEXT.split()
+    assert (v.words[5].start, v.words[5].end) == (10.0, 10.5)
+    assert v.words[0].model_extra["probability"] == 0.9
+    assert not v.segments  # only word granularity asked
+    opts = fake.jobs[-1].options
+    assert (opts.word_timestamps, opts.prompt, opts.temperature, opts.task) == (True, "Americans", 0.4, "transcribe")
+    v = create(client, response_format="verbose_json")
+    assert [s.id for s in v.segments] == [0, 1] and v.segments[1].seek == 1000 and not v.words
+    assert fake.jobs[-1].options.word_timestamps is False  # no words unless asked
+
+
+def test_srt_with_word_granularity_cuts_cues_by_words(client, fake):
+    import srt
+
+    cues = list(srt.parse(create(client, response_format="srt", timestamp_granularities=["word"],
+                                 extra_body={"max_line_chars": "16"})))  # fmt: skip
+    assert [c.content for c in cues] == ["And so my fellow", "Americans", "ask not what", "your country can", "do for you"]
+    assert [(c.start.total_seconds(), c.end.total_seconds()) for c in cues][:2] == [(0.0, 2.0), (2.0, 2.5)]
+    assert fake.jobs[-1].options.word_timestamps is True
+
+
+def test_stream_puts_windows_that_arrive_out_of_order_in_order(client):
+    events = list(create(client, stream=True))
+    assert [e.type for e in events] == ["transcript.text.delta", "transcript.text.delta", "transcript.text.done"]
+    assert [e.delta for e in events[:2]] == ["And so my fellow Americans", " ask not what your country can do for you"]
+    assert events[-1].text == TEXT
+
+
+def test_a_job_that_fails_after_its_stream_began_ends_with_an_error_event(client, fake):
+    fake.script = [("window", W0), ("sleep", 0.2), ("fail", JobError("cannot decode: truncated", stage="decode"))]
+    got = []
+    with pytest.raises(openai.APIError, match="cannot decode: truncated"):
+        for e in create(client, stream=True):
+            got.append(e)
+    assert [e.type for e in got] == ["transcript.text.delta"]
+
+
+def test_a_stage_fault_is_500_and_a_dead_pipeline_503(client, fake):
+    fake.script = [("fail", JobError("infer stage failed: boom", stage="infer", traceback="Traceback ..."))]
+    with pytest.raises(openai.InternalServerError) as e:
+        create(client)
+    assert e.value.status_code == 500 and e.value.body["type"] == "server_error"
+    fake.script = [("fail", JobError("cannot decode: Invalid data", stage="decode"))]
+    with pytest.raises(openai.BadRequestError) as e:
+        create(client)
+    assert e.value.body["message"] == "a.wav: cannot decode: Invalid data"
+    fake._broken = StageDied("the infer stage (pid 1) was killed by SIGKILL", stage="infer")
+    with pytest.raises(openai.APIStatusError) as e:
+        create(client)
+    assert e.value.status_code == 503
+
+
+def test_model_names(client):
+    assert create(client, model="org/fake-model").text == TEXT
+    assert create(client, model="whisper-1").text == TEXT
+    with pytest.raises(openai.BadRequestError) as e:
+        create(client, model="whisper-large")
+    assert e.value.body["code"] == "model_not_found" and "org/fake-model" in e.value.message
