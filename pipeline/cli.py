@@ -84,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="language code or name, e.g. en or German (default: detect)")
     p.add_argument("--task", default="transcribe", choices=TASKS)
     p.add_argument("--format", default="text", choices=FORMATS, dest="fmt")
+    p.add_argument("--word-timestamps", action="store_true",
+                   help="time every word (start, end, probability; in --format json)")
+    p.add_argument("--max-line-chars", type=int, default=None, metavar="N",
+                   help="srt/vtt: cues of whole words, at most N characters each "
+                        "(turns on --word-timestamps)")
+    p.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="text that conditions every window: names, spellings, style")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature of each window's first decode, 0 to 1 "
+                        "(default 0: greedy; the fallback goes on above it)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--output", "-o", default=None, metavar="FILE",
                      help="write the transcript to FILE, not stdout (one input)")
@@ -266,9 +276,20 @@ def prepare(args) -> tuple[PipelineConfig, DecodeOptions, list[Input]]:
             raise UsageError(str(exc)) from None
     language = _check_language(args, english_only, cfg.model)
     try:
-        options = DecodeOptions(language=language, task=args.task)
+        options = DecodeOptions(
+            language=language,
+            task=args.task,
+            word_timestamps=args.word_timestamps or args.max_line_chars is not None,
+            prompt=args.prompt,
+            temperature=args.temperature,
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.max_line_chars is not None:
+        if args.fmt not in ("srt", "vtt"):
+            raise UsageError("--max-line-chars needs --format srt or vtt")
+        if not 10 <= args.max_line_chars <= 1000:
+            raise UsageError(f"--max-line-chars must be from 10 to 1000, not {args.max_line_chars}")
     return cfg, options, inputs
 
 
@@ -299,10 +320,10 @@ def write_output(path: str, text: str) -> None:
         raise
 
 
-def _emit(inp: Input, transcript, fmt: str) -> None:
+def _emit(inp: Input, transcript, fmt: str, max_line_chars: int | None = None) -> None:
     from pipeline.formats import format_transcript
 
-    text = format_transcript(transcript, fmt)
+    text = format_transcript(transcript, fmt, max_line_chars=max_line_chars)
     if inp.output:
         write_output(inp.output, text)
     else:
@@ -459,7 +480,7 @@ def _run(args, cfg, options, inputs, progress: bool) -> int:
                 failed.append(inp.label)
                 continue
             try:
-                _emit(inp, res.transcript, args.fmt)
+                _emit(inp, res.transcript, args.fmt, args.max_line_chars)
             except OSError as exc:
                 print(f"error: {inp.output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
                 failed.append(inp.label)
@@ -479,7 +500,7 @@ def _run(args, cfg, options, inputs, progress: bool) -> int:
                 continue  # nothing of it was finished: no file for it
             t = partial_transcript(windows, options, model)
             try:
-                _emit(inp, t, args.fmt)
+                _emit(inp, t, args.fmt, args.max_line_chars)
             except OSError:
                 continue
             if not args.quiet:

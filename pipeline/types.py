@@ -62,6 +62,7 @@ class TimedWindow:
 
 
 TASKS = ("transcribe", "translate")
+MAX_PROMPT_CHARS = 4000  # far past the 223 tokens a prompt can use; bounds what a request sends
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class DecodeOptions:
             raise ValueError(f"word_timestamps must be true or false, not {self.word_timestamps!r}")
         if self.prompt is not None and not isinstance(self.prompt, str):
             raise ValueError(f"prompt must be text, not {type(self.prompt).__name__}")
+        if self.prompt is not None and len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt is longer than {MAX_PROMPT_CHARS} characters ({len(self.prompt)})")
         if (
             isinstance(self.temperature, bool)
             or not isinstance(self.temperature, (int, float))

@@ -6,7 +6,9 @@ decodes) and hands ``Worker.handle`` to ``runpod.serverless.start``.
 
 Request: ``job["input"]`` with exactly one of ``audio_url`` (the seed project's name),
 ``audio`` (RunPod's faster-whisper worker's name) or ``audio_base64``, and options
-``language``, ``task`` / ``translate``, ``transcription``, ``batch_size``, ``profile``.
+``language``, ``task`` / ``translate``, ``transcription``, ``batch_size``, ``profile``,
+``word_timestamps``, ``initial_prompt``, ``temperature`` (the faster-whisper worker's
+names) and ``max_line_chars`` (srt/vtt cues of whole words, at most this many characters).
 Everything is validated before any download; an error names the key at fault. An option
 given as ``null`` counts as not given.
 
@@ -36,13 +38,16 @@ from pipeline import logs
 from pipeline.config import MAX_BATCH_SIZE, Job, PipelineConfig, env_batch_size, env_int, env_model
 from pipeline.errors import JobError, PipelineError, input_message
 from pipeline.languages import LANGUAGES, TO_LANGUAGE_CODE, clip, language_code  # noqa: F401 (re-exported)
-from pipeline.types import TASKS, DecodeOptions
+from pipeline.types import MAX_PROMPT_CHARS, TASKS, DecodeOptions
 
 log = logging.getLogger(__name__)
 
 SOURCE_KEYS = ("audio_url", "audio", "audio_base64")
 TRANSCRIPTIONS = ("plain_text", "formatted_text", "srt", "vtt")
-OPTION_KEYS = ("language", "task", "translate", "transcription", "batch_size", "profile")
+OPTION_KEYS = (
+    "language", "task", "translate", "transcription", "batch_size", "profile",
+    "word_timestamps", "initial_prompt", "temperature", "max_line_chars",
+)  # fmt: skip
 ALLOW_PRIVATE_ENV = "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS"  # the runpod SDK's own switch
 MAX_DOWNLOAD_ENV = "MAX_DOWNLOAD_BYTES"
 MAX_BASE64_ENV = "MAX_BASE64_BYTES"
@@ -100,6 +105,7 @@ class Request:
     transcription: str = "plain_text"
     batch_size: int | None = None
     profile: bool = False
+    max_line_chars: int | None = None
 
 
 def parse_request(
@@ -213,11 +219,36 @@ def parse_request(
     if not isinstance(profile, bool):
         raise RequestError(f"profile: must be true or false, not {clip(profile, 40)}")
 
-    options = DecodeOptions(language=_language_code(inp.get("language")), task=task)
-    return Request(source, key, options, transcription, batch_size, profile)
+    words = opt("word_timestamps", False)
+    if not isinstance(words, bool):
+        raise RequestError(f"word_timestamps: must be true or false, not {clip(words, 40)}")
+    prompt = opt("initial_prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise RequestError(f"initial_prompt: must be a string, not {_type_name(prompt)}")
+    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+        raise RequestError(f"initial_prompt: longer than {MAX_PROMPT_CHARS} characters")
+    temperature = opt("temperature", 0.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 1:
+        raise RequestError(f"temperature: must be a number from 0 to 1, not {clip(temperature, 40)}")
+    max_line_chars = opt("max_line_chars")
+    if max_line_chars is not None:
+        if isinstance(max_line_chars, bool) or not isinstance(max_line_chars, int) or not 10 <= max_line_chars <= 1000:
+            raise RequestError(f"max_line_chars: must be an integer from 10 to 1000, not {clip(max_line_chars, 40)}")
+        if transcription not in ("srt", "vtt"):
+            raise RequestError("max_line_chars: needs transcription srt or vtt")
+        words = True
+
+    options = DecodeOptions(
+        language=_language_code(inp.get("language")),
+        task=task,
+        word_timestamps=words,
+        prompt=prompt,
+        temperature=float(temperature),
+    )
+    return Request(source, key, options, transcription, batch_size, profile, max_line_chars)
 
 
-def formatted(transcript, transcription: str) -> str:
+def formatted(transcript, transcription: str, max_line_chars: int | None = None) -> str:
     """The ``transcription`` field, in the faster-whisper worker's four styles:
     plain_text (the whole text), formatted_text (one segment per line), srt, vtt."""
     from pipeline.formats import format_transcript
@@ -227,7 +258,7 @@ def formatted(transcript, transcription: str) -> str:
     if transcription == "formatted_text":
         return "\n".join(t for t in (s.text.strip() for s in transcript.segments) if t)
     if transcription in ("srt", "vtt"):
-        return format_transcript(transcript, transcription)
+        return format_transcript(transcript, transcription, max_line_chars=max_line_chars)
     raise ValueError(f"transcription must be one of {', '.join(TRANSCRIPTIONS)}")
 
 
@@ -410,7 +441,7 @@ class Worker:
             ) from None
         t = outcome.transcript
         out = t.to_dict()
-        out["transcription"] = formatted(t, req.transcription)
+        out["transcription"] = formatted(t, req.transcription, req.max_line_chars)
         out["detected_language"] = t.language
         out["device"] = outcome.model.get("device")
         out["translation"] = t.text if req.options.task == "translate" else None

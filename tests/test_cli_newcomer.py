@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -374,3 +375,40 @@ def test_pointless_library_warnings_are_hidden(capsys, monkeypatch):
         assert "attention mask" in capsys.readouterr().err
     finally:
         logs.setup("WARNING")
+
+
+# ------------------------------------------- words, cues by words, prompt, temperature (issue 11)
+
+
+def _prepare(*argv):
+    from pipeline.cli import build_parser, prepare
+
+    return prepare(build_parser().parse_args([str(a) for a in argv]))
+
+
+def test_word_prompt_temperature_flags(wav):
+    _installed("tiny.en")
+    _, opts, _ = _prepare(wav, "--model", "tiny.en", "--word-timestamps", "--prompt", "Kubernetes.",
+                          "--temperature", "0.2")
+    assert (opts.word_timestamps, opts.prompt, opts.temperature) == (True, "Kubernetes.", 0.2)
+    _, opts, _ = _prepare(wav, "--model", "tiny.en", "--format", "srt", "--max-line-chars", "42")
+    assert opts.word_timestamps  # cues cut by words need the words
+    _, opts, _ = _prepare(wav, "--model", "tiny.en")
+    assert (opts.word_timestamps, opts.prompt, opts.temperature) == (False, None, 0.0)
+
+
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (("--max-line-chars", "42"), "--max-line-chars needs --format srt or vtt"),
+        (("--format", "vtt", "--max-line-chars", "3"), "--max-line-chars must be from 10"),
+        (("--temperature", "1.5"), "temperature must be a number from 0 to 1"),
+        (("--prompt", "x" * 5000), "prompt is longer than 4000 characters"),
+    ],
+)
+def test_word_prompt_temperature_flags_refused(wav, argv, expect):
+    from pipeline.cli import UsageError
+
+    _installed("tiny.en")
+    with pytest.raises(UsageError, match=re.escape(expect)):
+        _prepare(wav, "--model", "tiny.en", *argv)

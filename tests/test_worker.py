@@ -600,3 +600,36 @@ def test_stopping_leaves_no_process_and_no_shared_memory(server):
     alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, alive
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"wsp{pid}_")]
+
+
+# ------------------------------------------ parse_request: words, prompt, temperature (issue 11)
+
+
+def test_word_prompt_temperature_options():
+    req = parse_request(
+        {"audio": URL, "word_timestamps": True, "initial_prompt": "Kubernetes, kubectl.", "temperature": 0.4}
+    )
+    o = req.options
+    assert (o.word_timestamps, o.prompt, o.temperature) == (True, "Kubernetes, kubectl.", 0.4)
+    req = parse_request({"audio": URL, "transcription": "srt", "max_line_chars": 42})
+    assert req.max_line_chars == 42 and req.options.word_timestamps  # cues by words need words
+    default = parse_request({"audio": URL}).options
+    assert (default.word_timestamps, default.prompt, default.temperature) == (False, None, 0.0)
+
+
+@pytest.mark.parametrize(
+    "extra, key",
+    [
+        ({"word_timestamps": "yes"}, "word_timestamps"),
+        ({"initial_prompt": 3}, "initial_prompt"),
+        ({"initial_prompt": "x" * 5000}, "initial_prompt"),
+        ({"temperature": 1.5}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"temperature": "0.2"}, "temperature"),
+        ({"max_line_chars": 42}, "max_line_chars"),  # plain_text: no cues to cut
+        ({"transcription": "srt", "max_line_chars": 5}, "max_line_chars"),
+        ({"transcription": "vtt", "max_line_chars": 4.5}, "max_line_chars"),
+    ],
+)
+def test_word_prompt_temperature_refused(extra, key):
+    assert _err({"audio": URL, **extra}).startswith(f"{key}:")
