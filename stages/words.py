@@ -121,21 +121,62 @@ def _backtrace(trace: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarra
 # ------------------------------------------------------------------ attention -> matrix
 
 
-def alignment_matrix(qk: torch.Tensor, frames: int, medfilt_width: int = MEDFILT_WIDTH) -> np.ndarray:
+def alignment_matrix(qk: torch.Tensor, frames: int, medfilt_width: int = MEDFILT_WIDTH,
+                     rows: slice | None = None) -> np.ndarray:  # fmt: skip
     """One window's alignment-head attention logits -> the matrix DTW follows.
 
     qk: (heads, L, >= frames) attention logits (q·k, already scaled) of the window's L
     tokens (no padding rows); frames: encoder positions of its real audio (mel frames // 2).
-    Returns (L, frames) float64: softmax over the real frames, each head normalised over
-    tokens, median-filtered along time, averaged over heads.
+    Returns (L, frames) float64 (``rows`` of it when given): softmax over the real frames,
+    each head normalised over all L tokens, median-filtered along time, averaged over heads.
     """
-    from transformers.models.whisper.generation_whisper import _median_filter
-
     w = qk[..., :frames].float().softmax(dim=-1)
     std, mean = torch.std_mean(w, dim=-2, keepdim=True, unbiased=False)
     w = (w - mean) / std
-    w = _median_filter(w, medfilt_width)  # transformers' copy of openai's, along time
-    return w.mean(dim=0).double().cpu().numpy()
+    if rows is not None:  # the median filter runs along time: rows are independent
+        w = w[:, rows]
+    return median_filter(w, medfilt_width).mean(dim=0).double().cpu().numpy()
+
+
+# Devillard's median-of-7 network (13 compare-exchanges; the median ends in slot 3).
+_MED7 = ((0, 5), (0, 3), (1, 6), (2, 4), (0, 1), (3, 5), (2, 6), (2, 3), (3, 6), (4, 5), (1, 4), (1, 3), (3, 4))
+
+
+def _med7_plan():
+    """The network's exchanges with the outputs each must compute (those the median
+    depends on), found backwards from slot 3."""
+    needed, plan = {3}, []
+    for i, j in reversed(_MED7):
+        lo, hi = i in needed, j in needed
+        if lo or hi:
+            plan.append((i, j, lo, hi))
+            needed |= {i, j}
+    return plan[::-1]
+
+
+_MED7_PLAN = _med7_plan()
+
+
+def median_filter(x: torch.Tensor, width: int = MEDFILT_WIDTH) -> torch.Tensor:
+    """Median over a sliding window of ``width`` along the last dim, edges reflected:
+    exactly transformers' ``_median_filter`` (openai's CPU path). For width 7 by a
+    selection network of elementwise min/max on shifted views: 3x faster on the CPU than
+    the ``unfold().sort()`` it replaces (0.16 s -> 0.05 s for 8 heads x 110 tokens x 1400
+    frames), which was half of a window's alignment time."""
+    if width != 7 or x.shape[-1] <= width // 2:
+        from transformers.models.whisper.generation_whisper import _median_filter
+
+        return _median_filter(x, width)
+    n = x.shape[-1]
+    xp = F.pad(x, (3, 3), mode="reflect")
+    v = [xp[..., k : k + n] for k in range(7)]
+    for i, j, lo, hi in _MED7_PLAN:
+        a, b = v[i], v[j]
+        if lo:
+            v[i] = torch.minimum(a, b)
+        if hi:
+            v[j] = torch.maximum(a, b)
+    return v[3]
 
 
 # ------------------------------------------------------------------------- words
@@ -409,7 +450,7 @@ def align_windows(model, tokenizer, cross_k, cross_v, rows: torch.Tensor, inputs
     for inp, w in zip(inputs, weights):
         n_sot, n_text = len(inp.sot_sequence), sum(len(ids) for ids in inp.seg_tokens)
         frames = max(1, min(inp.frames, 2 * w.shape[-1]) // 2)
-        m = alignment_matrix(w, frames)[n_sot : n_sot + n_text + 1]
+        m = alignment_matrix(w, frames, rows=slice(n_sot, n_sot + n_text + 1))
         mats.append(-m)
         shapes.append(m.shape)
     n_max, m_max = max(s[0] for s in shapes), max(s[1] for s in shapes)

@@ -123,6 +123,18 @@ def test_dtw_path_is_cheapest_on_ties():
         assert x[ti, tj].sum() == best[n, m]
 
 
+def test_median_filter_is_transformers():
+    from transformers.models.whisper.generation_whisper import _median_filter
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 3, 4, 5, 7, 8, 61):
+        x = torch.randn(2, 3, n, generator=g)
+        assert torch.equal(W.median_filter(x, 7), _median_filter(x, 7)), n
+    x = torch.randint(0, 3, (2, 4, 40), generator=g).float()  # ties
+    assert torch.equal(W.median_filter(x, 7), _median_filter(x, 7))
+    assert torch.equal(W.median_filter(x, 5), _median_filter(x, 5))
+
+
 # ------------------------------------------------------------------------- words
 
 
@@ -190,6 +202,23 @@ def test_generate_engine_refuses_word_timestamps(tiny_model_dir):
             p.submit(Job("x.wav", DecodeOptions(word_timestamps=True)))
     finally:
         p.close()
+
+
+def test_backend_without_a_model_fails_the_job_in_one_line(tmp_path):
+    """A backend the slot engine cannot drive (a test double: the per-batch path) fails
+    a job asking for words with the same one-line reason; other jobs go on."""
+    from pipeline.errors import JobError
+    from pipeline.runtime import Pipeline
+    from tests.tone_backend import make_tone_speech
+
+    audio, _ = make_tone_speech(20, seed=1)
+    wav = media.write_wav(tmp_path / "t.wav", audio)
+    cfg = PipelineConfig(model="tone:word", backend="tests.tone_backend:ToneBackend", batch_size=2)
+    with Pipeline(cfg) as p:
+        with pytest.raises(JobError, match="word timestamps need the slot engine") as e:
+            p.transcribe(Job(str(wav), DecodeOptions(word_timestamps=True)), timeout=120)
+        assert "\n" not in str(e.value)
+        assert p.transcribe(Job(str(wav)), timeout=120).segments
 
 
 # -------------------------------------------------------------- real tiny.en
