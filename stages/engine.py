@@ -457,7 +457,7 @@ class SlotEngine:
         """Word timestamps for the windows that finished at this step and asked for them:
         one teacher-forced pass for all of them over their slots' cross-attention K/V
         (``stages.words.align_windows``), and their segments get their words."""
-        from stages.words import AlignInput, align_windows
+        from stages.words import AlignInput, align_windows, first_sound
 
         t0 = time.perf_counter()
         inputs = []
@@ -469,9 +469,10 @@ class SlotEngine:
             sot_at = len(p) - 1 - p[::-1].index(self.sot)
             n = generated.index(self.backend.eot) + 1 if self.backend.eot in generated else len(generated)
             seg_tokens = [ids for *_, ids in self.backend._split(generated[:n])]
-            assert len(seg_tokens) == len(result.segments)  # _results cut them the same way
+            if len(seg_tokens) != len(result.segments):  # _results cuts them the same way
+                raise RuntimeError(f"word alignment: {len(seg_tokens)} token runs for {len(result.segments)} segments")
             inputs.append(AlignInput(result.segments, seg_tokens, p[sot_at:], slot.window.valid_frames,
-                                     result.language))  # fmt: skip
+                                     result.language, first_sound(slot.window.sound)))  # fmt: skip
         rows = torch.tensor([s for _, s, _ in align], device=self.device)
         gc = self.model.generation_config
         segments = align_windows(self.model, self.backend.tokenizer, self.cross_k, self.cross_v, rows,

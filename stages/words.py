@@ -310,7 +310,12 @@ def assign_words(segments: Sequence[Segment], seg_token_counts: Sequence[int],
     quality review judges them); ``pipeline.stitch`` keeps words inside their segment."""
     longest = median * 2
     out: list[Segment] = []
-    k, last_speech = 0, 0.0
+    # A window starts after a pause (stages/chunk.py cuts at pauses and starts a window
+    # 0.4 s before the sound resumes): its first words get the after-a-pause clamp that
+    # openai gives the first words after a silence (its last speech time runs across
+    # windows). Without it the first word starts at the window's start, inside the pause:
+    # 7 of 7 such words on espeak_gb_pauses, ~0.4 s early (scripts/word_timestamps_cost.py).
+    k, last_speech = 0, -np.inf
     for seg, n_tok in zip(segments, seg_token_counts):
         mine: list[WordTiming] = []
         taken = 0
@@ -426,6 +431,29 @@ class AlignInput:
     sot_sequence: list  # <|startoftranscript|> [<|lang|> <|task|>]
     frames: int  # mel frames of real audio in the window (<= 3000)
     language: str | None
+    sound_start: float | None = None  # seconds to the window's first sound, if measured
+
+
+def first_sound(sound) -> float | None:
+    """Seconds to the first loud 50 ms frame of a window, from the end-of-text veto's
+    sound profile ``(valid_s, cum)`` (``stages.quality.sound_profile``), or None."""
+    if sound is None:
+        return None
+    steps = np.flatnonzero(np.diff(np.asarray(sound[1])) > 0)
+    return float(steps[0]) * 0.05 if len(steps) else None
+
+
+def start_at_sound(words: list[WordTiming], sound_start: float | None, slack: float = 0.05) -> None:
+    """In place: the window's first word starts no earlier than its first sound.
+
+    Not OpenAI's: the DTW path starts at frame 0, so a window's first word always starts
+    at the window's start, and ours start 0.4 s before the sound (stages/chunk.py keeps
+    that lead-in). OpenAI's after-a-pause clamp (``assign_words``) catches long first
+    words only: on espeak_gb_pauses 4 of the 7 first words after the long silences still
+    began 0.35-0.4 s inside them. ``slack``: a loud frame can lag a soft onset."""
+    first = next((w for w in words if w.word), None)
+    if first is not None and sound_start is not None and first.start < sound_start - slack < first.end:
+        first.start = sound_start - slack
 
 
 def alignment_tokens(inp: AlignInput, no_timestamps: int, eot: int) -> list[int]:
@@ -467,5 +495,6 @@ def align_windows(model, tokenizer, cross_k, cross_v, rows: torch.Tensor, inputs
         words = word_timings(path, text, token_probs, token_bytes(tokenizer, text), inp.language)
         median = clamp_long_words(words)
         merge_punctuations(words)
+        start_at_sound(words, inp.sound_start)
         out.append(tuple(assign_words(inp.segments, [len(ids) for ids in inp.seg_tokens], words, median)))
     return out

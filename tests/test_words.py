@@ -183,6 +183,22 @@ def test_words_go_back_to_their_segments():
     assert out[0].words[1] == Word(0.5, 1.0, " there.", 0.8)  # a merged mark adds no time (openai)
 
 
+def test_first_word_starts_at_the_first_sound():
+    from stages.quality import sound_profile
+
+    loud = np.zeros(100, dtype=bool)
+    loud[8:30] = True  # sound from 0.4 s
+    t = W.first_sound((5.0, sound_profile(loud)))
+    assert t == pytest.approx(0.4)
+    assert W.first_sound((5.0, sound_profile(np.zeros(10, dtype=bool)))) is None and W.first_sound(None) is None
+    ws = [W.WordTiming("", [0], 0.0, 0.0, 1.0), W.WordTiming(" You", [1], 0.0, 0.6, 1.0),
+          W.WordTiming(" see", [2], 0.6, 0.9, 1.0)]  # fmt: skip
+    W.start_at_sound(ws, t)
+    assert [(w.start, w.end) for w in ws[1:]] == [(pytest.approx(0.35), 0.6), (0.6, 0.9)]
+    W.start_at_sound(ws, 0.8)  # not inside the first word: left alone
+    assert ws[1].start == pytest.approx(0.35)
+
+
 def test_review_moves_words_with_their_segment():
     from stages.quality import WindowReview, _Span
 
