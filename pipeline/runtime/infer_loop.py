@@ -223,8 +223,9 @@ class _InferJob:
         # which the engine does not compute (it moves windows down to the first slots).
         full = d["steps"] * (d.get("slots") or 0)
         d["occupancy"] = round(d["row_steps_used"] / full, 4) if full else None
-        for k in ("encoder_s", "decoder_s"):
-            d[k] = round(d[k], 4)
+        for k in ("encoder_s", "decoder_s", "align_s"):
+            if k in d:
+                d[k] = round(d[k], 4)
         return d
 
 
