@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Word:
     """One word of a segment with its time (seconds, relative like its segment's) and the
-    model's probability of its tokens (their product's geometric mean, OpenAI's
+    model's probability of its tokens (the mean of its tokens' probabilities, OpenAI's
     ``probability``). ``word`` keeps Whisper's leading space."""
 
     start: float

@@ -46,6 +46,7 @@ positions in use only (faster there).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -72,6 +73,7 @@ class _Window:
     seed: int
     sound: Any
     prev: list[int]  # previous-text tokens (a prompt: <|startofprev|> ...), [] for none
+    valid_frames: int = N_FRAMES  # mel frames of real audio (word timestamps cut there)
 
 
 @dataclass
@@ -94,7 +96,8 @@ class SlotEngine:
     decoder, empty ones included: the live prefix, or its power-of-two bucket when static);
     ``encoder_s`` (encoder and cross-attention K/V) and ``decoder_s`` (admission's first
     steps and every step, rules included), wall seconds; ``tokens`` and ``windows``
-    finished; ``moves`` (windows moved down to a lower slot, see ``_compact``).
+    finished; ``moves`` (windows moved down to a lower slot, see ``_compact``);
+    ``align_s`` and ``aligned``: wall seconds of word alignment and windows aligned.
     """
 
     def __init__(
@@ -151,32 +154,41 @@ class SlotEngine:
         self._lang_to_id = dict(getattr(gc, "lang_to_id", None) or {})
         self._task_to_id = dict(getattr(gc, "task_to_id", None) or {})
         self._lang_ids = torch.tensor(backend._lang_ids, dtype=torch.long, device=self.device)
+        # Cross-attention heads that follow the speech, [(layer, head)] (word timestamps).
+        self._alignment_heads = [tuple(h) for h in (getattr(gc, "alignment_heads", None) or [])]
 
         self._waiting: deque[_Window] = deque()
         self._running: list[_Slot | None] = [None] * slots
         self.stats: dict[str, float] = dict(
             slots=slots, steps=0, row_steps_used=0, row_steps_computed=0,
-            encoder_s=0.0, decoder_s=0.0, tokens=0, windows=0, moves=0,
+            encoder_s=0.0, decoder_s=0.0, tokens=0, windows=0, moves=0, align_s=0.0, aligned=0,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ public API
 
     def submit(self, key, features: torch.Tensor, options: DecodeOptions, *, temperature: float | None = None,
-               seed: int = 0, sound=None) -> None:  # fmt: skip
+               seed: int = 0, sound=None, valid_frames: int | None = None) -> None:  # fmt: skip
         """Queue one window (features from backend.prepare). key: any hashable, returned with the result.
         temperature/seed/sound mean exactly what transcribe()'s per-row temperatures/seeds/sound mean
         (temperature None: ``options.temperature``). ``options.prompt`` is decoded before the
-        window as previous text (``backend.prompt_ids``), as ``generate(prompt_ids=...)`` does."""
+        window as previous text (``backend.prompt_ids``), as ``generate(prompt_ids=...)`` does.
+        valid_frames: mel frames (10 ms) of real audio before the window's padding (None: all
+        3000); word timestamps (``options.word_timestamps``) align the text to these only."""
         if tuple(features.shape) != (self.backend.n_mels, N_FRAMES):
             want = (self.backend.n_mels, N_FRAMES)
             raise ValueError(f"expected features {want}, got {tuple(features.shape)}")
         self.backend.generate_kwargs(options)  # the same validation as transcribe's
         if options.language is not None and self.backend.multilingual:
             self._language_token(options.language)
+        if options.word_timestamps and not self._alignment_heads:
+            raise ValueError(f"{self.backend.model_id} has no alignment heads: it cannot give word timestamps")
+        frames = N_FRAMES if valid_frames is None else int(valid_frames)
+        if not 0 <= frames <= N_FRAMES:
+            raise ValueError(f"valid_frames must be from 0 to {N_FRAMES}, not {valid_frames!r}")
         if temperature is None:
             temperature = options.temperature
         prev = self.backend.prompt_ids(options)
-        self._waiting.append(_Window(key, features, options, float(temperature), int(seed), sound, prev))
+        self._waiting.append(_Window(key, features, options, float(temperature), int(seed), sound, prev, frames))
 
     @property
     def idle(self) -> bool:
@@ -490,6 +502,7 @@ class SlotEngine:
         avg = self.sampler.avg_logprob(done_rows)
         ns_dev = self.no_speech[idx].tolist()
         out = []
+        align = []  # (index in out, slot, generated tokens): windows that asked for words
         for i, s in enumerate(done_rows):
             slot = self._running[s]
             w = slot.window
@@ -498,8 +511,44 @@ class SlotEngine:
             (result,) = self.backend._results(
                 [row], w.options, [avg[i]], [no_speech], [w.temperature]
             )
+            if w.options.word_timestamps and result.segments:
+                align.append((len(out), s, gen[i][: counts[i]]))
             out.append((w.key, result))
             self.stats["tokens"] += counts[i]
             self.stats["windows"] += 1
+        if align:  # before the slots are freed: their cross-attention K/V are still there
+            self._align(out, align)
+        for s in done_rows:
             self._free(s)
         return out
+
+    def _align(self, out: list, align: list) -> None:
+        """Word timestamps for the windows that finished at this step and asked for them:
+        one teacher-forced pass for all of them over their slots' cross-attention K/V
+        (``stages.words.align_windows``), and their segments get their words."""
+        from stages.words import AlignInput, align_windows, first_sound
+
+        t0 = time.perf_counter()
+        inputs = []
+        for k, s, generated in align:
+            slot, result = self._running[s], out[k][1]
+            # The sot sequence is the prompt from its last <|startoftranscript|> on: a
+            # prompt may carry <|startofprev|> text before it, which alignment leaves out.
+            p = slot.prompt
+            sot_at = len(p) - 1 - p[::-1].index(self.sot)
+            n = generated.index(self.backend.eot) + 1 if self.backend.eot in generated else len(generated)
+            seg_tokens = [ids for *_, ids in self.backend._split(generated[:n])]
+            if len(seg_tokens) != len(result.segments):  # _results cuts them the same way
+                raise RuntimeError(f"word alignment: {len(seg_tokens)} token runs for {len(result.segments)} segments")
+            inputs.append(AlignInput(result.segments, seg_tokens, p[sot_at:], slot.window.valid_frames,
+                                     result.language, first_sound(slot.window.sound)))  # fmt: skip
+        rows = torch.tensor([s for _, s, _ in align], device=self.device)
+        gc = self.model.generation_config
+        segments = align_windows(self.model, self.backend.tokenizer, self.cross_k, self.cross_v, rows,
+                                 inputs, self._alignment_heads, gc.no_timestamps_token_id,
+                                 self.backend.eot)  # fmt: skip
+        for (k, _, _), segs in zip(align, segments):
+            key, result = out[k]
+            out[k] = (key, dataclasses.replace(result, segments=segs))
+        self.stats["align_s"] += time.perf_counter() - t0
+        self.stats["aligned"] += len(align)

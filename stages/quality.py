@@ -420,7 +420,12 @@ class WindowReview:
         decode saw padding after it, and may put an end time there)."""
         off, limit = span.start / SAMPLE_RATE, span.end / SAMPLE_RATE
         start = min(seg.start + off, limit)
-        return replace(seg, start=round(start, 3), end=round(min(max(seg.end + off, start), limit), 3))
+        words = tuple(  # word timestamps move with their segment (issue 11)
+            replace(w, start=round(min(w.start + off, limit), 3), end=round(min(w.end + off, limit), 3))
+            for w in seg.words
+        )
+        return replace(seg, start=round(start, 3), end=round(min(max(seg.end + off, start), limit), 3),
+                       words=words)  # fmt: skip
 
     def _note_pace(self, segments: list[Segment]) -> None:
         if self.pace is not None:

@@ -292,6 +292,10 @@ class Pipeline:
         on (``pipeline.stitch.StreamStitcher`` puts them in order). An exception from
         ``progress`` or ``on_window`` fails the job with it."""
         job = Job(job) if isinstance(job, str) else job
+        if job.options.word_timestamps and self.config.engine != "slots":
+            from pipeline.runtime.infer_loop import WORDS_NEED_SLOTS
+
+            raise ValueError(WORDS_NEED_SLOTS)
         with self._lock:
             self._check_usable()
             self._start_dispatcher()

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from pipeline import logs
-from pipeline.constants import PCM_DTYPE, SAMPLE_RATE
+from pipeline.constants import HOP_LENGTH, PCM_DTYPE, SAMPLE_RATE
 from pipeline.ring import Ring, Stopped, wait_put
 from pipeline.runtime.context import POLL_S, StageContext, StageStats, _profiling
 
@@ -141,6 +141,9 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
 
 
 _TIMEOUT = object()
+# The per-batch generate path (engine='generate', and backends without a model of their
+# own) has no word alignment: only the slot engine aligns (stages/engine.py, stages/words.py).
+WORDS_NEED_SLOTS = "word timestamps need the slot engine (engine='slots' with a Whisper model)"
 IDLE_POLL_S = 0.005  # the reader's poll while it holds a partial batch
 
 
@@ -221,8 +224,9 @@ class _InferJob:
         # which the engine does not compute (it moves windows down to the first slots).
         full = d["steps"] * (d.get("slots") or 0)
         d["occupancy"] = round(d["row_steps_used"] / full, 4) if full else None
-        for k in ("encoder_s", "decoder_s"):
-            d[k] = round(d[k], 4)
+        for k in ("encoder_s", "decoder_s", "align_s"):
+            if k in d:
+                d[k] = round(d[k], 4)
         return d
 
 
@@ -327,6 +331,8 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         if job.failed or ctx.cancelled(seq):
             return
         try:
+            if job.info["options"].word_timestamps:
+                raise ValueError(WORDS_NEED_SLOTS)
             ctx.maybe_fault(job.stats.items)
             t0 = time.monotonic()
             results = _transcribe_batch(backend, items, job.info["options"])
@@ -365,7 +371,8 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             try:
                 ctx.maybe_fault(job.stats.items)
                 engine.submit(it, it.features, job.info["options"], temperature=it.request.temperature,
-                              seed=it.request.seed, sound=it.sound)  # fmt: skip
+                              seed=it.request.seed, sound=it.sound,
+                              valid_frames=(it.request.end - it.request.start) // HOP_LENGTH)  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - this job's fault alone
                 fail(job, exc)
                 finish_if_done(job)
