@@ -90,6 +90,7 @@ class ServerConfig:
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20)
     english_only: bool | None = None
     upload_dir: str | None = None  # None: the system's temporary folder
+    upload_stall_s: float = 30.0  # an upload that sends nothing for this long: 408
 
 
 @dataclass
@@ -159,14 +160,14 @@ class Server:
 
     async def health(self, request: web.Request) -> web.Response:
         p = self.pipeline
-        broken = p is None or p._broken is not None or p._closed
+        broken = p is None or not p.usable
         if broken:
             return web.json_response({"status": "unavailable", "model": self.cfg.model_id}, status=503)
         if p.model_info is None:
             return web.json_response({"status": "loading", "model": self.cfg.model_id}, status=503)
         return web.json_response({
             "status": "ok", "model": self.cfg.model_id, "device": p.model_info.get("device"),
-            "jobs_running": len(p._runs), "jobs_cancelled": self.cancelled,
+            "jobs_running": p.jobs_in_flight, "jobs_cancelled": self.cancelled,
         })  # fmt: skip
 
     def _model_obj(self, name: str) -> dict:
@@ -229,7 +230,7 @@ class Server:
             except (ValueError, AssertionError, KeyError) as exc:
                 raise ApiError(400, f"cannot read the multipart body: {clip(str(exc) or type(exc).__name__, 120)}") from None
             while True:
-                part = await reader.next()
+                part = await self._stalled(reader.next())
                 if part is None:
                     break
                 if not isinstance(part, _BodyPartReader):
@@ -240,7 +241,7 @@ class Server:
                         raise ApiError(400, "file: given twice", param="file")
                     upload = await self._save(part)
                 elif name:
-                    fields.setdefault(name, []).append(await _field_text(part, name))
+                    fields.setdefault(name, []).append(await self._stalled(_field_text(part, name)))
                 else:
                     await part.release()
         except ApiError:
@@ -266,6 +267,15 @@ class Server:
             _unlink(path)
             raise
 
+    async def _stalled(self, awaitable):
+        """One read of the body: 408 when the client sends nothing for ``upload_stall_s``
+        (a client that opens a request and goes quiet must not hold it open for ever)."""
+        try:
+            return await asyncio.wait_for(awaitable, self.cfg.upload_stall_s)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the upload sent nothing for {self.cfg.upload_stall_s:g} s",
+                           code="upload_timeout") from None
+
     async def _save(self, part) -> tuple[str, str, int]:
         """Stream the file part to a temporary file, counting bytes: 413 past the limit."""
         limit = self.cfg.max_upload_bytes
@@ -275,7 +285,7 @@ class Server:
         try:
             with os.fdopen(fd, "wb") as f:
                 while True:
-                    chunk = await part.read_chunk(CHUNK)
+                    chunk = await self._stalled(part.read_chunk(CHUNK))
                     if not chunk:
                         break
                     size += len(chunk)
@@ -664,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=None,
                    help=f"largest upload accepted, MB (default: $MAX_UPLOAD_MB, else {DEFAULT_MAX_UPLOAD_MB:g})")
     p.add_argument("--upload-dir", default=None, help="where uploads are spooled (default: the temporary folder)")
+    p.add_argument("--upload-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="an upload that sends nothing for this long gets 408 (default 30)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     return p
 
@@ -687,12 +699,14 @@ def main(argv=None) -> int:
         mb = args.max_upload_mb if args.max_upload_mb is not None else float(os.environ.get("MAX_UPLOAD_MB") or DEFAULT_MAX_UPLOAD_MB)
         if not mb > 0:
             raise ValueError(f"--max-upload-mb must be positive, not {mb:g}")
+        if not args.upload_timeout > 0:
+            raise ValueError(f"--upload-timeout must be positive, not {args.upload_timeout:g}")
     except (ValueError, ModelResolveError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     key = args.api_key if args.api_key is not None else (os.environ.get("API_KEY") or None)
     cfg = ServerConfig(model_id=model, api_key=key, max_upload_bytes=int(mb * 2**20), english_only=english_only,
-                       upload_dir=args.upload_dir)  # fmt: skip
+                       upload_dir=args.upload_dir, upload_stall_s=args.upload_timeout)  # fmt: skip
     server = Server(pcfg, cfg)
     return asyncio.run(_serve(server, args.host, args.port))
 

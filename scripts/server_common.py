@@ -91,10 +91,16 @@ def health(url: str) -> tuple[int, dict]:
         return 0, {}
 
 
-def minute_of_speech(dst: Path, seconds: float = 60.0) -> Path:
-    """``seconds`` of speech as 16 kHz mono FLAC: jfk.flac looped where ../shared/audio has
-    it, else an espeak-ng reading."""
+def minute_of_speech(dst: Path, seconds: float = 60.0, source: Path | None = None) -> Path:
+    """``seconds`` of speech as 16 kHz mono FLAC: the start of ``source`` (a long reading,
+    such as testsets/espeak_us.wav) when given, else jfk.flac looped where ../shared/audio
+    has it (the same sentence over and over: its repeated text trips the compression-ratio
+    fallback, so it also tests that sampled re-decodes stay the same), else espeak-ng."""
     dst = Path(dst)
+    if source is not None:
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), "-t", str(seconds),
+                        "-ac", "1", "-ar", "16000", str(dst)], check=True)  # fmt: skip
+        return dst
     if JFK.is_file():
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(JFK),
                         "-t", str(seconds), "-ac", "1", "-ar", "16000", str(dst)], check=True)  # fmt: skip

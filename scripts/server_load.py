@@ -34,9 +34,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seconds", type=float, default=60.0, help="audio per request")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--audio", type=Path, default=None,
+                   help="take each request's speech from the start of this file (default: jfk.flac looped)")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="server-load-"))
-    audio = minute_of_speech(tmp / "speech.flac", args.seconds)
+    audio = minute_of_speech(tmp / "speech.flac", args.seconds, args.audio)
     srv = Server("--model", args.model, "--batch-size", str(args.batch_size))
     try:
         srv.wait_ready()

@@ -35,6 +35,7 @@ mono float32 (``pipeline.constants``).
 from __future__ import annotations
 
 import logging
+import threading
 import re
 from dataclasses import dataclass, field, replace
 
@@ -191,24 +192,65 @@ def text_units(text: str) -> int:
 
 
 class Pace:
-    """A job's speaking rate so far: letters per second of sound, over the segments of
-    windows already decided (``note``), for ``too_slow``. Shared by a job's reviews; the
-    median of the last 200 segments, so one odd window cannot move it."""
+    """A job's speaking rate: letters per second of sound, over the segments of windows
+    already decided (``note``), for ``too_slow``. Shared by a job's reviews; the median of
+    the last 200 segments, so one odd window cannot move it.
+
+    Order (issue 11: the same transcript whatever else is decoded at the same time): a
+    window's skip check uses the segments of the windows up to it *in audio order*, never
+    of whichever windows happened to finish first. Reviews register in window order; a
+    window decided before an earlier one waits for it (``release``), so its check always
+    sees the same pace. Notes given before any review registered (``index`` None) count
+    for every window."""
 
     def __init__(self, window: int = 200):
-        self._rates: list[float] = []
+        self._prior: list[float] = []  # notes with no window (index None)
+        self._rates: dict[int, list[float]] = {}  # window index -> its segments' rates
         self._window = window
+        self._order: list = []  # registered reviews, in window order
+        self._next = 0  # position in _order of the first review whose check has not run
+        self._released: list = []  # (review, requests) let go by another review's feed
+        self._lock = threading.Lock()  # the infer stage's reader registers, its main thread releases
 
-    def note(self, units: int, sound_s: float) -> None:
+    def note(self, units: int, sound_s: float, index: int | None = None) -> None:
         if sound_s >= 2.0 and units > 0:
-            self._rates.append(units / sound_s)
-            del self._rates[: -self._window]
+            (self._prior if index is None else self._rates.setdefault(index, [])).append(units / sound_s)
 
-    def rate(self) -> float | None:
-        """Median letters per sound-second, or None before 5 segments were noted."""
-        if len(self._rates) < 5:
+    def rate(self, upto: int | None = None) -> float | None:
+        """Median letters per sound-second over the last ``window`` segments noted (of the
+        windows up to ``upto``, in window order, when given), or None before 5."""
+        rates = list(self._prior)
+        for i in sorted(self._rates):
+            if upto is None or i <= upto:
+                rates.extend(self._rates[i])
+        rates = rates[-self._window :]
+        if len(rates) < 5:
             return None
-        return float(np.median(self._rates))
+        return float(np.median(rates))
+
+    def register(self, review) -> None:
+        with self._lock:
+            if self._order and review.index <= self._order[-1].index:
+                raise ValueError(f"pace: window {review.index} registered after {self._order[-1].index}")
+            self._order.append(review)
+
+    def release(self) -> list:
+        """Run the waiting skip checks that may run now, in window order: each review's,
+        once every earlier window was decided. Returns [(review, requests)]."""
+        out = []
+        with self._lock:
+            while self._next < len(self._order):
+                review = self._order[self._next]
+                if not review.decided:
+                    break
+                self._next += 1
+                out.append((review, review.check_pace()))
+        return out
+
+    def take_released(self) -> list:
+        """What ``release`` let go during other reviews' feeds: [(review, requests)]."""
+        out, self._released = self._released, []
+        return out
 
 
 def loud_seconds(loud: np.ndarray, t0: float, t1: float) -> float:
@@ -217,14 +259,14 @@ def loud_seconds(loud: np.ndarray, t0: float, t1: float) -> float:
     return float(np.count_nonzero(loud[a:b])) / 20.0
 
 
-def too_slow(seg: Segment, loud: np.ndarray, pace: Pace | None, cfg: QualityConfig) -> bool:
+def too_slow(seg: Segment, loud: np.ndarray, pace: Pace | None, cfg: QualityConfig, upto: int | None = None) -> bool:
     """A segment saying far less than the sound under it at the job's pace: Whisper
     sometimes jumps over a sentence or two inside one long segment (a 26.7 s segment
     holding 35 of 64 words on a 3-minute reading; issue 8 saw a 13 s segment holding three
     words). Flagged when at least ``skip_min_sound_s`` of sound lies under it and it holds
     less than ``skip_ratio`` of the letters the job's pace predicts, ``skip_min_units``
-    letters short at least."""
-    rate = pace.rate() if pace is not None else None
+    letters short at least. ``upto``: the window being checked (``Pace.rate``)."""
+    rate = pace.rate(upto) if pace is not None else None
     if rate is None:
         return False
     sound_s = loud_seconds(loud, seg.start, seg.end)
@@ -313,6 +355,13 @@ class WindowReview:
         self._kept: WindowResult | None = None  # the window's own decode that was kept
         self._asked = False
         self.counts = dict.fromkeys(KINDS, 0)
+        # The skip check waits for the job's earlier windows (``Pace``): ``decided`` once
+        # the window's own decode was kept; ``_check`` the (span, segments) it will judge.
+        self.decided = False
+        self._check: tuple | None = None
+        self._checked = pace is None
+        if pace is not None:
+            pace.register(self)
 
     # -- protocol ------------------------------------------------------------------------
 
@@ -320,13 +369,17 @@ class WindowReview:
         """The first decode (none when the energy gate says there is nothing to hear)."""
         self._asked = True
         if len(self.audio) == 0 or (self.cfg.enabled and self.gated is not None):
+            # Nothing to decode, nothing to check: decided, and let go by ``Pace.release``
+            # (the caller's: this may run on another thread than the feeds).
+            self.decided = True
+            self._checked = self._checked or self.pace is None
             return []
         return [self._ask(_Span(0, len(self.audio), 0), self.temperature, "window")]
 
     @property
     def done(self) -> bool:
         """True once ``requests()`` was called and every decode it led to was fed."""
-        return self._asked and not self._pending
+        return self._asked and not self._pending and self._checked
 
     def window_audio(self, request: Request) -> np.ndarray:
         """The (480000,) float32 input of a request: its span, zero-padded in the audio
@@ -352,6 +405,8 @@ class WindowReview:
         cfg = self.cfg
         if not cfg.enabled:
             self._final[(span.start, span.end)] = [self._place(s, span) for s in result.segments]
+            if span.depth == 0:
+                return self._decide(None)
             return []
         span.temperatures.append(request.temperature)
         if needs_fallback(result, cfg) and not is_no_speech(result, cfg):
@@ -378,14 +433,42 @@ class WindowReview:
         if tail is not None:
             cut, segments = tail
             follow.append(self._ask(_Span(cut, span.end, span.depth + 1), self.temperature, "tail"))
-        if span.depth == 0:
-            # The window's own segments join the pace first: with a batch of a job's first
-            # windows decided together, the pace has figures from the third window on.
-            self._note_pace(segments)
-            for seg in segments:
-                if too_slow(seg, self.loud, self.pace, cfg):
-                    follow.extend(self._split(span, seg))
         self._final[(span.start, span.end)] = segments
+        if span.depth == 0:
+            # The window's own segments join the pace first; the check of each segment
+            # runs once every earlier window of the job was decided (Pace).
+            self._note_pace(segments)
+            follow.extend(self._decide((span, segments)))
+        return follow
+
+    def _decide(self, check) -> list[Request]:
+        """The window's own decode was kept: its skip check (``check``: (span, segments),
+        or None for nothing to check) runs now if every earlier window of the job was
+        decided, else when the last of them is. Returns this review's requests from it;
+        other reviews it let go wait in ``pace.take_released()``."""
+        self.decided, self._check = True, check
+        if self.pace is None:
+            return self.check_pace()
+        own: list[Request] = []
+        for review, reqs in self.pace.release():
+            if review is self:
+                own = reqs
+            else:
+                self.pace._released.append((review, reqs))
+        return own
+
+    def check_pace(self) -> list[Request]:
+        """The skip check: split re-decodes of segments too slow for the job's pace up to
+        this window (``too_slow``). Called once, by ``Pace.release`` (or ``_decide``)."""
+        self._checked = True
+        if self._check is None:
+            return []
+        span, segments = self._check
+        self._check = None
+        follow: list[Request] = []
+        for seg in segments:
+            if too_slow(seg, self.loud, self.pace, self.cfg, upto=self.index):
+                follow.extend(self._split(span, seg))
         return follow
 
     def result(self) -> WindowResult:
@@ -430,7 +513,7 @@ class WindowReview:
     def _note_pace(self, segments: list[Segment]) -> None:
         if self.pace is not None:
             for seg in segments:
-                self.pace.note(text_units(seg.text), loud_seconds(self.loud, seg.start, seg.end))
+                self.pace.note(text_units(seg.text), loud_seconds(self.loud, seg.start, seg.end), self.index)
 
     def _tail(self, span: _Span, segments: list[Segment]):
         """(cut sample, segments kept) when the span's end went untranscribed, else None.

@@ -802,3 +802,72 @@ def test_result_before_done_raises():
         review.result()
     assert review.feed(tail, res(seg(0.0, 14.0, " The rest of it."))) == []
     assert review.done and len(review.result().segments) == 2
+
+
+# ------------------------------------------------ pace in window order (issue 11: same text at once)
+
+
+def _drive_job(reviews, decoder, order):
+    """The infer loop for a job's windows sharing a Pace: first decodes fed in ``order``
+    (window indices), then every follow-up in the order asked; released reviews' requests
+    join the queue (as pipeline/runtime/infer_loop.settle does)."""
+    first = {r.index: r.requests() for r in reviews}
+    by_index = {r.index: r for r in reviews}
+    pace = reviews[0].pace
+    queue = []
+    for i in order:
+        queue.extend((by_index[i], q) for q in first[i])
+    queue = sorted(queue, key=lambda rq: order.index(rq[0].index))
+    for review, reqs in pace.release():  # gated windows, as the infer loop's batch handler
+        queue.extend((review, q) for q in reqs)
+    while queue:
+        review, req = queue.pop(0)
+        queue.extend((review, q) for q in review.feed(req, decoder(req)))
+        for other, reqs in pace.take_released():
+            queue.extend((other, q) for q in reqs)
+    assert all(r.done for r in reviews)
+    return [r.result() for r in reviews]
+
+
+def test_pace_follows_window_order_not_finishing_order():
+    """A window decided before the windows ahead of it waits for them: its skip check sees
+    the same pace whatever finished first, so the transcript does not depend on what else
+    shared the decoder (the 4-jobs-at-once case where one job lost a sentence)."""
+    audio = _split_audio()
+    normal = [seg(0.0, 5.0, " " + "a" * 60), seg(5.0, 10.0, " " + "b" * 60), seg(10.0, 15.0, " " + "c" * 60)]
+    slow = seg(0.0, 19.6, " Hello there.")  # 10 letters over ~15.7 s of sound
+
+    def script(r):
+        if r.window < 2:
+            return res(*normal)
+        if r.kind == "window":
+            return res(slow)
+        return res(seg(0.0, 8.0, " " + "d" * 80)) if r.start == 0 else res(seg(0.2, 8.0, " " + "e" * 80))
+
+    outs, seen = [], []
+    for order in ([0, 1, 2], [2, 1, 0], [2, 0, 1], [1, 2, 0]):
+        pace = Pace()
+        reviews = [WindowReview(i, audio, pace=pace) for i in range(3)]
+        dec = FakeDecoder(script)
+        outs.append([[s.text for s in r.segments] for r in _drive_job(reviews, dec, order)])
+        seen.append(sorted((q.window, q.kind, q.start) for q in dec.seen))
+    assert all(o == outs[0] for o in outs) and all(s == seen[0] for s in seen)
+    assert [k for i, k, _ in seen[0] if i == 2].count("split") == 2  # window 2 was split
+
+
+def test_pace_waits_for_a_gated_window():
+    """A silent (gated) window ahead counts as decided once the infer loop releases it."""
+    audio = _split_audio()
+    pace = Pace()
+    silent = WindowReview(0, np.zeros(10 * SAMPLE_RATE, np.float32), pace=pace)
+    talk = WindowReview(1, audio, pace=pace)
+    dec = FakeDecoder(lambda r: res(seg(0.0, 5.0, " " + "a" * 60)))
+    out = _drive_job([silent, talk], dec, [1, 0])
+    assert out[0].segments == () and out[1].segments
+
+
+def test_pace_registers_in_window_order():
+    pace = Pace()
+    WindowReview(3, _split_audio(), pace=pace)
+    with pytest.raises(ValueError, match="registered after"):
+        WindowReview(2, _split_audio(), pace=pace)

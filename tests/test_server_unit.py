@@ -9,6 +9,7 @@ pipeline (503). The app runs in a thread on a free port; the client is the real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -50,10 +51,13 @@ class ScriptedPipeline:
     def __init__(self):
         self.model_info = {"model": "fake", "device": "cpu"}
         self._broken = None
-        self._closed = False
-        self._runs = {}
+        self.jobs_in_flight = 0
         self.script = [("window", W1), ("sleep", 0.2), ("window", W0)]
         self.jobs = []
+
+    @property
+    def usable(self):
+        return self._broken is None
 
     def wait_ready(self, timeout=None):
         return self.model_info
@@ -106,9 +110,10 @@ def fake():
     return ScriptedPipeline()
 
 
-@pytest.fixture()
-def client(fake):
-    server = Server(PipelineConfig(model="fake"), ServerConfig(model_id="org/fake-model"), pipeline=fake)
+@contextlib.contextmanager
+def _serving(fake, cfg: ServerConfig):
+    """The app on a free loopback port, in a thread of its own; yields the port."""
+    server = Server(PipelineConfig(model="fake"), cfg, pipeline=fake)
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(make_app(server))
     loop.run_until_complete(runner.setup())
@@ -118,12 +123,18 @@ def client(fake):
     t = threading.Thread(target=loop.run_forever, daemon=True)
     t.start()
     try:
-        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=30)
+        yield port
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         t.join(10)
         loop.close()
+
+
+@pytest.fixture()
+def client(fake):
+    with _serving(fake, ServerConfig(model_id="org/fake-model")) as port:
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=30)
 
 
 def create(client, **kw):
@@ -192,3 +203,28 @@ def test_model_names(client):
     with pytest.raises(openai.BadRequestError) as e:
         create(client, model="whisper-large")
     assert e.value.body["code"] == "model_not_found" and "org/fake-model" in e.value.message
+
+
+def test_an_upload_that_goes_quiet_gets_408(fake):
+    """A client that starts an upload and then sends nothing is answered 408 after the
+    stall time, not held open for ever."""
+    import json
+    import socket
+
+    with _serving(fake, ServerConfig(model_id="org/fake-model", upload_stall_s=0.5)) as port:
+        body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF")
+        head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                f"boundary=b\r\nContent-Length: 100000\r\n\r\n").encode()  # fmt: skip
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head + body)  # ... and nothing more
+            reply = b""
+            while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                reply += data
+        status = reply.split(b"\r\n", 1)[0]
+        assert b" 408 " in status, reply[:300]
+        err = json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]
+        assert err["code"] == "upload_timeout" and "sent nothing for 0.5 s" in err["message"]
+        assert not fake.jobs  # nothing reached the pipeline

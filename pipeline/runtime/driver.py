@@ -325,6 +325,16 @@ class Pipeline:
             raise run.error
         return run.outcome
 
+    @property
+    def usable(self) -> bool:
+        """False once closed, or once a stage died (a new Pipeline is needed)."""
+        return not self._closed and self._broken is None
+
+    @property
+    def jobs_in_flight(self) -> int:
+        with self._runs_lock:
+            return len(self._runs)
+
     def cancel(self, run: "_JobRun", reason: str = "cancelled") -> None:
         """Cancel a submitted job (its client went away): its waiter gets a JobError and
         the stages drop what is left of it; other jobs go on. No-op once it has ended."""

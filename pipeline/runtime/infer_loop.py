@@ -319,6 +319,18 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             again.extend(_prepare_items(backend, job.seq, it.review, follow, it.review.cfg.enabled))
         if it.review.done:
             report(job, it.review)
+        settle(job, it.review.pace, again)
+
+    def settle(job: _InferJob, pace, again: list, release: bool = False) -> None:
+        """Later windows that waited for an earlier one to be decided (stages.quality.Pace):
+        their split re-decodes join ``again``; those now done are reported."""
+        if pace is None:
+            return
+        for review, follow in (pace.release() if release else []) + pace.take_released():
+            if follow:
+                again.extend(_prepare_items(backend, job.seq, review, follow, review.cfg.enabled))
+            if review.done:
+                report(job, review)
 
     def run_batch() -> None:
         """--engine generate: one generate call on a batch of one job's decodes."""
@@ -440,12 +452,20 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             job = running.get(batch.seq)
             if job is None or job.failed or ctx.cancelled(batch.seq):
                 return
+            gated = []
             for it in batch.items:
                 job.open += 1
                 if it.request is None:  # nothing to decode: the gate decided
-                    report(job, it.review)
+                    gated.append(it.review)
                 else:
                     work.append(it)
+            if gated:  # reported once every earlier window was decided (Pace)
+                again: list = []
+                settle(job, gated[0].pace, again, release=True)
+                work.extendleft(reversed(again))
+                for review in gated:
+                    if review.pace is None and review.done:
+                        report(job, review)
         elif kind == "end":
             seq, end_info = msg[1], msg[2]
             job = running.get(seq)
