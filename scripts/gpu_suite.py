@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="scripts/gpu_suite.sh", description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="CPU, small sizes: checks the suite itself")
     p.add_argument("--out", default=None, help="output folder (default: $OUT, else benchmarks/gpu/DATE)")
-    p.add_argument("--minutes", type=float, default=None, help="audio length (default 90; dry run 3)")
+    p.add_argument("--minutes", type=float, default=None, help="audio length (default 90; dry run 1)")
     args = p.parse_args(argv)
 
     import torch
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
     out = Path(args.out or os.environ.get("OUT") or REPO / "benchmarks" / "gpu" / stamp)
     out.mkdir(parents=True, exist_ok=True)
-    minutes = args.minutes or (3.0 if dry else 90.0)
+    minutes = args.minutes or (1.0 if dry else 90.0)
     scratch = Path(tempfile.mkdtemp(prefix="gpu-suite-"))  # audio, traces, logs
     audio = write_wav(scratch / f"speech_{minutes:g}min.wav", speechlike(minutes * 60))
     device = "cpu" if dry else "cuda"

@@ -79,6 +79,15 @@ def convert(src, dst, *args: str) -> Path:
     return Path(dst)
 
 
+def read_audio(path, rate: int = 16000) -> np.ndarray:
+    """Any file ffmpeg reads, as mono float32 samples at ``rate`` Hz."""
+    raw = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(rate), "-"],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    return np.frombuffer(raw, np.float32).copy()
+
+
 def duration_of(path) -> float:
     """Seconds of audio in a file, by ffprobe (the truth tests compare against)."""
     out = subprocess.run(

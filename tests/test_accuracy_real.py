@@ -72,11 +72,7 @@ def pipe(tiny_en):
 
 
 def _pcm(path) -> np.ndarray:
-    out = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", "16000", "-"],
-        check=True, capture_output=True,
-    ).stdout  # fmt: skip
-    return np.frombuffer(out, np.float32)
+    return media.read_audio(path)
 
 
 def sequential_text(model_dir: str, audio: np.ndarray) -> str:

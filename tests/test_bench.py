@@ -64,15 +64,18 @@ def mp3_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bench_run(mp3_dir, tiny_model_dir, tmp_path_factory):
-    """--baseline with --reference: the chunked pipeline plus sequential long-form."""
+def bench_run(mp3_dir, tiny_model_dir, ct2_model_dir, tmp_path_factory):
+    """--reference with every baseline (chunked pipeline, sequential long-form,
+    faster-whisper on the same weights), from a URL, with a trace and a plot: one run that
+    the tests below read (each bench run costs a model load per decoder)."""
     out = tmp_path_factory.mktemp("bench-out")
     paths = {k: out / f"b.{k}" for k in ("json", "trace", "png")}
     (out / "ref.txt").write_text(REFERENCE)
     with LoopbackServer(mp3_dir) as srv:
         r = run_bench(
             srv.url("a.mp3"), "--model", tiny_model_dir, "--tokens-per-window", TOKENS,
-            "--batch-size", 2, "--baseline", "--reference", out / "ref.txt", "--json", paths["json"],
+            "--batch-size", 2, "--reference", out / "ref.txt", "--json", paths["json"],
+            "--baselines", "faster-whisper,sequential,chunked", "--faster-whisper-model", ct2_model_dir,
             "--trace", paths["trace"], "--plot", paths["png"],
         )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -235,28 +238,15 @@ def ct2_model_dir(tiny_model_dir, tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
-def accuracy_audio(tmp_path_factory):
-    """40 s (two of our windows; long-form for the sequential baseline) and a reference."""
-    d = tmp_path_factory.mktemp("acc-audio")
-    write_wav(d / "a.wav", tone(440.0, 40.0) * 0.1 + babble(40.0, amp=0.3))
-    (d / "ref.txt").write_text(REFERENCE + "\n")
-    return d
-
-
-def test_reference_and_every_baseline(accuracy_audio, tiny_model_dir, ct2_model_dir, tmp_path):
+def test_reference_and_every_baseline(bench_run, ct2_model_dir):
     """--reference with all three baselines on the tiny random checkpoint: one table, one
-    JSON dict per decoder, each decoder greedy with the same weights."""
-    out = tmp_path / "acc.json"
-    r = run_bench(accuracy_audio / "a.wav", "--model", tiny_model_dir, "--tokens-per-window", TOKENS,
-                  "--batch-size", 2, "--no-warmup", "--reference", accuracy_audio / "ref.txt",
-                  "--baselines", "faster-whisper,sequential,chunked", "--faster-whisper-model", ct2_model_dir,
-                  "--json", out)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
+    JSON dict per decoder, each decoder greedy with the same weights. (That ``--baseline``
+    alone means chunked, plus sequential with a reference: test_baseline_selection.)"""
+    r, paths = bench_run
     rows = _table(r.stdout)
     assert list(rows) == ["ours", "chunked", "sequential", "faster-whisper"]
-    doc = json.loads(out.read_text())
-    assert doc["reference"]["path"] == str(accuracy_audio / "ref.txt")
+    doc = json.loads(paths["json"].read_text())
+    assert doc["reference"]["path"].endswith("ref.txt")
     assert doc["reference"]["words"] == 20  # "a thousand" -> "a 1000"
     assert list(doc["accuracy"]) == list(rows)
     for name, e in doc["accuracy"].items():
@@ -271,7 +261,7 @@ def test_reference_and_every_baseline(accuracy_audio, tiny_model_dir, ct2_model_
     b = doc["baselines"]
     assert set(b) == {"chunked", "sequential", "faster-whisper"} and doc["baseline"] == b["chunked"]
     for name, e in b.items():
-        assert e["audio_s"] == pytest.approx(40.0, abs=0.1), name
+        assert e["audio_s"] == pytest.approx(75.0, abs=0.2), name
         assert e["wall_s"] >= e["asr_s"] > 0 and "text" not in e, name
     seq = b["sequential"]["generate_kwargs"]
     # transformers' greedy long-form defaults: no temperature (so no fallback), no prompt.
@@ -282,19 +272,6 @@ def test_reference_and_every_baseline(accuracy_audio, tiny_model_dir, ct2_model_
     assert (fw["beam_size"], fw["best_of"], fw["temperature"], fw["condition_on_previous_text"],
             fw["vad_filter"]) == (1, 1, [0.0], False, False)  # fmt: skip
     assert str(ct2_model_dir) in b["faster-whisper"]["method"]
-
-
-def test_baseline_with_reference_adds_sequential(bench_run):
-    """--baseline alone: the chunked pipeline, plus sequential long-form once there is a
-    reference (the old baseline figures are checked above, in the same run)."""
-    r, paths = bench_run
-    assert list(_table(r.stdout)) == ["ours", "chunked", "sequential"]
-    doc = json.loads(paths["json"].read_text())
-    assert list(doc["accuracy"]) == ["ours", "chunked", "sequential"]
-    assert list(doc["baselines"]) == ["chunked", "sequential"]
-    for name, e in doc["accuracy"].items():
-        _check_scored(name, e, doc)
-    assert doc["baselines"]["sequential"]["audio_s"] == pytest.approx(75.0, abs=0.2)
 
 
 def test_baseline_selection():

@@ -26,6 +26,7 @@ from pipeline import convert as convert_mod
 from pipeline import weights
 from pipeline.constants import N_SAMPLES, SAMPLE_RATE
 from pipeline.weights import ModelResolveError, resolve_model
+from tests import media
 
 REPO = Path(__file__).resolve().parents[1]
 JFK = Path(__file__).resolve().parents[2] / "shared" / "audio" / "jfk.flac"
@@ -75,13 +76,7 @@ def jfk() -> np.ndarray:
         pytest.skip(f"{JFK} is absent")
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed")
-    raw = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(JFK), "-f", "f32le", "-ac", "1",
-         "-ar", str(SAMPLE_RATE), "-"],  # fmt: skip
-        capture_output=True,
-        check=True,
-    ).stdout
-    pcm = np.frombuffer(raw, dtype=np.float32)
+    pcm = media.read_audio(JFK, SAMPLE_RATE)
     assert 10 * SAMPLE_RATE < len(pcm) < N_SAMPLES
     return np.pad(pcm, (0, N_SAMPLES - len(pcm)))
 

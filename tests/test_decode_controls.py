@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import sys
 import wave
 import zlib
@@ -27,6 +26,7 @@ from pipeline.constants import SAMPLE_RATE
 from pipeline.types import DecodeOptions
 from stages.infer import EotVeto, StepRecorder, WhisperBackend, compression_ratio
 from stages.quality import sound_profile
+from tests import media
 from tests.media import window as _window
 
 REPO = Path(__file__).resolve().parents[1]
@@ -393,13 +393,7 @@ def jfk() -> np.ndarray:
         pytest.skip(f"{JFK} is absent")
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed")
-    raw = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(JFK), "-f", "f32le", "-ac", "1",
-         "-ar", str(SAMPLE_RATE), "-"],  # fmt: skip
-        capture_output=True,
-        check=True,
-    ).stdout
-    return np.frombuffer(raw, dtype=np.float32).copy()
+    return media.read_audio(JFK, SAMPLE_RATE)
 
 
 def test_recorded_logprob_real_rows_ending_at_different_steps(tiny_en, jfk):

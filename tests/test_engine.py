@@ -22,6 +22,7 @@ from stages.engine import SlotEngine
 from stages.infer import BatchedTimestampRules, StepRecorder, WhisperBackend
 from stages.quality import sound_profile
 from stages.rules import SlotRules, SlotSampler
+from tests import media
 from tests.media import speech
 from tests.media import window as _window
 
@@ -344,18 +345,13 @@ PROMPT = "Ask not, Fellow Amerikans."  # a spelling the models would not write b
 def jfk():
     """jfk.flac (about 11 s) as two windows: from 0 s and from 3 s."""
     import shutil
-    import subprocess
 
     from tests.media import shared_audio
 
     path = shared_audio("jfk.flac")
     if path is None or shutil.which("ffmpeg") is None:
         pytest.skip("jfk.flac or ffmpeg is absent")
-    raw = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
-         "-ar", str(SAMPLE_RATE), "-"], capture_output=True, check=True,
-    ).stdout  # fmt: skip
-    x = np.frombuffer(raw, dtype=np.float32)
+    x = media.read_audio(path, SAMPLE_RATE)
     return {"jfk": _window(x), "jfk3": _window(x[3 * SAMPLE_RATE :])}
 
 

@@ -55,15 +55,22 @@ def test_jobs_together_give_what_each_gives_alone(tone_files):
     assert not [d for j, d in seen if j == 1]
 
 
-def test_real_weights_share_the_engine(real_tiny_dir, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_pipe(real_tiny_dir):
+    """One pipeline with real tiny.en and 4 slots, shared by the tests that need no other."""
+    with Pipeline(PipelineConfig(model=real_tiny_dir, batch_size=4)) as p:
+        yield p
+
+
+def test_real_weights_share_the_engine(tiny_pipe, tmp_path):
     """Two readings decoded in the same slots: the same transcripts as alone, and each
     job's decode figures come from the slot engine."""
     a = media.speech(tmp_path / "a.wav", "The quick brown fox jumps over the lazy dog. It was a sunny day.")
     b = media.speech(tmp_path / "b.wav", "A journey of a thousand miles begins with a single step.")
     opts = DecodeOptions(language="en")
-    with Pipeline(PipelineConfig(model=real_tiny_dir, batch_size=4)) as p:
-        alone = [p.transcribe(Job(str(x), opts)) for x in (a, b)]
-        both = p.run_jobs([Job(str(a), opts, profile=True), Job(str(b), opts, profile=True)])
+    p = tiny_pipe
+    alone = [p.transcribe(Job(str(x), opts)) for x in (a, b)]
+    both = p.run_jobs([Job(str(a), opts, profile=True), Job(str(b), opts, profile=True)])
     for x, o in zip(alone, both):
         assert not isinstance(o, Exception), o
         assert o.transcript.text == x.text and o.transcript.segments == x.segments
@@ -74,17 +81,16 @@ def test_real_weights_share_the_engine(real_tiny_dir, tmp_path):
     assert 0 < d["row_steps_used"] <= d["row_steps_computed"] and d["tokens"] > 0
 
 
-def test_slot_engine_and_generate_give_the_same_transcript(real_tiny_dir, tmp_path):
+def test_slot_engine_and_generate_give_the_same_transcript(real_tiny_dir, tiny_pipe, tmp_path):
     """The pipeline with the slot engine and with one generate call per batch: the same
     words, segments and times on real weights (the engine is a faster way to the same
     tokens); each reports its own figures."""
     wav = media.speech(tmp_path / "s.wav", "Permission is hereby granted, free of charge, to any person "
                        "obtaining a copy of this software. The above copyright notice shall be included "
                        "in all copies or substantial portions of the software.")  # fmt: skip
-    outs = {}
-    for engine in ("slots", "generate"):
-        with Pipeline(PipelineConfig(model=real_tiny_dir, batch_size=2, engine=engine)) as p:
-            outs[engine] = p.run_job(Job(str(wav), DecodeOptions(language="en"), profile=True))
+    outs = {"slots": tiny_pipe.run_job(Job(str(wav), DecodeOptions(language="en"), profile=True, batch_size=2))}
+    with Pipeline(PipelineConfig(model=real_tiny_dir, batch_size=2, engine="generate")) as p:
+        outs["generate"] = p.run_job(Job(str(wav), DecodeOptions(language="en"), profile=True))
     s, g = outs["slots"], outs["generate"]
     assert s.transcript.segments == g.transcript.segments
     assert "software" in s.transcript.text.lower()
@@ -97,7 +103,7 @@ def test_unknown_engine_is_refused():
         PipelineConfig(model="x", engine="turbo")
 
 
-def test_a_jobs_batch_size_caps_its_slots(real_tiny_dir, tmp_path):
+def test_a_jobs_batch_size_caps_its_slots(tiny_pipe, tmp_path):
     """A request's batch_size caps the decoder slots its windows hold at once: with 1, one
     window at a time (every step decodes one row); the words are the same."""
     wav = media.speech(tmp_path / "s.wav", (
@@ -109,9 +115,8 @@ def test_a_jobs_batch_size_caps_its_slots(real_tiny_dir, tmp_path):
         "miles begins with a single step, and the river that flows past the old mill carries leaves "
         "from the mountains all the way down to the sea."))  # fmt: skip
     opts = DecodeOptions(language="en")
-    with Pipeline(PipelineConfig(model=real_tiny_dir, batch_size=4)) as p:
-        wide = p.run_job(Job(str(wav), opts, profile=True))
-        one = p.run_job(Job(str(wav), opts, profile=True, batch_size=1))
+    wide = tiny_pipe.run_job(Job(str(wav), opts, profile=True))
+    one = tiny_pipe.run_job(Job(str(wav), opts, profile=True, batch_size=1))
     assert len(one.windows) >= 2
     d1, d4 = one.stages["infer"]["decode"], wide.stages["infer"]["decode"]
     assert d1["row_steps_used"] == d1["steps"]  # one row per step

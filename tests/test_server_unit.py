@@ -213,8 +213,8 @@ def test_an_upload_that_goes_quiet_gets_408(fake):
 
     with _serving(fake, ServerConfig(model_id="org/fake-model", upload_stall_s=0.5)) as port:
         body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF")
-        head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-                f"boundary=b\r\nContent-Length: 100000\r\n\r\n").encode()  # fmt: skip
+        head = ("POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                "boundary=b\r\nContent-Length: 100000\r\n\r\n").encode()  # fmt: skip
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(head + body)  # ... and nothing more
             reply = b""

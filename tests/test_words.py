@@ -4,7 +4,6 @@ alignment on real tiny.en, the quality review and the pipeline carrying words.""
 from __future__ import annotations
 
 import difflib
-import subprocess
 from dataclasses import replace
 
 import numpy as np
@@ -26,9 +25,7 @@ def one_thread(one_torch_thread):
 
 
 def _pcm(path) -> np.ndarray:
-    raw = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
-                          "-ar", str(SAMPLE_RATE), "-"], capture_output=True, check=True).stdout  # fmt: skip
-    return np.frombuffer(raw, np.float32).copy()
+    return media.read_audio(path, SAMPLE_RATE)
 
 
 @pytest.fixture(scope="module")
