@@ -12,8 +12,9 @@ real tiny.en and base weights against sequential long-form decoding (see README,
 - **Temperature fallback** (openai/whisper ``decode_with_fallback``): a decode whose text
   compresses too well (a repetition loop) or whose mean token log-probability is too low
   is decoded again at the next temperature, sampled reproducibly; if every temperature
-  fails, the attempt with the best mean log-probability among those that did not loop is
-  kept (faster-whisper's choice), else the last. A job's own ``temperature`` (OpenAI's
+  fails, ``best_attempt`` keeps one: a likely text that two attempts say word for word
+  (speech that really repeats itself) before the best one that did not loop
+  (faster-whisper's choice), else the last. A job's own ``temperature`` (OpenAI's
   request field) is where each decode starts: the fallback takes the rungs above it.
 - **No-speech rule** (openai/whisper): a decode whose no-speech probability is high and
   whose mean log-probability is low gives no text.
@@ -35,8 +36,8 @@ mono float32 (``pipeline.constants``).
 from __future__ import annotations
 
 import logging
-import threading
 import re
+import threading
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -170,16 +171,43 @@ def is_no_speech(result: WindowResult, cfg: QualityConfig) -> bool:
 
 
 def best_attempt(attempts: list[WindowResult], cfg: QualityConfig) -> WindowResult:
-    """When every temperature failed: the best mean log-probability among attempts that
-    did not loop, else the last attempt (faster-whisper's choice)."""
-    fine = [
-        a
-        for a in attempts
-        if a.compression_ratio is None or a.compression_ratio <= cfg.compression_ratio_threshold
-    ]
-    if not fine:
-        return attempts[-1]
-    return max(fine, key=lambda a: a.avg_logprob if a.avg_logprob is not None else -np.inf)
+    """When every temperature failed, in this order of preference (best mean
+    log-probability within each):
+
+    1. attempts that neither loop nor are unlikely (none, unless too short to judge);
+    2. likely attempts (log-probability above the line) of which another likely attempt
+       says the very same words: speech that really repeats itself (a sentence said twice
+       in a window compresses past 2.4, at every temperature, while only the hottest
+       sample breaks the "loop", into text the model itself finds unlikely: "so milen").
+       A loop of the model's own rarely survives sampling word for word;
+    3. attempts that did not loop (faster-whisper's choice);
+    4. else the last attempt (openai/whisper's)."""
+
+    def likely(a):
+        return a.avg_logprob is not None and a.avg_logprob >= cfg.logprob_threshold
+
+    def loops(a):
+        return a.compression_ratio is not None and a.compression_ratio > cfg.compression_ratio_threshold
+
+    def best(group):
+        return max(group, key=lambda a: a.avg_logprob if a.avg_logprob is not None else -np.inf)
+
+    fine = [a for a in attempts if not loops(a)]
+    sure = [a for a in fine if likely(a)]
+    if sure:
+        return best(sure)
+    said = [(a, _words(a)) for a in attempts if likely(a)]
+    agreed = [a for a, w in said if w and sum(w == v for _, v in said) >= 2]
+    if agreed:
+        return best(agreed)
+    if fine:
+        return best(fine)
+    return attempts[-1]
+
+
+def _words(result: WindowResult) -> tuple[str, ...]:
+    """A decode's words, lower case, without punctuation: what two attempts must share."""
+    return tuple(re.sub(r"[^\w\s']", " ", "".join(s.text for s in result.segments).lower()).split())
 
 
 # -------------------------------------------------------------------------------- pace
@@ -413,6 +441,10 @@ class WindowReview:
             hotter = [t for t in cfg.temperatures if t > max(span.temperatures)]
             if hotter:
                 return [self._ask(span, hotter[0], "fallback")]
+            result = best_attempt(span.attempts, cfg)
+        elif len(span.attempts) > 1 and result.avg_logprob is not None and result.avg_logprob < cfg.logprob_threshold:
+            # A fallback that passed only by being too short to judge ("so milen" for a
+            # sentence said twice): weighed against the attempts before it, as if all failed.
             result = best_attempt(span.attempts, cfg)
         if span.depth == 0:
             self._kept = result

@@ -498,6 +498,41 @@ def test_fallback_on_low_logprob():
     assert len(dec.seen) == 1 and [s.text for s in out.segments] == [" Words."]
 
 
+def test_best_attempt_keeps_speech_that_really_repeats():
+    """A sentence said twice compresses past the line at every temperature; only the
+    hottest sample "breaks the loop", into text the model finds unlikely. The attempts
+    that say the same words (punctuation aside) are the speech."""
+    twice = " And so my fellow Americans ask not what your country can do for you." * 2
+    t0 = res(seg(0.0, 15.0, twice), T=0.0, cr=2.51, lp=-0.31)
+    t2 = res(seg(0.0, 15.0, twice.replace(" ask", ", ask")), T=0.2, cr=2.48, lp=-0.19)
+    t4 = res(seg(0.0, 15.0, " And so my fellow Americans ask not."), T=0.4, cr=2.47, lp=-0.33)
+    hot = res(seg(0.0, 7.0, " so milen"), seg(7.0, 15.0, " and so my fellow Americans"), T=1.0, cr=0.85, lp=-3.3)
+    assert best_attempt([t0, t2, t4, hot], CFG) is t2  # t0 and t2 agree; t2 the likelier
+    # No two likely attempts agree (a loop of the model's own changes under sampling):
+    # the best that did not loop, as before.
+    assert best_attempt([t0, t4, hot], CFG) is hot
+    # Agreement among unlikely attempts counts for nothing.
+    u0, u2 = replace(t0, avg_logprob=-1.5), replace(t2, avg_logprob=-1.4)
+    assert best_attempt([u0, u2, hot], CFG) is hot
+
+
+def test_a_short_unlikely_fallback_does_not_beat_speech_that_repeats():
+    """The hottest sample passes only because it is too short to judge by log-probability:
+    it is weighed against the attempts before it, and the words they agree on are kept."""
+    audio = speech_like(15.0)
+    twice = " And so my fellow Americans ask not what your country can do for you." * 2
+
+    def script(r):
+        if r.temperature < 1.0:
+            return res(seg(0.0, 14.5, twice), cr=2.5, lp=-0.3 - r.temperature / 10, n=44)
+        return res(seg(0.0, 7.0, " so milen"), cr=0.85, lp=-3.3, n=CFG.logprob_min_tokens - 1)
+
+    dec = FakeDecoder(script)
+    out = drive(WindowReview(0, audio), dec)
+    assert [r.temperature for r in dec.seen] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert [s.text for s in out.segments] == [twice] and out.temperature == 0.0
+
+
 def test_all_temperatures_fail_keeps_best_attempt():
     audio = speech_like(20.0)
     by_t = {
@@ -539,7 +574,8 @@ def test_job_temperature_starts_the_ladder():
     assert [(r.kind, r.temperature) for r in dec.seen] == [
         ("window", 0.3), ("fallback", 0.4), ("fallback", 0.6), ("fallback", 0.8), ("fallback", 1.0)
     ]  # fmt: skip
-    assert out.temperature == 1.0  # every attempt looped: the last is kept
+    # Every attempt said the same (likely) words: the first of them is kept (best_attempt).
+    assert out.temperature == 0.3
     dec2 = FakeDecoder(script)
     drive(WindowReview(3, audio, temperature=0.3), dec2)
     assert [r.seed for r in dec2.seen] == [r.seed for r in dec.seen]
