@@ -462,6 +462,10 @@ def _run(args, cfg, options, inputs, progress: bool) -> int:
         bars.clear()
 
     done = 0
+    # Errors of inputs the stages ran are printed once the stages are gone, so the line
+    # "error: ..." is the last a user (or a script reading stderr) sees, even with -vv
+    # (a stage could otherwise log a last line after it).
+    errors: list[str] = []
     pipe = Pipeline(cfg)
     try:
         results = []
@@ -471,18 +475,18 @@ def _run(args, cfg, options, inputs, progress: bool) -> int:
                 results = pipe.run_jobs(jobs, progress=on_progress)
             except StageDied as exc:  # the pipeline, not an input, failed: all of them did
                 close_bars()
-                print(f"error: {exc}", file=sys.stderr)
+                errors.append(f"error: {exc}")
                 failed.extend(inp.label for inp in todo)
             close_bars()
         for inp, res in zip(todo, results):
             if isinstance(res, PipelineError):
-                print(f"error: {input_message(inp.label, str(res))}", file=sys.stderr)
+                errors.append(f"error: {input_message(inp.label, str(res))}")
                 failed.append(inp.label)
                 continue
             try:
                 _emit(inp, res.transcript, args.fmt, args.max_line_chars)
             except OSError as exc:
-                print(f"error: {inp.output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+                errors.append(f"error: {inp.output}: cannot write: {exc.strerror or exc}")
                 failed.append(inp.label)
                 continue
             done += 1
@@ -508,10 +512,15 @@ def _run(args, cfg, options, inputs, progress: bool) -> int:
                       f"{t.duration:.1f} s" + (f" to {inp.output}" if inp.output else ""),
                       file=sys.stderr)
         pipe.close(join_timeout=INTERRUPT_JOIN_S)
+        for line in errors:
+            print(line, file=sys.stderr)
+        errors.clear()
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         pipe.close()
+        for line in errors:
+            print(line, file=sys.stderr)
     if len(inputs) > 1 and not args.quiet:
         where = f" in {args.output_dir}" if args.output_dir else ""
         print(f"{done} of {len(inputs)} inputs transcribed{where}"

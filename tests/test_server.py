@@ -47,7 +47,8 @@ class ServerProc:
         self.lines: list[str] = []
         self.url: str | None = None
         self._seen = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self):
         for line in self.proc.stderr:
@@ -114,6 +115,8 @@ def server(real_tiny_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+        s.reader.join(10)
+        proc.stderr.close()  # else a later test's gc.collect() meets it (ResourceWarning)
     assert proc.returncode == 0, s.log()
 
 
