@@ -158,7 +158,8 @@ def test_srt_and_vtt(client, jfk, jfk_text):
 
     cues = list(srt.parse(transcribe(client, jfk, response_format="srt")))
     assert " ".join(c.content for c in cues) == jfk_text
-    assert cues[0].start.total_seconds() == 0.0 and 10.5 <= cues[-1].end.total_seconds() <= 11.1
+    length = media.duration_of(jfk)  # the speech runs to (nearly) the end of the file
+    assert cues[0].start.total_seconds() < 0.5 and length - 0.6 <= cues[-1].end.total_seconds() <= length + 0.1
     vtt = transcribe(client, jfk, response_format="vtt")
     assert vtt.startswith("WEBVTT")
     assert " ".join(c.text for c in webvtt.read_buffer(io.StringIO(vtt))) == jfk_text
