@@ -86,6 +86,9 @@ class PipelineConfig:
     pcm_slots: int = 8
     window_slots: int = 16
     batch_wait_s: float = 0.2  # flush a partial batch when no window came for this long
+    # Jobs the stages work on at once (a thread each in source, decode and chunk; their
+    # windows share the decoder round-robin); later jobs wait their turn in order.
+    concurrent_jobs: int = 4
     # Source stage.
     connect_timeout_s: float = 10.0
     stall_timeout_s: float = 30.0
@@ -115,6 +118,9 @@ class PipelineConfig:
         for name in ("byte_block", "byte_slots", "pcm_block_samples", "pcm_slots", "window_slots"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
+        if isinstance(self.concurrent_jobs, bool) or not isinstance(self.concurrent_jobs, int) \
+                or not 1 <= self.concurrent_jobs <= 64:
+            raise ValueError(f"concurrent_jobs must be an integer from 1 to 64, not {self.concurrent_jobs!r}")
         if self.max_audio_s is not None and not self.max_audio_s > 0:
             raise ValueError("max_audio_s must be positive (or None: no limit)")
         if self.batch_wait_s <= 0 or self.connect_timeout_s <= 0 or self.stall_timeout_s <= 0:

@@ -139,3 +139,69 @@ def test_a_failed_decoder_step_fails_only_the_jobs_in_it(real_tiny_dir, tmp_path
         again = p.transcribe(Job(str(a), opts))
         assert p.pids["infer"] == infer_pid  # no restart, no reload
     assert "brown fox" in again.text.lower()
+
+
+@pytest.fixture(scope="module")
+def long_and_short(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fair")
+    long = media.write_wav(d / "long.wav", media.noise(20 * 60, amp=0.05, seed=5))
+    short = media.write_wav(d / "short.wav", media.noise(20, amp=0.05, seed=6))
+    return long, short
+
+
+@pytest.mark.parametrize("concurrent", [1, 4])
+def test_a_short_job_is_not_held_behind_a_long_one(tiny_model_dir, long_and_short, concurrent):
+    """Issue 9's fairness: a 20-second job submitted just after a 20-minute one (43
+    windows) finishes long before it, its windows taking turns with the long job's in
+    every stage and in the engine. With one job at a time in the stages (the old way,
+    concurrent_jobs=1) the short job waits behind nearly all of the long one."""
+    long, short = long_and_short
+    cfg = PipelineConfig(model=str(tiny_model_dir), batch_size=2, window_slots=4, concurrent_jobs=concurrent)
+    opts = DecodeOptions(tokens_per_window=4)
+    seen = []  # (job, window index) in the order results came
+    with Pipeline(cfg) as p:
+        p.wait_ready(timeout=120)
+        runs = {}
+        for name, f in (("long", long), ("short", short)):
+            runs[name] = p.submit(Job(str(f), opts), on_window=lambda w, n=name: seen.append((n, w.index)))
+        out = {name: p.wait(r, timeout=300) for name, r in runs.items()}
+    assert out["long"].transcript.duration == pytest.approx(1200, abs=0.1)
+    n_long = sum(1 for n, _ in seen if n == "long")
+    assert n_long >= 43 and sum(1 for n, _ in seen if n == "short") == 1
+    long_before_short = seen.index(("short", 0))
+    if concurrent == 1:
+        # Its first block could not enter the stages before the long job's last: only
+        # the windows that had not yet reached the engine were still behind it.
+        assert long_before_short > 30, seen
+    else:
+        # Behind at most what the rings and the engine held when it came (window ring 4,
+        # a slot-load waiting and the slots: 2 + 2, a batch or two in the reader).
+        assert long_before_short <= 16, seen[: long_before_short + 1]
+
+
+def test_next_for_engine_takes_turns():
+    """The infer stage's choice of the next decode: the job with the fewest windows in
+    the engine, a job's own decodes in order, a job at its cap skipped."""
+    from collections import Counter
+
+    from pipeline.runtime.infer_loop import next_for_engine
+
+    class It:
+        def __init__(self, seq, n):
+            self.seq, self.n = seq, n
+
+    work = [It(1, 0), It(1, 1), It(1, 2), It(2, 0), It(2, 1), It(3, 0)]
+    engine = Counter({1: 3, 2: 1})
+    caps = {1: 8, 2: 8, 3: 8}
+    order = []
+    while work:
+        at = next_for_engine(work, engine, caps.get)
+        it = work.pop(at)
+        engine[it.seq] += 1
+        order.append((it.seq, it.n))
+    assert order == [(3, 0), (2, 0), (2, 1), (1, 0), (1, 1), (1, 2)]
+    # A job at its cap waits; with every job at its cap nothing goes in.
+    work = [It(1, 0), It(2, 0)]
+    assert work[next_for_engine(work, Counter({1: 0, 2: 0}), {1: 0, 2: 8}.get)].seq == 2
+    assert next_for_engine(work, Counter({1: 2, 2: 2}), {1: 2, 2: 2}.get) is None
+    assert next_for_engine([], Counter(), caps.get) is None

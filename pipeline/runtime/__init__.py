@@ -15,6 +15,8 @@ Messages on a stage's input queue (small tuples; bulk data stays in ring slots):
     ("data", seq, slot, n, ...)   n items in ``slot`` of the upstream ring
     ("end", seq, info)            the job's data is complete (info["aborted"] if it failed)
     None                          shutdown sentinel
+Messages of different jobs interleave (up to ``PipelineConfig.concurrent_jobs`` jobs move
+through the stages at once, a thread each: loops.py); each job's own messages stay in order.
 Messages to the driver: ("ready", stage, info), ("result", seq, index, start_s, valid_s,
 WindowResult), ("meta", seq, stage, info), ("stats", seq, stage, stats), ("done", seq, info),
 ("error", seq, stage, message, traceback) for a failed job, ("fatal", stage, message,

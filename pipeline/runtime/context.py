@@ -138,7 +138,8 @@ class StageContext:
 
 
 class JobInput:
-    """The data messages of one job, read from an upstream queue, as an iterator.
+    """The data messages of one job, read from its own queue (``loops._demux`` routes a
+    stage's input there), as an iterator.
 
     Thread-safe (decode's ffmpeg feeder thread iterates it). ``convert(view)`` must copy
     what it needs: the slot goes back to the producer as soon as it returns.
@@ -161,7 +162,7 @@ class JobInput:
                 if msg is None:
                     raise Stopped()
                 kind, seq = msg[0], msg[1]
-                if seq != self.seq:  # cannot happen: jobs travel in order
+                if seq != self.seq:  # cannot happen: a job's queue holds its messages only
                     raise RuntimeError(f"{self.ctx.name}: message for job {seq} inside job {self.seq}")
                 if kind == "data":
                     slot, n = msg[2], msg[3]

@@ -77,14 +77,21 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
                 raise Stopped() from None
             return _TIMEOUT
 
-    batch = None
+    # A partial batch per job (jobs' windows arrive interleaved: pipeline/runtime/loops.py);
+    # the dict's order is the order to hand partial batches over in (round-robin).
+    batches: dict[int, _Batch] = {}
     flush_at = 0.0
+
+    def hand_over(seq: int) -> None:
+        put(("batch", batches.pop(seq)))
+        batches[seq] = _Batch(seq)  # to the back of the line
+
     try:
         while True:
-            if batch is not None and batch.items:
+            pending = [seq for seq, b in batches.items() if b.items]
+            if pending:
                 if (idle.is_set() and local.empty()) or time.monotonic() >= flush_at:
-                    put(("batch", batch))  # the model would otherwise sit idle
-                    batch = _Batch(batch.seq)
+                    hand_over(pending[0])  # the model would otherwise sit idle
                     continue
                 msg = get(IDLE_POLL_S)  # short: notice the main thread going idle
             else:
@@ -105,7 +112,7 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
                     quality = dataclasses.replace(quality, enabled=False)
                 jobs[seq] = {"info": info, "batch_size": size, "failed": False, "pace": Pace(),
                              "quality": quality}
-                batch = _Batch(seq)
+                batches[seq] = _Batch(seq)
                 put(("start", seq))
             elif kind == "data":
                 _, _, slot, n, index, start, valid, covered_from = msg
@@ -124,15 +131,14 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
                     jobs[seq]["failed"] = True
                     ctx.fail_job(seq, exc)
                     continue
-                batch.items.extend(items)
+                batches[seq].items.extend(items)
                 flush_at = time.monotonic() + cfg.batch_wait_s  # no window for this long: flush
-                if len(batch.items) >= jobs[seq]["batch_size"]:
-                    put(("batch", batch))
-                    batch = _Batch(seq)
+                if len(batches[seq].items) >= jobs[seq]["batch_size"]:
+                    hand_over(seq)
             elif kind == "end":
+                batch = batches.pop(seq, None)
                 if batch is not None and batch.items:
                     put(("batch", batch))
-                batch = None
                 put(("end", seq, msg[2]))
     except Stopped:
         put_nowait_quiet(local, None)
@@ -365,21 +371,25 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
 
     def feed_engine() -> None:
         """Work into the engine while it has room: it holds at most one slot-load waiting,
-        so a re-decode made now still goes in ahead of windows that came later. A job's
-        ``batch_size`` (a request's own) caps how many of its windows are in the engine at
-        once; its other windows wait their turn, in order."""
-        skipped = []
+        so a re-decode made now still goes in ahead of windows that came later. Jobs take
+        turns (``next_for_engine``: the job with the fewest windows in the engine goes
+        next), and a job's ``batch_size`` (a request's own) caps how many of its windows
+        are in the engine at once; a job's windows go in in order."""
         while work and engine.waiting < engine.slots:
-            it = work.popleft()
-            job = running.get(it.seq)
-            if job is None or job.failed or ctx.cancelled(it.seq):
-                if job is not None:
-                    finish_if_done(job)
-                continue
-            cap = (jobs.get(it.seq) or {}).get("batch_size") or engine.slots
-            if in_engine[it.seq] >= cap:
-                skipped.append(it)
-                continue
+            dead = {it.seq for it in work if it.seq not in running or running[it.seq].failed
+                    or ctx.cancelled(it.seq)}  # fmt: skip
+            if dead:
+                for it in [it for it in work if it.seq in dead]:
+                    work.remove(it)
+                for seq in dead:
+                    if seq in running:
+                        finish_if_done(running[seq])
+            at = next_for_engine(work, in_engine, lambda seq: (jobs.get(seq) or {}).get("batch_size") or engine.slots)
+            if at is None:
+                return
+            it = work[at]
+            del work[at]
+            job = running[it.seq]
             try:
                 ctx.maybe_fault(job.stats.items)
                 engine.submit(it, it.features, job.info["options"], temperature=it.request.temperature,
@@ -390,7 +400,6 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
                 finish_if_done(job)
                 continue
             in_engine[it.seq] += 1
-        work.extendleft(reversed(skipped))
 
     def engine_step() -> None:
         """One decoder step of every live slot; finished windows go to their reviews."""
@@ -525,6 +534,23 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
                 finish_if_done(job)
                 continue
         wait_for_message()
+
+
+def next_for_engine(work, in_engine, cap) -> int | None:
+    """Where in ``work`` (decodes in order, each job's re-decodes first) the next decode
+    for the engine is: each job's first one is a candidate; the job with the fewest
+    windows in the engine wins (round-robin while they are even), the earlier in ``work``
+    on a tie; a job at its cap (``cap(seq)``) waits. None: nothing may go in now."""
+    best = None  # (windows in the engine, index)
+    seen = set()
+    for i, it in enumerate(work):
+        if it.seq in seen:
+            continue
+        seen.add(it.seq)
+        n = in_engine.get(it.seq, 0)
+        if n < cap(it.seq) and (best is None or n < best[0]):
+            best = (n, i)
+    return None if best is None else best[1]
 
 
 def _make_engine(backend, cfg):
