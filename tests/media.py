@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import subprocess
 import wave
 from pathlib import Path
@@ -9,6 +11,9 @@ from pathlib import Path
 import numpy as np
 
 SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+# jfk.flac's words: espeak-ng reads them in its place where ../shared/audio is absent.
+JFK_WORDS = ("And so my fellow Americans, ask not what your country can do for you. "
+             "Ask what you can do for your country.")  # fmt: skip
 
 
 def shared_audio(name: str) -> Path | None:
@@ -68,6 +73,74 @@ def speech(path, text: str, rate: int = 16000, voice: str = "en") -> Path:
     convert(raw, path, "-ar", str(rate), "-ac", "1")
     raw.unlink()
     return path
+
+
+@functools.cache
+def _libespeak():
+    """(libespeak-ng, its sample rate), initialised once per process (a second
+    espeak_Initialize after espeak_Terminate hangs): synchronous, a synthesis's samples and
+    events all go to the callback before espeak_Synchronize returns."""
+    lib = ctypes.CDLL("libespeak-ng.so.1")
+    rate = lib.espeak_Initialize(2, 0, None, 0)  # AUDIO_OUTPUT_SYNCHRONOUS
+    if rate <= 0:
+        raise RuntimeError(f"espeak_Initialize failed ({rate})")
+    return lib, rate
+
+
+class _EspeakEvent(ctypes.Structure):  # espeak_EVENT, speak_lib.h
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint),
+                ("text_position", ctypes.c_int), ("length", ctypes.c_int),
+                ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]  # fmt: skip
+
+
+_SynthCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_EspeakEvent)
+)
+
+
+def speech_words(
+    path, text: str, rate: int = 16000, voice: str = "en"
+) -> tuple[Path, list[tuple[str, float]]]:
+    """espeak-ng speech like ``speech``'s, and where each word starts: (the WAV at ``rate``
+    Hz, [(word, start seconds)]), a truth for word timestamps. Synthesised here by
+    libespeak-ng (the library behind the command), whose word events come with the samples:
+    one synthesis gives both. (A process's first synthesis has the command's samples, less
+    its trailing silence; a later one may hold a pause 40 ms longer, so the command's WAV
+    and these events would not always agree.)"""
+    path = Path(path)
+    pcm, words = [], []
+
+    def on_synth(wav, n, events):
+        if n > 0:
+            pcm.append(np.ctypeslib.as_array(wav, (n,)).copy())
+        i = 0
+        while events[i].type != 0:  # espeakEVENT_LIST_TERMINATED
+            e = events[i]
+            if e.type == 1:  # espeakEVENT_WORD: 1-based character position, ms
+                words.append((text[e.text_position - 1 :][: e.length], e.audio_position / 1000))
+            i += 1
+        return 0
+
+    callback = _SynthCallback(on_synth)
+    lib, espeak_rate = _libespeak()
+    if lib.espeak_SetVoiceByName(voice.encode()) != 0:  # EE_OK
+        raise ValueError(f"espeak-ng has no voice {voice!r}")
+    lib.espeak_SetSynthCallback(callback)
+    data = text.encode()
+    # From the first character (POS_CHARACTER) to the end, espeakCHARS_UTF8.
+    if lib.espeak_Synth(data, len(data) + 1, 0, 1, 0, 1, None, None) != 0:
+        raise RuntimeError("espeak_Synth failed")
+    lib.espeak_Synchronize()
+    raw = path.with_suffix(".espeak.wav")
+    with wave.open(str(raw), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(espeak_rate)
+        w.writeframes(np.concatenate(pcm).astype("<i2").tobytes())
+    convert(raw, path, "-ar", str(rate), "-ac", "1")
+    raw.unlink()
+    return path, [(w, t) for w, t in words if w.strip()]
 
 
 def convert(src, dst, *args: str) -> Path:

@@ -35,10 +35,6 @@ KEY = "sk-test-key"
 MAX_MB = 2
 # What tiny.en says for jfk.flac (greedy; no commas: CTranslate2 says the same).
 JFK = "And so my fellow Americans ask not what your country can do for you ask what you can do for your country."
-# Where ../shared/audio is absent: espeak-ng reads this, and what the server's json says
-# for it (checked close to these words) is what every other format must say.
-SENTENCE = ("And so my fellow Americans, ask not what your country can do for you. "
-            "Ask what you can do for your country.")  # fmt: skip
 
 
 class ServerProc:
@@ -65,11 +61,13 @@ class ServerProc:
 
 @pytest.fixture(scope="module")
 def jfk(tmp_path_factory):
-    """jfk.flac where ../shared/audio has it, else the same words read by espeak-ng."""
+    """jfk.flac where ../shared/audio has it, else its words (media.JFK_WORDS) read by
+    espeak-ng: what the server's json says for them (checked close to these words) is then
+    what every other format must say."""
     p = media.shared_audio("jfk.flac")
     if p is not None:
         return p
-    return media.speech(tmp_path_factory.mktemp("speech") / "jfk.wav", SENTENCE)
+    return media.speech(tmp_path_factory.mktemp("speech") / "jfk.wav", media.JFK_WORDS)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +80,7 @@ def jfk_text(client, jfk):
     words = lambda t: re.sub(r"[^a-z ]", "", t.lower()).split()  # noqa: E731
     import jiwer
 
-    assert jiwer.wer(" ".join(words(SENTENCE)), " ".join(words(text))) <= 0.25, text
+    assert jiwer.wer(" ".join(words(media.JFK_WORDS)), " ".join(words(text))) <= 0.25, text
     return text
 
 

@@ -29,11 +29,18 @@ def _pcm(path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def jfk():
+def jfk(tmp_path_factory):
+    """(samples, an instant inside the word "Americans"): jfk.flac and 1.8 s
+    (openai/whisper's tests/test_transcribe.py) where ../shared/audio has it, else its
+    words read by espeak-ng and the middle of where espeak-ng put that word (from its start
+    to the next word's, the comma's pause included): real speech on CI too."""
     path = media.shared_audio("jfk.flac")
-    if path is None:
-        pytest.skip("../shared/audio/jfk.flac is absent")
-    return _pcm(path)
+    if path is not None:
+        return _pcm(path), 1.8
+    wav = tmp_path_factory.mktemp("jfk") / "jfk.wav"
+    path, starts = media.speech_words(wav, media.JFK_WORDS)
+    i = [w for w, _ in starts].index("Americans")
+    return _pcm(path), (starts[i][1] + starts[i + 1][1]) / 2
 
 
 @pytest.fixture(scope="module")
@@ -244,31 +251,34 @@ def test_converted_models_have_alignment_heads(backend):
 
 def test_jfk_words(backend, jfk):
     """Words in order, inside their segments, the segments' text; starts and ends within
-    60 ms (median) of transformers' own word timestamps; openai's check on "Americans"; the
-    window that did not ask has no words and the same segments."""
-    out = _decode(backend, [("w", jfk, DecodeOptions(word_timestamps=True)), ("n", jfk, DecodeOptions())])
+    two 20 ms frames (median) of transformers' own word timestamps; openai's check on
+    "Americans"; the window that did not ask has no words and the same segments."""
+    x, americans_at = jfk
+    out = _decode(backend, [("w", x, DecodeOptions(word_timestamps=True)), ("n", x, DecodeOptions())])
     segs = out["w"].segments
     _check_words(segs)
     assert tuple(replace(s, words=()) for s in segs) == out["n"].segments
     assert all(not s.words for s in out["n"].segments)
     words = [w for s in segs for w in s.words]
     americans = next(w for w in words if w.word.strip(" ,") == "Americans")
-    assert americans.start <= 1.8 <= americans.end  # openai/whisper tests/test_transcribe.py
+    assert americans.start <= americans_at <= americans.end, (americans, americans_at)
 
     from transformers import pipeline
 
     asr = pipeline("automatic-speech-recognition", model=backend.model, tokenizer=backend.tokenizer,
                    feature_extractor=backend.feature_extractor, device="cpu")  # fmt: skip
-    ref = asr({"raw": jfk, "sampling_rate": SAMPLE_RATE}, return_timestamps="word")["chunks"]
+    ref = asr({"raw": x, "sampling_rate": SAMPLE_RATE}, return_timestamps="word")["chunks"]
     norm = lambda t: t.strip(" ,.").lower()  # noqa: E731
     sm = difflib.SequenceMatcher(a=[norm(w.word) for w in words], b=[norm(c["text"]) for c in ref], autojunk=False)
     pairs = [(words[i + k], ref[j + k]) for i, j, n in sm.get_matching_blocks() for k in range(n)]
     assert len(pairs) >= 0.9 * len(words)
     starts = np.array([abs(w.start - c["timestamp"][0]) for w, c in pairs])
     ends = np.array([abs(w.end - c["timestamp"][1]) for w, c in pairs])
-    # Ends differ more: a merged mark adds no time here (openai), its own there.
-    assert np.median(starts) <= 0.06 and starts.max() <= 0.35, starts
-    assert np.median(ends) <= 0.06, ends
+    # Measured: starts 0 (median) and 0.32 s (largest) apart on jfk.flac, 20 and 60 ms on
+    # the espeak-ng reading; ends 0 / 20 ms (median). An end can differ more: a merged mark
+    # adds no time here (openai), its own there (jfk.flac's last word: 0.48 s).
+    assert np.median(starts) <= 0.05 and starts.max() <= 0.35, starts
+    assert np.median(ends) <= 0.05, ends
 
 
 def test_batched_alignment_equals_each_alone(backend, jfk, monkeypatch):
@@ -290,7 +300,9 @@ def test_batched_alignment_equals_each_alone(backend, jfk, monkeypatch):
 
     monkeypatch.setattr(W, "align_windows", check)
     opt = DecodeOptions(word_timestamps=True, tokens_per_window=24)
-    cuts = [jfk, jfk[: 6 * SAMPLE_RATE], jfk[int(3.5 * SAMPLE_RATE) :]]
+    full, _ = jfk
+    n = len(full)  # jfk.flac (11 s): all, its first 6 s, from 3.5 s; the reading alike
+    cuts = [full, full[: n * 6 // 11], full[n * 7 // 22 :]]
     out = _decode(backend, [(k, x, opt) for k, x in enumerate(cuts)])
     assert sizes == [3]
     for k, r in out.items():  # forced lengths say things in the padding: text only here
