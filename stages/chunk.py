@@ -104,7 +104,8 @@ class Window:
     stream. ``valid``: real samples at the front of ``audio`` (the rest is zero padding).
     ``covered_from``: where this window's share of the stream begins (the previous
     window's end, or 0): the samples in between were quiet and are not decoded.
-    ``audio``: (480000,) float32; the array belongs to the consumer.
+    ``audio``: (480000,) float32; the array belongs to the consumer. ``final``: the
+    stream's last window, its audio running to the stream's end (nothing comes after it).
     """
 
     index: int
@@ -112,6 +113,7 @@ class Window:
     valid: int
     audio: np.ndarray
     covered_from: int = 0
+    final: bool = False
 
     @property
     def end(self) -> int:
@@ -290,7 +292,8 @@ def iter_windows(blocks: Iterable[np.ndarray], plan: WindowPlan = WindowPlan()) 
         nonlocal index
         audio = np.zeros(N_SAMPLES, dtype=PCM_DTYPE)
         audio[: end - start] = buf[start - buf_at : end - buf_at]
-        w = Window(index=index, start=start, valid=end - start, audio=audio, covered_from=covered)
+        final = planner.total is not None and end == planner.total
+        w = Window(index=index, start=start, valid=end - start, audio=audio, covered_from=covered, final=final)
         index += 1
         return w
 

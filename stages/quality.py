@@ -27,7 +27,12 @@ real tiny.en and base weights against sequential long-form decoding (see README,
   rest is decoded again as a window of its own, starting where that segment ended, and
   its segments take the place of whatever the first decode said there. This is openai's
   seek step, taken only where a window dropped speech, so windows stay independent and
-  batched instead of sequential.
+  batched instead of sequential. At the end of a job's last window (``final``), where no
+  later window hears what this one dropped, a tail from ``end_tail_min_s`` on is decoded
+  again (a reading that ends mid-speech lost its last word, "lines", 0.44 s after the
+  last segment's end; decoded alone, that tail is "lines."); the re-decode's text goes
+  through the same filters (a tail of breath that comes back as "Thanks for watching." is
+  too many words for its sound).
 
 Times here are seconds from the window's start unless said otherwise; audio is 16 kHz
 mono float32 (``pipeline.constants``).
@@ -69,6 +74,10 @@ class QualityConfig:
     speech_rise_db: float = 10.0  # a frame this far above the window's floor is sound
     tail_speech_s: float = 0.3  # ... and a tail needs this much of it to be re-decoded
     max_tail_redecodes: int = 1  # per window (a backstop behind the decoder's veto)
+    # The end of a job's last window: nothing comes after it to hear a dropped last word,
+    # so a shorter tail is decoded again, measured from the last segment's end, no slack.
+    end_tail_min_s: float = 0.25
+    end_tail_speech_s: float = 0.1
     # The mean log-probability test needs this many tokens: over a short decode (a tail of
     # a few words) it is dominated by the uncertain timestamp and end tokens.
     logprob_min_tokens: int = 16
@@ -365,6 +374,7 @@ class WindowReview:
         cfg: QualityConfig = QualityConfig(),
         pace: Pace | None = None,
         temperature: float = 0.0,
+        final: bool = False,
     ):
         if len(audio) > N_SAMPLES:
             raise ValueError(f"a window holds at most {N_SAMPLES} samples, not {len(audio)}")
@@ -373,6 +383,7 @@ class WindowReview:
         self.cfg = cfg
         self.pace = pace
         self.temperature = float(temperature)
+        self.final = final  # the job's last window: its audio runs to the job's end
         self.levels = frame_levels(audio)
         self.loud = loud_frames(self.levels, cfg)
         self.gated = gate(self.levels, cfg)
@@ -562,9 +573,16 @@ class WindowReview:
         if kept and kept[-1].open_end:
             kept.pop()
         heard_to = kept[-1].end if kept else span_start_s
-        if span_end_s - heard_to < cfg.tail_min_s:
-            return None
-        if loud_seconds(self.loud, heard_to + cfg.timing_slack_s, span_end_s) < cfg.tail_speech_s:
+        left = span_end_s - heard_to
+        if left >= cfg.tail_min_s:
+            if loud_seconds(self.loud, heard_to + cfg.timing_slack_s, span_end_s) < cfg.tail_speech_s:
+                return None
+        elif not (
+            # The job's last words, right at its end (a recording cut mid-speech): measured
+            # from the last segment's end, since no later window will hear them.
+            self.final and span.end == len(self.audio) and left >= cfg.end_tail_min_s
+            and loud_seconds(self.loud, heard_to, span_end_s) >= cfg.end_tail_speech_s
+        ):  # fmt: skip
             return None
         cut = int(round(heard_to * SAMPLE_RATE))
         if cut <= span.start:  # nothing was heard: decoding the same span again gains nothing

@@ -595,3 +595,17 @@ def test_memory_bounded_whatever_the_length():
     assert peak < limit, peak / window_bytes
     n, peak_short = _peak_bytes(silence[: 2 * 60 * SR], SR)
     assert n == 0 and peak <= peak_short + block_bytes
+
+
+def test_only_a_window_running_to_the_streams_end_is_final():
+    """``Window.final``: the last window when its audio runs to the stream's end (the
+    quality review decodes a short dropped tail again there); a stream that ends in a
+    long quiet stretch has none (nothing after the last window was ever decoded)."""
+    x = babble(70.0, seed=3)
+    blocks = [x[i : i + 17_000] for i in range(0, len(x), 17_000)]
+    ws = list(iter_windows(blocks))
+    assert len(ws) >= 3 and [w.final for w in ws] == [False] * (len(ws) - 1) + [True]
+    assert ws[-1].end == len(x)
+    quiet_end = np.concatenate([x, np.zeros(40 * SAMPLE_RATE, PCM_DTYPE)])
+    ws = list(iter_windows([quiet_end]))
+    assert ws[-1].end < len(quiet_end) and not any(w.final for w in ws)

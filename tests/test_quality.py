@@ -710,6 +710,29 @@ def test_no_tail_when_not_needed():
     assert [(s.start, s.end) for s in out.segments] == [(0.0, 5.0), (5.0, 10.0)]
 
 
+def test_a_jobs_last_words_at_its_very_end_are_decoded_again():
+    """The job's last window (``final``): a dropped tail shorter than tail_min_s, with
+    sound right after the last segment's end, is decoded again from there (a reading
+    ending in "... on subsequent | lines." lost "lines"); not in other windows, where the
+    next window hears it, nor where the end is quiet or too short to hold a word."""
+    audio = speech_like(20.0)
+
+    def run(first, final, audio=audio):
+        dec = FakeDecoder(lambda r: first if r.kind == "window" else res(seg(0.0, 0.5, " lines.")))
+        out = drive(WindowReview(0, audio, final=final), dec)
+        return [(r.kind, r.start) for r in dec.seen], [s.text for s in out.segments]
+
+    first = res(seg(0.0, 10.0, " On the same line,"), seg(10.0, 19.56, " on subsequent"))
+    kinds, texts = run(first, final=True)
+    assert kinds == [("window", 0), ("tail", int(19.56 * SAMPLE_RATE))]
+    assert texts == [" On the same line,", " on subsequent", " lines."]
+    assert run(first, final=False)[0] == [("window", 0)]
+    # Under end_tail_min_s left, or the rest quiet: nothing more to hear.
+    assert run(res(seg(0.0, 19.8, " All of it.")), final=True)[0] == [("window", 0)]
+    quiet_end = from_frames(np.r_[speech_like_amps(19.5), np.full(10, FLOOR_AMP)])
+    assert run(res(seg(0.0, 19.5, " All of it.")), final=True, audio=quiet_end)[0] == [("window", 0)]
+
+
 def _split_audio():
     """20 s of speech-like audio with exact digital silence at 11.00-11.10 s (frames
     220-221): the quietest 100 ms inside any long segment over it."""

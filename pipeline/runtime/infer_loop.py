@@ -115,7 +115,7 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
                 batches[seq] = _Batch(seq)
                 put(("start", seq))
             elif kind == "data":
-                _, _, slot, n, index, start, valid, covered_from = msg
+                _, _, slot, n, index, start, valid, covered_from, final = msg
                 try:
                     if ctx.cancelled(seq) or jobs[seq]["failed"]:
                         continue
@@ -124,7 +124,7 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
                     ring_in.release(slot)
                 try:
                     review = WindowReview(index, audio, jobs[seq]["quality"], jobs[seq]["pace"],
-                                          temperature=jobs[seq]["info"]["options"].temperature)
+                                          temperature=jobs[seq]["info"]["options"].temperature, final=final)
                     review.place = (start, valid, covered_from)
                     items = _prepare_items(backend, seq, review, review.requests(), review.cfg.enabled)
                 except Exception as exc:  # noqa: BLE001

@@ -260,7 +260,7 @@ def _chunk_job(ctx: StageContext, start, q_job, ring_in: Ring, ring_out: Ring, q
             with stats.wait("blocked"):
                 slot = ring_out.acquire(ctx.alive, POLL_S)
             ring_out.view(slot, PCM_DTYPE, N_SAMPLES)[:] = w.audio
-            meta = (w.index, w.start, w.valid, w.covered_from)
+            meta = (w.index, w.start, w.valid, w.covered_from, w.final)
             _forward(ctx, q_out, ("data", seq, slot, N_SAMPLES, *meta), stats)
             n += 1
             stats.produced(1, ring_out)
