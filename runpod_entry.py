@@ -88,6 +88,7 @@ def main():
     logs.setup(level, role="worker")
     log = logging.getLogger("runpod_entry")
 
+    concurrency = worker_concurrency()  # a bad value stops here, in one line
     worker = Worker(progress_sender=_progress)  # the model starts loading now
 
     def on_sigterm(signum, frame):
@@ -97,7 +98,6 @@ def main():
 
     signal.signal(signal.SIGTERM, on_sigterm)
     log.info("worker started: model %s loading in the background", worker.config.model)
-    concurrency = worker_concurrency()
     log.info("taking up to %d request(s) at once (%s)", concurrency, CONCURRENCY_ENV)
     try:
         runpod.serverless.start(

@@ -667,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $MODEL_ID, else openai/whisper-large-v3-turbo)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None,
                    help="decoder slots shared by all requests (default: $MODEL_BATCH_SIZE, else 16)")
+    p.add_argument("--concurrent-jobs", type=int, default=8,
+                   help="requests the pipeline's stages work on at once, taking turns (1-64, default 8); "
+                        "later ones wait in order")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"))
     p.add_argument("--api-key", default=None,
@@ -693,6 +696,7 @@ def main(argv=None) -> int:
             device=args.device,
             dtype=args.dtype,
             batch_size=args.batch_size if args.batch_size is not None else env_batch_size(),
+            concurrent_jobs=args.concurrent_jobs,
             log_level=level,
         )
         english_only = check_model(model).english_only

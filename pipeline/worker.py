@@ -348,6 +348,9 @@ class Worker:
             allow_private_urls=allow_private(),
             max_download_bytes=env_int(MAX_DOWNLOAD_ENV, DEFAULT_MAX_DOWNLOAD),
             log_level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+            # Every request the worker takes at once moves through the stages at once
+            # (runpod_entry checks WORKER_CONCURRENCY's bounds, 1-64).
+            concurrent_jobs=min(64, max(4, env_int("WORKER_CONCURRENCY", 1))),
         )
 
     def _start_pipeline(self):

@@ -14,7 +14,10 @@ On a CUDA machine (about 6-8 minutes on one H200):
    ``scripts/make_testsets.py``) against the chunked pipeline and sequential decoding,
    with WER, where the weights and the reading are on the machine (else skipped, saying
    why: the GPU machine may have no espeak-ng and no pip index);
-4. into ``--out`` (default ``$OUT``, else ``benchmarks/gpu/<date>``): each bench's JSON
+4. how many of that reading's windows the slot engine decodes to other text than
+   per-batch ``generate`` in float16 (``scripts/engine_equality.py``: in flight, static
+   as CUDA runs it, and all admitted at once), where the same holds;
+5. into ``--out`` (default ``$OUT``, else ``benchmarks/gpu/<date>``): each bench's JSON
    and timeline PNG, ``traces.tar.gz`` (each Chrome trace and log) and ``summary.json``
    with the headline figures: at most 8 files, what a lent GPU machine sends back.
 
@@ -105,6 +108,27 @@ def bench(out: Path, scratch: Path, name: str, source: Path, *args: str, timeout
     return row
 
 
+def equality(reading: Path, device: str, dry: bool) -> dict:
+    """scripts/engine_equality.py on the reading: windows whose text differs from
+    generate's, per engine mode (float16 on the GPU; float32 in the dry run, where it
+    must be 0)."""
+    dtype = "float32" if dry else "float16"
+    cmd = [sys.executable, str(REPO / "scripts" / "engine_equality.py"), str(reading), "--model", "tiny.en",
+           "--language", "en", "--device", device, "--dtype", dtype, "--quiet",
+           "--slots", "4" if dry else "8", "--modes", "dynamic,static,together"]  # fmt: skip
+    t0 = time.monotonic()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=200 if dry else 150,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"name": "token_equality", "error": "timed out"}
+    lines = [ln for ln in done.stdout.splitlines() if "differ" in ln or "windows;" in ln]
+    entry = {"name": "token_equality", "dtype": dtype, "wall_s": round(time.monotonic() - t0, 1), "lines": lines}
+    if done.returncode != 0:
+        entry["error"] = (done.stderr.strip().splitlines() or ["failed"])[-1]
+    return entry
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="scripts/gpu_suite.sh", description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="CPU, small sizes: checks the suite itself")
@@ -165,6 +189,9 @@ def main(argv=None) -> int:
             "--baselines", "chunked" if dry else "chunked,sequential",
             timeout=240 if dry else 200,
         ))  # fmt: skip
+        # How often half precision makes the engine's tokens differ from generate's
+        # (README, "Half precision"): float16 static (CUDA's mode) and all-at-once.
+        summary["runs"].append(equality(reading, device, dry))
     with tarfile.open(out / "traces.tar.gz", "w:gz") as tar:
         for f in sorted(scratch.glob("*.trace.json")) + sorted(scratch.glob("*.log")):
             tar.add(f, arcname=f.name)

@@ -24,6 +24,10 @@ def test_dry_run_writes_every_figure(tmp_path):
     assert names[0] == "synthetic_test" and "tiny_en_reading" in names
     for run in summary["runs"]:
         assert "error" not in run, run
+        if run["name"] == "token_equality":  # float32 on the CPU: generate's tokens exactly
+            assert run["dtype"] == "float32" and len(run["lines"]) == 4, run
+            assert all(" 0 of " in ln for ln in run["lines"][1:]), run
+            continue
         if "skipped" in run:
             assert run["name"] == "tiny_en_reading" and run["skipped"], run
             continue

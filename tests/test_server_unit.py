@@ -228,3 +228,11 @@ def test_an_upload_that_goes_quiet_gets_408(fake):
         err = json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]
         assert err["code"] == "upload_timeout" and "sent nothing for 0.5 s" in err["message"]
         assert not fake.jobs  # nothing reached the pipeline
+
+
+def test_bad_concurrent_jobs_is_one_line_and_exit_2(capsys, tiny_model_dir):
+    from pipeline.server import main
+
+    assert main(["--model", str(tiny_model_dir), "--concurrent-jobs", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: concurrent_jobs must be an integer from 1 to 64") and "\n" not in err

@@ -111,6 +111,13 @@ def test_default_cap_is_twelve_hours(monkeypatch):
     assert Worker.config_from_env().max_audio_s == 12 * 3600
 
 
+def test_every_request_a_worker_takes_moves_through_the_stages_at_once(monkeypatch):
+    monkeypatch.delenv("WORKER_CONCURRENCY", raising=False)
+    assert Worker.config_from_env().concurrent_jobs == 4
+    monkeypatch.setenv("WORKER_CONCURRENCY", "12")
+    assert Worker.config_from_env().concurrent_jobs == 12
+
+
 def test_runpod_sdk_level_follows_ours():
     import runpod_entry
 
