@@ -22,6 +22,8 @@ def test_dry_run_writes_every_figure(tmp_path):
     assert summary["device"] == "cpu (dry run)"
     names = [run["name"] for run in summary["runs"]]
     assert names[0] == "synthetic_test" and "tiny_en_reading" in names
+    reading = next(run for run in summary["runs"] if run["name"] == "tiny_en_reading")
+    assert ("token_equality" in names) == ("skipped" not in reading), names
     for run in summary["runs"]:
         assert "error" not in run, run
         if run["name"] == "token_equality":  # float32 on the CPU: generate's tokens exactly
