@@ -22,6 +22,7 @@ ring slots too and could stall the jobs ahead of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -94,6 +95,28 @@ class JobThreads:
                 self._changed.wait(POLL_S)
 
 
+@contextlib.contextmanager
+def _job_ends(ctx: StageContext, seq: int, stats: StageStats, q_out, src: JobInput | None = None):
+    """A job's life in a stage: the body forwards its own "end" when it gets through; a
+    cancellation, or a failure (reported once, with this stage's name and the traceback),
+    forwards an aborted "end" instead, after draining what is left of the job's input.
+    The stage's figures for the job follow either way; ``Stopped`` (shutdown) goes on up."""
+    try:
+        yield
+    except Stopped:
+        raise
+    except JobCancelled:
+        if src is not None:
+            src.drain()
+        _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
+    except Exception as exc:  # noqa: BLE001 - reported to the driver, with traceback
+        ctx.fail_job(seq, exc)
+        if src is not None:
+            src.drain()
+        _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
+    _send_stats(ctx, seq, stats)
+
+
 def _get(ctx: StageContext, q, jobs: JobThreads):
     """The next message of a stage's input queue, checking for crashed job threads and
     the stop event between polls."""
@@ -129,7 +152,7 @@ def _source_job(ctx: StageContext, seq, job, ring_out: Ring, q_out, stdin_fd, st
     _forward(ctx, q_out, ("start", seq, info), stats)
     total = 0
     stdin = job.source == "-"
-    try:
+    with _job_ends(ctx, seq, stats, q_out):
         if stdin:
             with stats.wait("starved"):
                 while not stdin_lock.acquire(timeout=POLL_S):
@@ -167,14 +190,6 @@ def _source_job(ctx: StageContext, seq, job, ring_out: Ring, q_out, stdin_fd, st
             if stdin:
                 stdin_lock.release()
         _forward(ctx, q_out, ("end", seq, {"bytes": total}), stats)
-    except Stopped:
-        raise
-    except JobCancelled:
-        _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
-    except Exception as exc:  # noqa: BLE001 - reported to the driver, with traceback
-        ctx.fail_job(seq, exc)
-        _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
-    _send_stats(ctx, seq, stats)
 
 
 def _demux(ctx: StageContext, q_in, job_main, *args) -> None:
@@ -214,7 +229,7 @@ def _decode_job(ctx: StageContext, start, q_job, ring_in: Ring, ring_out: Ring, 
     _forward(ctx, q_out, start, stats)
     src = JobInput(ctx, q_job, ring_in, seq, np.uint8, bytes, stats)
     total = 0
-    try:
+    with _job_ends(ctx, seq, stats, q_out, src):
         for pcm in decode_stream(src, name=info["label"], block_samples=cfg.pcm_block_samples,
                                  max_seconds=cfg.max_audio_s):  # fmt: skip
             if ctx.cancelled(seq):
@@ -228,16 +243,6 @@ def _decode_job(ctx: StageContext, start, q_job, ring_in: Ring, ring_out: Ring, 
             stats.produced(len(pcm), ring_out)
         _forward(ctx, q_out, ("end", seq, {"samples": total}), stats)
         ctx.report("meta", seq, "decode", {"samples": total})
-    except Stopped:
-        raise
-    except JobCancelled:
-        src.drain()
-        _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
-    except Exception as exc:  # noqa: BLE001
-        ctx.fail_job(seq, exc)
-        src.drain()
-        _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
-    _send_stats(ctx, seq, stats)
 
 
 def _run_chunk(ctx: StageContext, ring_in: Ring, q_in, ring_out: Ring, q_out):
@@ -252,7 +257,7 @@ def _chunk_job(ctx: StageContext, start, q_job, ring_in: Ring, ring_out: Ring, q
     _forward(ctx, q_out, start, stats)
     src = JobInput(ctx, q_job, ring_in, seq, PCM_DTYPE, np.array, stats)
     n = 0
-    try:
+    with _job_ends(ctx, seq, stats, q_out, src):
         for w in iter_windows(src, ctx.config.window_plan):
             if ctx.cancelled(seq):
                 raise JobCancelled()
@@ -265,13 +270,3 @@ def _chunk_job(ctx: StageContext, start, q_job, ring_in: Ring, ring_out: Ring, q
             n += 1
             stats.produced(1, ring_out)
         _forward(ctx, q_out, ("end", seq, {"windows": n}), stats)
-    except Stopped:
-        raise
-    except JobCancelled:
-        src.drain()
-        _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
-    except Exception as exc:  # noqa: BLE001
-        ctx.fail_job(seq, exc)
-        src.drain()
-        _forward(ctx, q_out, ("end", seq, {"aborted": True}), stats)
-    _send_stats(ctx, seq, stats)
