@@ -103,6 +103,10 @@ def _job_ends(ctx: StageContext, seq: int, stats: StageStats, q_out, src: JobInp
     The stage's figures for the job follow either way; ``Stopped`` (shutdown) goes on up."""
     try:
         yield
+        if src is not None:
+            # What the stage core left unread (nothing, normally): its slots go back, never
+            # stranded in this job's queue once its thread is gone.
+            src.drain()
     except Stopped:
         raise
     except JobCancelled:
