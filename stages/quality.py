@@ -30,9 +30,10 @@ real tiny.en and base weights against sequential long-form decoding (see README,
   batched instead of sequential. At the end of a job's last window (``final``), where no
   later window hears what this one dropped, a tail from ``end_tail_min_s`` on is decoded
   again (a reading that ends mid-speech lost its last word, "lines", 0.44 s after the
-  last segment's end; decoded alone, that tail is "lines."); the re-decode's text goes
-  through the same filters (a tail of breath that comes back as "Thanks for watching." is
-  too many words for its sound).
+  last segment's end; decoded alone, that tail is "lines."). The re-decode starts exactly
+  at the last segment's end and needs sound after it: the same tail cut 0.1 s later
+  comes back as "Thanks for watching.", and the filters (pace, no-speech) would not catch
+  that, so the gate is the sound, not the text.
 
 Times here are seconds from the window's start unless said otherwise; audio is 16 kHz
 mono float32 (``pipeline.constants``).
@@ -96,6 +97,8 @@ class QualityConfig:
             raise ValueError("fallback temperatures must rise, each in (0, 2]")
         if self.max_tail_redecodes < 0 or self.tail_min_s <= 0:
             raise ValueError("max_tail_redecodes must be >= 0 and tail_min_s positive")
+        if not 0 < self.end_tail_min_s <= self.tail_min_s or self.end_tail_speech_s < 0:
+            raise ValueError("end_tail_min_s must be positive and at most tail_min_s; end_tail_speech_s >= 0")
 
 
 # ------------------------------------------------------------------------------ levels

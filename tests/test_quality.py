@@ -154,6 +154,10 @@ def test_config_validation():
         QualityConfig(tail_min_s=0)
     with pytest.raises(ValueError):
         QualityConfig(max_tail_redecodes=-1)
+    with pytest.raises(ValueError, match="end_tail_min_s"):
+        QualityConfig(end_tail_min_s=0)
+    with pytest.raises(ValueError, match="end_tail_min_s"):
+        QualityConfig(end_tail_min_s=2.0)  # past tail_min_s: the ordinary tail covers it
     QualityConfig(temperatures=())  # greedy only: allowed
     QualityConfig(temperatures=(2.0,))
 
