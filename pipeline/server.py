@@ -6,7 +6,8 @@ Routes (OpenAI's shapes, so the ``openai`` client works with ``base_url``):
   ``file``, ``model``, ``language`` (transcriptions), ``prompt``, ``response_format``
   (json, text, srt, vtt, verbose_json), ``temperature``, ``timestamp_granularities[]``
   (segment, word), ``stream`` (server-sent events: ``transcript.text.delta`` as segments
-  become final, then ``transcript.text.done``); and our ``max_line_chars`` (srt/vtt with
+  become final, then ``transcript.text.done``; with response_format json or text only);
+  and our ``max_line_chars`` (srt/vtt with
   word granularity: cues cut between words).
 - ``GET /v1/models`` (and ``/v1/models/{id}``), ``GET /health`` (no key needed).
 
@@ -54,6 +55,7 @@ from pipeline.types import DecodeOptions
 log = logging.getLogger("pipeline.server")  # also when run as __main__
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+STREAM_FORMATS = ("json", "text")  # what stream=true can answer: the events carry text
 GRANULARITIES = ("segment", "word")
 ALIASES = ("whisper-1",)
 CHUNK = 256 * 1024  # bytes read from the upload at a time
@@ -369,6 +371,12 @@ class Server:
             if stream.lower() not in ("true", "false", "1", "0"):
                 raise ApiError(400, f"stream: must be true or false, not {clip(stream, 20)!r}", param="stream")
             form.stream = stream.lower() in ("true", "1")
+        if form.stream and form.response_format not in STREAM_FORMATS:
+            # The events carry text only (OpenAI's transcript.text.delta/done); answering
+            # SRT, VTT or segments with them would silently drop what was asked for.
+            raise ApiError(400, f"stream: gives text events; response_format {form.response_format} needs "
+                                f"stream=false (with stream, use {' or '.join(STREAM_FORMATS)})",
+                           param="stream")  # fmt: skip
         mlc = one("max_line_chars")
         if mlc:
             if not mlc.isdigit() or not 1 <= int(mlc) <= 1000:

@@ -173,6 +173,16 @@ def test_stream_puts_windows_that_arrive_out_of_order_in_order(client):
     assert events[-1].text == TEXT
 
 
+def test_stream_with_a_format_events_cannot_carry_is_a_400(client, fake):
+    for fmt in ("srt", "vtt", "verbose_json"):
+        with pytest.raises(openai.BadRequestError) as e:
+            list(create(client, stream=True, response_format=fmt))
+        assert e.value.body["param"] == "stream" and fmt in e.value.body["message"]
+    assert not fake.jobs  # refused before any job
+    events = list(create(client, stream=True, response_format="text"))
+    assert events[-1].type == "transcript.text.done" and events[-1].text == TEXT
+
+
 def test_a_job_that_fails_after_its_stream_began_ends_with_an_error_event(client, fake):
     fake.script = [("window", W0), ("sleep", 0.2), ("fail", JobError("cannot decode: truncated", stage="decode"))]
     got = []
