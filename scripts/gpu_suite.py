@@ -21,6 +21,12 @@ On a CUDA machine (about 6-8 minutes on one H200):
    and timeline PNG, ``traces.tar.gz`` (each Chrome trace and log) and ``summary.json``
    with the headline figures: at most 8 files, what a lent GPU machine sends back.
 
+Each step gets at most what is left of ``--budget-s`` (560 s: a lent machine's call ends
+at 600) and ``summary.json`` is rewritten after each, so a call cut short still sends back
+what was done. On a lent machine with no package index, ``scripts/device_pack.sh`` packs
+what the suite needs (pinned transformers, ffmpeg, the tiny.en weights, the reading) in
+parts sent one per call; ``gpu_suite.sh`` installs them (``scripts/device_unpack.sh``).
+
 ``--dry-run`` runs the same steps on the CPU with small sizes (the tests' tiny
 architecture, 3 minutes of audio, 8 tokens per window, batch 4) in well under 3 minutes:
 CI runs it (tests/test_gpu_suite.py), so the suite cannot rot between GPU loans.
@@ -85,7 +91,9 @@ def bench(out: Path, scratch: Path, name: str, source: Path, *args: str, timeout
     ]  # fmt: skip
     print(f"[gpu_suite] {name}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.monotonic()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    # The repo first, then what was there (a lent machine's packed site, scripts/device_pack.sh).
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path)
     r = subprocess.run(cmd, cwd=REPO, env=env, timeout=timeout, capture_output=True, text=True)
     (scratch / f"{name}.log").write_text(r.stdout + r.stderr)
     print(r.stdout, flush=True)
@@ -108,7 +116,7 @@ def bench(out: Path, scratch: Path, name: str, source: Path, *args: str, timeout
     return row
 
 
-def equality(reading: Path, device: str, dry: bool) -> dict:
+def equality(reading: Path, device: str, dry: bool, timeout: float) -> dict:
     """scripts/engine_equality.py on the reading: windows whose text differs from
     generate's, per engine mode (float16 on the GPU; float32 in the dry run, where it
     must be 0)."""
@@ -118,7 +126,7 @@ def equality(reading: Path, device: str, dry: bool) -> dict:
            "--slots", "4" if dry else "8", "--modes", "dynamic,static,together"]  # fmt: skip
     t0 = time.monotonic()
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=200 if dry else 150,
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     except subprocess.TimeoutExpired:
         return {"name": "token_equality", "error": "timed out"}
@@ -134,6 +142,9 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="CPU, small sizes: checks the suite itself")
     p.add_argument("--out", default=None, help="output folder (default: $OUT, else benchmarks/gpu/DATE)")
     p.add_argument("--minutes", type=float, default=None, help="audio length (default 90; dry run 1)")
+    p.add_argument("--budget-s", type=float, default=560.0,
+                   help="wall seconds for the whole suite (a lent machine's call ends at 600): a step "
+                        "is given what is left at most, and skipped when under 30 s is (default 560)")
     args = p.parse_args(argv)
 
     import torch
@@ -149,13 +160,30 @@ def main(argv=None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="gpu-suite-"))  # audio, traces, logs
     audio = write_wav(scratch / f"speech_{minutes:g}min.wav", speechlike(minutes * 60))
     device = "cpu" if dry else "cuda"
+    import transformers
+
+    deadline = time.monotonic() + args.budget_s
     summary = {
         "date": stamp,
         "device": "cpu (dry run)" if dry else torch.cuda.get_device_name(0),
         "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "audio_minutes": minutes,
         "runs": [],
     }
+    def step(name: str, want_s: float, fn) -> None:
+        """Run one step with at most what is left of the budget; the summary is written
+        after each, so a call cut short still sends back what was done."""
+        left = deadline - time.monotonic() - 10
+        if left < 30:
+            summary["runs"].append({"name": name, "skipped": f"out of time ({args.budget_s:g} s budget)"})
+        else:
+            try:
+                summary["runs"].append(fn(min(want_s, left)))
+            except subprocess.TimeoutExpired:
+                summary["runs"].append({"name": name, "error": f"timed out after {min(want_s, left):.0f} s"})
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+
     if dry:
         plans = [("synthetic_test", ["--synthetic", "test", "--tokens-per-window", "8", "--batch-size", "4"])]
     else:
@@ -165,7 +193,8 @@ def main(argv=None) -> int:
         ]
     common = ["--device", device, "--baseline", *(["--no-warmup"] if dry else ["--dtype", "float16"])]
     for name, extra in plans:
-        summary["runs"].append(bench(out, scratch, name, audio, *extra, *common, timeout=150 if dry else 280))
+        step(name, 150 if dry else 280,
+             lambda t, name=name, extra=extra: bench(out, scratch, name, audio, *extra, *common, timeout=t))
 
     # Real weights on a long reading, where both are on this machine.
     reading = REPO / "testsets" / ("espeak_short.wav" if dry else "espeak_us.wav")
@@ -182,16 +211,16 @@ def main(argv=None) -> int:
     elif not have_weights:
         summary["runs"].append({"name": "tiny_en_reading", "skipped": why})
     else:
-        summary["runs"].append(bench(
+        step("tiny_en_reading", 240 if dry else 200, lambda t: bench(
             out, scratch, "tiny_en_reading", reading, "--model", "tiny.en", "--language", "en",
             "--batch-size", "8" if dry else "64", "--device", device, "--no-warmup",
             "--reference", str(reading.with_suffix(".txt")),
             "--baselines", "chunked" if dry else "chunked,sequential",
-            timeout=240 if dry else 200,
+            timeout=t,
         ))  # fmt: skip
         # How often half precision makes the engine's tokens differ from generate's
         # (README, "Half precision"): float16 static (CUDA's mode) and all-at-once.
-        summary["runs"].append(equality(reading, device, dry))
+        step("token_equality", 200 if dry else 150, lambda t: equality(reading, device, dry, t))
     with tarfile.open(out / "traces.tar.gz", "w:gz") as tar:
         for f in sorted(scratch.glob("*.trace.json")) + sorted(scratch.glob("*.log")):
             tar.add(f, arcname=f.name)

@@ -4,12 +4,28 @@
 #   scripts/gpu_suite.sh             # on a CUDA machine: JSON, PNGs, traces into $OUT
 #   scripts/gpu_suite.sh --dry-run   # the same steps on the CPU, small sizes (CI runs it)
 #
-# On a bare CUDA machine (torch already there) it installs what is missing: from wheels in
-# .whl/ when that folder exists (machines with no package index), else from
-# requirements-gpu.txt; ffmpeg from the system, else the static binary of imageio-ffmpeg.
+# On a lent machine with no package index, first send the parts of scripts/device_pack.sh
+# (see there): they install the pinned packages, ffmpeg, the weights and the reading.
+# Elsewhere, on a bare CUDA machine (torch already there) it installs what is missing:
+# from wheels in .whl/ when that folder exists, else from requirements-gpu.txt; ffmpeg
+# from the system, else the static binary of imageio-ffmpeg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+
+# A lent machine with no package index: what scripts/device_pack.sh packed, sent a part per
+# call (see there). Parts still to come: say so and stop here; all there: use them. Never
+# in a dry run (a CPU machine: its own packages, and a pack made there stays as it is).
+dry=0
+for a in "$@"; do [ "$a" = "--dry-run" ] && dry=1; done
+if [ "$dry" = 0 ] && { [ -d .devpack ] || [ -d .devstore ]; }; then
+    rc=0
+    bash scripts/device_unpack.sh || rc=$?
+    if [ "$rc" -eq 3 ]; then exit 0; fi
+    if [ "$rc" -ne 0 ]; then exit "$rc"; fi
+    export PYTHONPATH=$PWD/.devstore/site${PYTHONPATH:+:$PYTHONPATH}
+    export PATH=$PWD/.devstore/bin:$PATH
+fi
 
 missing=$("$PY" - <<'PY'
 import importlib.util
