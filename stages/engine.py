@@ -16,9 +16,12 @@ Per slot (index ``s`` in every buffer):
 - its rule state (``stages.rules``).
 
 The decoder step is written here from the model's own modules (embeddings, layer norms,
-projections, ``proj_out``), with ``scaled_dot_product_attention`` and a per-slot mask over
-the cache (slots are at different positions). Its output is what ``generate`` computes for
-the same window, token for token (tests/test_engine.py checks it on real weights).
+projections, ``proj_out``), with ``scaled_dot_product_attention``. Slots sit at different
+positions: in the eager step each slot's self-attention reads exactly its own positions
+(slots at one position together), as ``generate`` does, so that 16-bit rounding is the
+same too (``_decode``); the static step masks what a slot has not reached. Its output is
+what ``generate`` computes for the same window, token for token (tests/test_engine.py
+checks it on real weights).
 
 The prompt is the one ``generate`` uses: ``<|startoftranscript|>`` for English-only models;
 ``<|startoftranscript|> <|lang|> <|task|>`` for multilingual ones. Admission runs the first
@@ -40,8 +43,8 @@ from preallocated buffers (tokens, positions), attends over all 448 cache positi
 the mask, and writes its logits into a preallocated buffer; slots run in prefixes rounded
 up to a power of two, so on CUDA one graph per prefix size is captured
 (``torch.cuda.CUDAGraph``) and replayed. On CPU ``static=True`` runs the same body eagerly
-(tests cover its logic); the default on CPU is ``static=False``, which attends over the
-positions in use only (faster there).
+(tests cover its logic); the default on CPU is ``static=False``, where each slot attends
+over its own positions only (faster there, and generate's rounding in 16 bits).
 """
 
 from __future__ import annotations
@@ -232,8 +235,9 @@ class SlotEngine:
             m = self._bucket(m)
             logits = self._static_step(m)
         else:
-            kv_len = max(self._running[s].pos for s in live_idx) + 1
-            logits = self._forward(m, self.next_tok[:m], self.pos[:m], kv_len)
+            # Slots 0..m-1 are all live (``_compact``): each attends over its own positions.
+            lens = [self._running[s].pos + 1 for s in range(m)]
+            logits = self._forward(m, self.next_tok[:m], self.pos[:m], max(lens), lens)
         fresh = [s for s in live_idx if self._running[s].fresh]
         if fresh:  # English-only: this step is the first step (<|startoftranscript|> at 0)
             idx = torch.tensor(fresh, device=self.device)
@@ -397,22 +401,34 @@ class SlotEngine:
 
     # ------------------------------------------------------------------ the decoder step
 
-    def _forward(self, rows, tokens: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+    def _forward(self, rows, tokens: torch.Tensor, pos: torch.Tensor, kv_len: int,
+                 lens: list[int] | None = None) -> torch.Tensor:  # fmt: skip
         """One decoder position for some slots: logits (n, V) float32.
 
         rows: an int m (slots 0..m-1, the step) or a (n,) long tensor (admission);
         tokens, pos: (n,) long, the token fed and its position (its K/V land in the cache
-        there); kv_len: cache positions attended to (positions > pos are masked).
+        there); kv_len: cache positions attended to (positions > pos are masked);
+        lens: each row's pos + 1 on the host, where known (see ``_decode``).
         """
-        x = self._decode(rows, tokens[:, None], pos[:, None], kv_len)
+        x = self._decode(rows, tokens[:, None], pos[:, None], kv_len, lens)
         return self.model.proj_out(x)[:, -1].float()
 
-    def _decode(self, rows, tokens: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+    def _decode(self, rows, tokens: torch.Tensor, pos: torch.Tensor, kv_len: int,
+                lens: list[int] | None = None) -> torch.Tensor:  # fmt: skip
         """L decoder positions per slot: hidden states (n, L, d) after the final layer norm.
 
         rows as for ``_forward``; tokens, pos: (n, L) long (a row's positions may differ
         from another's: each query attends to its own slot's cache up to its position).
         Mirrors transformers' WhisperDecoder layer by layer (q scaled before SDPA, scale 1).
+
+        ``lens`` (L = 1 only): self-attention runs over exactly each row's own positions,
+        rows of one length together, with no mask, as ``generate`` attends (its rows are
+        all at the same step). Attending over a longer, masked stretch gives the same
+        values in exact arithmetic but rounds differently: in float32 that never flipped
+        a token, in bfloat16 it flipped 6 of 21 windows of a reading
+        (``scripts/engine_equality.py``); over their own positions, none. It also reads
+        no masked cache. Without ``lens`` (prompts at admission; the static step, whose
+        shapes must not change) the mask over ``kv_len`` positions is used.
         """
         prefix = isinstance(rows, int)
         n = rows if prefix else rows.shape[0]
@@ -422,7 +438,20 @@ class SlotEngine:
         heads, hd = self.heads, self.head_dim
         dec = self.decoder
         x = dec.embed_tokens(tokens) + dec.embed_positions.weight[pos]  # (n, L, d)
-        mask = (self._kv_cols[:kv_len][None, None, :] <= pos[:, :, None])[:, None]  # (n,1,L,kv)
+        groups = mask = None
+        if lens is not None and L == 1:
+            # rows of one length: (length, index of those rows: a slice where they are
+            # consecutive, else a tensor), in the order of first appearance
+            by_len: dict[int, list[int]] = {}
+            for i, length in enumerate(lens):
+                by_len.setdefault(length, []).append(i)
+            groups = []
+            for length, at in by_len.items():
+                here = slice(at[0], at[-1] + 1) if at[-1] - at[0] + 1 == len(at) else torch.tensor(at, device=self.device)
+                # the rows' slots: a slice (a view of the cache, no copy) for the step's prefix
+                groups.append((length, here, here if prefix else rows[here]))
+        else:
+            mask = (self._kv_cols[:kv_len][None, None, :] <= pos[:, :, None])[:, None]  # (n,1,L,kv)
 
         def split(t):  # (n, L, d) -> (n, H, L, hd)
             return t.view(n, L, heads, hd).transpose(1, 2).contiguous()
@@ -435,8 +464,14 @@ class SlotEngine:
             # (n, L, H, hd) into the cache at (slot, :, position)
             sk[ar[:, None], :, pos] = att.k_proj(h).view(n, L, heads, hd)
             sv[ar[:, None], :, pos] = att.v_proj(h).view(n, L, heads, hd)
-            keys, values = take(sk[:, :, :kv_len]), take(sv[:, :, :kv_len])
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0)
+            if groups is not None:
+                o = torch.empty_like(q)
+                for length, at, cached in groups:
+                    o[at] = F.scaled_dot_product_attention(q[at], sk[cached, :, :length],
+                                                           sv[cached, :, :length], scale=1.0)  # fmt: skip
+            else:
+                keys, values = take(sk[:, :, :kv_len]), take(sv[:, :, :kv_len])
+                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0)
             x = x + att.out_proj(o.transpose(1, 2).reshape(n, L, -1))
 
             att = layer.encoder_attn

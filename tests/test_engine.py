@@ -516,6 +516,44 @@ def test_mixed_options_forced_lengths_random_weights(rand_backend, rand_features
     assert len({r.language for r in got.values()}) > 1
 
 
+def test_the_step_attends_over_each_rows_own_positions(rand_backend, rand_features, monkeypatch):
+    """Windows of different lengths in flight: every self-attention of a step reads exactly
+    its rows' own cache positions (pos + 1), with no mask, as generate does; a longer
+    masked stretch rounds differently in 16 bits (6 of 21 windows of a reading changed
+    in bfloat16: README, "Half precision"). The tokens stay generate's (float32 here)."""
+    import stages.engine as eng
+
+    calls = []
+    real = eng.F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kw):  # (transformers' encoder calls it too, at admission)
+        calls.append((q.shape[0], k.shape[2], kw.get("attn_mask") is not None))
+        return real(q, k, v, *args, **kw)
+
+    opts = [DecodeOptions(tokens_per_window=n) for n in (5, 11, 17, 8)]
+    ref = {i: rand_backend.transcribe([rand_features[i]], o)[0] for i, o in enumerate(opts)}
+    engine = SlotEngine(rand_backend, slots=3, static=False)
+    for i, o in enumerate(opts):
+        engine.submit(i, rand_features[i], o)
+    monkeypatch.setattr(eng.F, "scaled_dot_product_attention", spy)
+    got, mixed = {}, 0
+    while not engine.idle:
+        engine._admit()
+        engine._compact()
+        live = [slot.pos + 1 for slot in engine._running if slot is not None]
+        calls.clear()
+        got.update(engine.step())
+        layers = len(engine.decoder.layers)
+        self_calls = [c for c in calls if c[1] != engine.cross_k[0].shape[2]]
+        assert not any(masked for *_, masked in self_calls)
+        want = sorted((live.count(n), n) for n in set(live))  # (rows, positions) per group
+        assert sorted((rows, n) for rows, n, _ in self_calls) == sorted(want * layers)
+        mixed += len(set(live)) > 1
+    assert mixed > 5  # slots did sit at different positions
+    for i, r in ref.items():
+        _assert_same(got[i], r, i)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_static_path(tiny_model_dir, dtype):
     """The dtypes of the CUDA path (caches and weights in half precision, rules in float32)
