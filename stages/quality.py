@@ -17,7 +17,14 @@ real tiny.en and base weights against sequential long-form decoding (see README,
   (faster-whisper's choice), else the last. A job's own ``temperature`` (OpenAI's
   request field) is where each decode starts: the fallback takes the rungs above it.
 - **No-speech rule** (openai/whisper): a decode whose no-speech probability is high and
-  whose mean log-probability is low gives no text.
+  whose mean log-probability is low gives no text. A tail re-decode (below) gives none
+  when its no-speech probability alone is high: over its few tokens the mean
+  log-probability says little ("you" over a noise tail: -0.97, no-speech 0.94).
+- **Repeats**: a segment of ``repeat_min_words`` words or more saying again, word for
+  word, what was said just before it (in its window, or before a re-decode's cut) is
+  dropped: Whisper re-reading its context where the audio gives it nothing (kept going
+  by the end-of-text veto into noise after the last sentence, it wrote that sentence
+  again).
 - **Junk segments**: a segment with no letter or digit (".", "...", "-") is dropped: it
   carries nothing a reader wants, and in noise Whisper fills a window with them.
 - **Tail re-decode**: Whisper often ends a window early, stopping at a sentence end with
@@ -83,6 +90,9 @@ class QualityConfig:
     # a few words) it is dominated by the uncertain timestamp and end tokens.
     logprob_min_tokens: int = 16
     max_words_per_sound_s: float = 10.0  # more words than this per second of sound: invented
+    # A segment of at least this many words that says again the words just before it
+    # (Whisper re-reading its context into noise or silence) is dropped; 0: never.
+    repeat_min_words: int = 3
     timing_slack_s: float = 0.3
     # A segment over this much sound saying under ``skip_ratio`` of what the job's pace
     # predicts (and ``skip_min_units`` letters short) is decoded again in two halves.
@@ -99,6 +109,8 @@ class QualityConfig:
             raise ValueError("max_tail_redecodes must be >= 0 and tail_min_s positive")
         if not 0 < self.end_tail_min_s <= self.tail_min_s or self.end_tail_speech_s < 0:
             raise ValueError("end_tail_min_s must be positive and at most tail_min_s; end_tail_speech_s >= 0")
+        if self.repeat_min_words < 0:
+            raise ValueError("repeat_min_words must be >= 0 (0: never drop a repeat)")
 
 
 # ------------------------------------------------------------------------------ levels
@@ -146,6 +158,21 @@ def sound_profile(loud: np.ndarray) -> np.ndarray:
 def is_junk(text: str) -> bool:
     """A segment with no letter or digit (".", "-", "...")."""
     return not _WORD_CHAR.search(text)
+
+
+def plain_words(text: str) -> list[str]:
+    """A text's words, lower case, without punctuation (for comparing texts)."""
+    return [w for w in (re.sub(r"[^\w']", "", t).lower() for t in text.split()) if w]
+
+
+def repeats(words: list[str], before: list[str], cfg: QualityConfig) -> bool:
+    """A segment saying again, word for word, what was said just before it: Whisper
+    re-reading its own context where the audio gives it nothing to read (after the
+    end-of-text veto kept a window going into noise, it wrote "And the mayor will open
+    it." then "The Mayor will open it." over the noise). ``repeat_min_words`` words at
+    least, so that a short real repeat ("No, no.") stays."""
+    n = len(words)
+    return 0 < cfg.repeat_min_words <= n <= len(before) and before[-n:] == words
 
 
 def too_fast(seg: Segment, loud: np.ndarray, cfg: QualityConfig) -> bool:
@@ -343,6 +370,7 @@ class _Span:
     attempts: list = field(default_factory=list)  # WindowResults, in order
     temperatures: list = field(default_factory=list)  # the temperature each was asked at
     group: object = None  # a split: the _Split this half belongs to
+    tail: bool = False  # decoded again because the span before it left this part untranscribed
 
 
 @dataclass
@@ -463,7 +491,13 @@ class WindowReview:
         if span.depth == 0:
             self._kept = result
         segments: list[Segment] = []
-        if not is_no_speech(result, cfg):
+        # A tail is a short stretch after the last words heard: there the model's own
+        # no-speech probability decides (its mean log-probability, over a few tokens, says
+        # little: "you" over a noise tail scored -0.97 with no-speech 0.94).
+        quiet = is_no_speech(result, cfg) or (
+            span.tail and result.no_speech_prob is not None and result.no_speech_prob > cfg.no_speech_threshold
+        )
+        if not quiet:
             end_s = (span.end - span.start) / SAMPLE_RATE
             placed = (
                 self._place(s, span)
@@ -471,14 +505,22 @@ class WindowReview:
                 # Text the model put in the padding after the span's audio heard nothing.
                 if not is_junk(s.text) and s.start < end_s
             )
-            segments = [seg for seg in placed if not too_fast(seg, self.loud, cfg)]
+            before = [w for seg in self._kept_before(span.start) for w in plain_words(seg.text)]
+            for seg in placed:
+                if too_fast(seg, self.loud, cfg):
+                    continue
+                words = plain_words(seg.text)
+                if repeats(words, before, cfg):
+                    continue
+                segments.append(seg)
+                before.extend(words)
         if span.group is not None:
             return self._half_done(span, segments)
         follow: list[Request] = []
         tail = self._tail(span, segments)
         if tail is not None:
             cut, segments = tail
-            follow.append(self._ask(_Span(cut, span.end, span.depth + 1), self.temperature, "tail"))
+            follow.append(self._ask(_Span(cut, span.end, span.depth + 1, tail=True), self.temperature, "tail"))
         self._final[(span.start, span.end)] = segments
         if span.depth == 0:
             # The window's own segments join the pace first; the check of each segment
@@ -555,6 +597,13 @@ class WindowReview:
         )
         return replace(seg, start=round(start, 3), end=round(min(max(seg.end + off, start), limit), 3),
                        words=words)  # fmt: skip
+
+    def _kept_before(self, start: int) -> list[Segment]:
+        """The window's segments already decided that end where ``start`` (a sample)
+        begins or before it, in time order (what a tail's decode goes on from)."""
+        t = start / SAMPLE_RATE
+        kept = [seg for segs in self._final.values() for seg in segs if seg.end <= t + 1e-6]
+        return sorted(kept, key=lambda seg: seg.start)
 
     def _note_pace(self, segments: list[Segment]) -> None:
         if self.pace is not None:

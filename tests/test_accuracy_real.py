@@ -132,6 +132,30 @@ def test_no_words_from_non_speech(pipe, sets, name, most):
     assert t.duration == pytest.approx(90.0, abs=0.1)
 
 
+def test_noise_after_the_last_words_gives_no_words(pipe, tmp_path):
+    """A recording that ends in a short burst of noise after its speech. tiny.en, kept
+    going by the end-of-text veto, once wrote the last sentence again over the noise
+    ("And the mayor will open it. The Mayor will open it.") and then "you" on the job's
+    final tail. Now the transcript ends with the last words spoken, once."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed")
+    text = ("The committee approved the budget for next year. Work on the new bridge begins in "
+            "the spring, and the mayor will open it.")  # fmt: skip
+    raw = tmp_path / "raw.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), text], check=True)
+    speech = _pcm(media.convert(raw, tmp_path / "speech.wav", "-ar", "16000", "-ac", "1"))
+    rng = np.random.default_rng(1)
+    for seconds, amp in ((0.6, 0.2), (0.9, 0.3)):
+        walk = np.cumsum(rng.standard_normal(int(seconds * 16000)))  # brown noise, its drift removed
+        noise = walk - np.convolve(walk, np.ones(400) / 400, mode="same")
+        noise *= amp / np.abs(noise).max()
+        audio = np.concatenate([speech, np.zeros(6400, np.float32), noise.astype(np.float32)])
+        wav = media.write_wav(tmp_path / f"tail_{seconds}.wav", audio)
+        t = pipe.transcribe(Job(str(wav), DecodeOptions(language="en")), timeout=300)
+        words = normalize(t.text).split()
+        assert words[-3:] == ["will", "open", "it"] and words.count("mayor") == 1, (seconds, t.text)
+
+
 def test_no_word_lost_where_windows_meet(pipe, tmp_path):
     """A continuous reading (short pauses only) over several windows: at every boundary the
     alignment with the reference deletes no word between the last word of one window and

@@ -23,6 +23,8 @@ from stages.quality import (
     WindowReview,
     best_attempt,
     frame_levels,
+    plain_words,
+    repeats,
     gate,
     is_junk,
     is_no_speech,
@@ -735,6 +737,48 @@ def test_a_jobs_last_words_at_its_very_end_are_decoded_again():
     assert run(res(seg(0.0, 19.8, " All of it.")), final=True)[0] == [("window", 0)]
     quiet_end = from_frames(np.r_[speech_like_amps(19.5), np.full(10, FLOOR_AMP)])
     assert run(res(seg(0.0, 19.5, " All of it.")), final=True, audio=quiet_end)[0] == [("window", 0)]
+
+
+def test_a_segment_saying_again_what_came_just_before_is_dropped():
+    """Whisper re-reading its context into noise: "And the mayor will open it." then
+    "The Mayor will open it." where only noise follows the speech (a recording that ends
+    in 0.6 s of noise, tiny.en with the end-of-text veto). Dropped, from 3 words up; a
+    short real repeat and the same words elsewhere stay."""
+    cfg = QualityConfig()
+    before = plain_words(" And the mayor will open it.")
+    assert before == ["and", "the", "mayor", "will", "open", "it"]
+    assert repeats(plain_words(" The Mayor will open it."), before, cfg)
+    assert not repeats(plain_words(" No, no."), plain_words(" I said no, no."), cfg)  # 2 words
+    assert not repeats(plain_words(" The mayor will open it soon."), before, cfg)
+    assert not repeats(plain_words(" The mayor will open"), before, cfg)  # not what came last
+    assert not repeats(plain_words(" The Mayor will open it."), before, QualityConfig(repeat_min_words=0))
+
+    audio = speech_like(20.0)
+    first = res(seg(0.0, 9.0, " The bridge opens in spring."), seg(9.0, 14.0, " And the mayor will open it."),
+                seg(14.0, 19.9, " The Mayor will open it."))  # fmt: skip
+    # The repeat dropped, the window's end goes untranscribed: its tail is decoded again,
+    # and the same repeat there (after the kept words before the cut) is dropped too.
+    dec = FakeDecoder(lambda r: first if r.kind == "window" else res(seg(0.0, 3.0, " the mayor will open it.")))
+    out = drive(WindowReview(0, audio), dec)
+    assert [r.kind for r in dec.seen] == ["window", "tail"]
+    assert [s.text for s in out.segments] == [" The bridge opens in spring.", " And the mayor will open it."]
+
+
+def test_a_tail_the_model_calls_no_speech_gives_no_words():
+    """A tail's decode: its no-speech probability decides alone ("you" over a noise tail
+    had no-speech 0.94 and a mean log-probability of -0.97, which openai/whisper's rule,
+    made for whole windows, keeps). A whole window's decode keeps that rule."""
+    audio = speech_like(20.0)
+    first = res(seg(0.0, 10.0, " On the same line,"), seg(10.0, 19.56, " on subsequent"))
+
+    def run(tail_result, final=True):
+        dec = FakeDecoder(lambda r: first if r.kind == "window" else tail_result)
+        return [s.text for s in drive(WindowReview(0, audio, final=final), dec).segments]
+
+    assert run(res(seg(0.0, 0.4, " you"), ns=0.94, lp=-0.97, n=4))[-1] == " on subsequent"
+    assert run(res(seg(0.0, 0.5, " lines."), ns=0.12, lp=-0.65, n=5))[-1] == " lines."
+    window = res(seg(0.0, 5.0, " Yes."), ns=0.94, lp=-0.97, n=4)
+    assert [s.text for s in drive(WindowReview(0, audio), FakeDecoder(lambda r: window)).segments][0] == " Yes."
 
 
 def _split_audio():
