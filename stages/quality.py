@@ -162,7 +162,7 @@ def is_junk(text: str) -> bool:
 
 def plain_words(text: str) -> list[str]:
     """A text's words, lower case, without punctuation (for comparing texts)."""
-    return [w for w in (re.sub(r"[^\w']", "", t).lower() for t in text.split()) if w]
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
 
 
 def repeats(words: list[str], before: list[str], cfg: QualityConfig) -> bool:
@@ -246,7 +246,7 @@ def best_attempt(attempts: list[WindowResult], cfg: QualityConfig) -> WindowResu
 
 def _words(result: WindowResult) -> tuple[str, ...]:
     """A decode's words, lower case, without punctuation: what two attempts must share."""
-    return tuple(re.sub(r"[^\w\s']", " ", "".join(s.text for s in result.segments).lower()).split())
+    return tuple(plain_words("".join(s.text for s in result.segments)))
 
 
 # -------------------------------------------------------------------------------- pace
