@@ -21,7 +21,7 @@ On a CUDA machine (about 6-8 minutes on one H200):
    and timeline PNG, ``traces.tar.gz`` (each Chrome trace and log) and ``summary.json``
    with the headline figures: at most 8 files, what a lent GPU machine sends back.
 
-Each step gets at most what is left of ``--budget-s`` (560 s: a lent machine's call ends
+Each step gets at most what is left of ``--budget-s`` (540 s: a lent machine's call ends
 at 600) and ``summary.json`` is rewritten after each, so a call cut short still sends back
 what was done. On a lent machine with no package index, ``scripts/device_pack.sh`` packs
 what the suite needs (pinned transformers, ffmpeg, the tiny.en weights, the reading) in
@@ -142,9 +142,9 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="CPU, small sizes: checks the suite itself")
     p.add_argument("--out", default=None, help="output folder (default: $OUT, else benchmarks/gpu/DATE)")
     p.add_argument("--minutes", type=float, default=None, help="audio length (default 90; dry run 1)")
-    p.add_argument("--budget-s", type=float, default=560.0,
+    p.add_argument("--budget-s", type=float, default=540.0,
                    help="wall seconds for the whole suite (a lent machine's call ends at 600): a step "
-                        "is given what is left at most, and skipped when under 30 s is (default 560)")
+                        "is given what is left at most, and skipped when under 30 s is (default 540)")
     args = p.parse_args(argv)
 
     import torch
