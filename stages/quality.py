@@ -479,7 +479,7 @@ class WindowReview:
                 return self._decide(None)
             return []
         span.temperatures.append(request.temperature)
-        if needs_fallback(result, cfg) and not is_no_speech(result, cfg):
+        if needs_fallback(result, cfg) and not self._no_speech(span, result):
             hotter = [t for t in cfg.temperatures if t > max(span.temperatures)]
             if hotter:
                 return [self._ask(span, hotter[0], "fallback")]
@@ -491,13 +491,7 @@ class WindowReview:
         if span.depth == 0:
             self._kept = result
         segments: list[Segment] = []
-        # A tail is a short stretch after the last words heard: there the model's own
-        # no-speech probability decides (its mean log-probability, over a few tokens, says
-        # little: "you" over a noise tail scored -0.97 with no-speech 0.94).
-        quiet = is_no_speech(result, cfg) or (
-            span.tail and result.no_speech_prob is not None and result.no_speech_prob > cfg.no_speech_threshold
-        )
-        if not quiet:
+        if not self._no_speech(span, result):
             end_s = (span.end - span.start) / SAMPLE_RATE
             placed = (
                 self._place(s, span)
@@ -597,6 +591,16 @@ class WindowReview:
         )
         return replace(seg, start=round(start, 3), end=round(min(max(seg.end + off, start), limit), 3),
                        words=words)  # fmt: skip
+
+    def _no_speech(self, span: _Span, result: WindowResult) -> bool:
+        """The no-speech rule, for the fallback as for what is kept. A tail is a short
+        stretch after the last words heard: there the model's no-speech probability alone
+        decides (its mean log-probability, over a few tokens, says little: "you" over a
+        noise tail scored -0.97 with no-speech 0.94), and a quiet tail is not decoded hotter."""
+        if is_no_speech(result, self.cfg):
+            return True
+        ns = result.no_speech_prob
+        return span.tail and ns is not None and ns > self.cfg.no_speech_threshold
 
     def _kept_before(self, start: int) -> list[Segment]:
         """The window's segments already decided that end where ``start`` (a sample)

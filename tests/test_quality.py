@@ -777,6 +777,11 @@ def test_a_tail_the_model_calls_no_speech_gives_no_words():
 
     assert run(res(seg(0.0, 0.4, " you"), ns=0.94, lp=-0.97, n=4))[-1] == " on subsequent"
     assert run(res(seg(0.0, 0.5, " lines."), ns=0.12, lp=-0.65, n=5))[-1] == " lines."
+    # A quiet tail that also looks like a loop is not decoded hotter: it gives nothing anyway.
+    loop = res(seg(0.0, 0.4, " you you you you"), ns=0.94, lp=-0.97, cr=3.0, n=20)
+    dec = FakeDecoder(lambda r: first if r.kind == "window" else loop)
+    out = drive(WindowReview(0, audio, final=True), dec)
+    assert [r.kind for r in dec.seen] == ["window", "tail"] and out.segments[-1].text == " on subsequent"
     window = res(seg(0.0, 5.0, " Yes."), ns=0.94, lp=-0.97, n=4)
     assert [s.text for s in drive(WindowReview(0, audio), FakeDecoder(lambda r: window)).segments][0] == " Yes."
 
