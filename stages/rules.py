@@ -68,6 +68,11 @@ class SlotRules:
         self.max_initial, self.detect = max_initial, detect_from_logprob
         self.suppress_mask = torch.zeros(vocab, dtype=torch.bool, device=device)
         self.suppress_mask[torch.as_tensor(list(suppress), dtype=torch.long, device=device)] = True
+        self.suppress_ids = torch.nonzero(self.suppress_mask).squeeze(1)  # written column by column
+        # On the CPU a row mask is read on the host and only its rows are written: a
+        # masked_fill over (m, V) reads and writes every row (a tenth of a step at 8 slots).
+        # On CUDA that read would wait for the device, so the masks stay on the device.
+        self.host = torch.device(device).type == "cpu"
         self.begin_ids = torch.as_tensor(list(begin_suppress), dtype=torch.long, device=device)
         self.cols = torch.arange(vocab - timestamp_begin, device=device)  # timestamp values
         z = lambda dtype: torch.zeros(slots, dtype=dtype, device=device)  # noqa: E731
@@ -116,7 +121,7 @@ class SlotRules:
         # MinLength + MinNewTokensLength: no end-of-text before the forced length.
         scores[:, self.eos].masked_fill_(n < self.min_new[:m], NEG_INF)
         # SuppressTokens, then SuppressTokensAtBegin (the first generated position only).
-        scores.masked_fill_(self.suppress_mask, NEG_INF)
+        scores.index_fill_(1, self.suppress_ids, NEG_INF)
         if len(self.begin_ids):
             begin = scores[:, self.begin_ids]
             scores[:, self.begin_ids] = begin.masked_fill(first[:, None], NEG_INF)
@@ -127,22 +132,29 @@ class SlotRules:
         last, penult = self.last_ts[:m], self.penult_ts[:m]
         single = later & last & ~penult  # a segment was just closed: no text now
         ts_scores.masked_fill_((later & last & penult)[:, None], NEG_INF)
-        scores[:, : self.eos].masked_fill_(single[:, None], NEG_INF)
+        self._fill_rows(scores[:, : self.eos], single)
         last_val = self.last_val[:m]
         lowest = torch.where(single, last_val, last_val + 1)
         lowest = torch.where(self.has_ts[:m] & later, lowest, torch.zeros_like(lowest))
         ts_scores.masked_fill_(self.cols[None, :] < lowest[:, None], NEG_INF)
         # First generated token: a timestamp, no later than max_initial.
-        scores[:, :tb].masked_fill_(first[:, None], NEG_INF)
+        self._fill_rows(scores[:, :tb], first)
         if self.max_initial is not None:
-            scores[:, tb + self.max_initial + 1 :].masked_fill_(first[:, None], NEG_INF)
+            self._fill_rows(scores[:, tb + self.max_initial + 1 :], first)
         if self.detect:
             logprobs = torch.nn.functional.log_softmax(scores.float(), dim=-1)
             timestamp_logprob = logprobs[:, tb:].logsumexp(dim=-1)
             max_text_token_logprob = logprobs[:, :tb].max(dim=-1).values
             prefer_ts = timestamp_logprob > max_text_token_logprob
-            scores[:, :tb].masked_fill_(prefer_ts[:, None], NEG_INF)
+            self._fill_rows(scores[:, :tb], prefer_ts)
         return scores
+
+    def _fill_rows(self, block: torch.Tensor, rows: torch.Tensor) -> None:
+        """-inf into the rows of ``block`` (m, k), a view of the scores, where ``rows`` (m,)."""
+        if not self.host:
+            block.masked_fill_(rows[:, None], NEG_INF)
+        elif bool(rows.any()):
+            block[rows] = NEG_INF
 
     def advance(self, picked: torch.Tensor, live: torch.Tensor) -> None:
         """Slots 0..m-1 took ``picked`` (m,) long; only ``live`` (m,) bool slots move on."""
@@ -170,6 +182,7 @@ class SlotSampler:
 
     def __init__(self, slots: int, eos: int, timestamp_begin: int, device="cpu"):
         self.eos, self.tb, self.device = eos, timestamp_begin, device
+        self.host = torch.device(device).type == "cpu"  # see ``__call__``
         for k, v in _veto_defaults().items():
             setattr(self, k, v)
         self.sum_logprob = torch.zeros(slots, dtype=torch.float64, device=device)
@@ -220,7 +233,8 @@ class SlotSampler:
         timestamp. Same arithmetic as ``EotVeto.__call__``, last timestamp from the state."""
         m = scores.shape[0]
         left = self.left[:m]
-        wants_eos = (scores.argmax(dim=-1) == self.eos) & live & self.active[:m] & (left > 0)
+        self._best = scores.argmax(dim=-1)  # the pick, unless the veto or noise changes the row
+        wants_eos = (self._best == self.eos) & live & self.active[:m] & (left > 0)
         last_val = last_val.clamp(min=0).float()
         last_t = torch.where(has_ts, last_val * 0.02, torch.zeros_like(last_val))
         cum = self.cum[:m]
@@ -230,6 +244,7 @@ class SlotSampler:
         veto = wants_eos & (left_s >= self.min_left_s) & (after >= self.min_sound_s)
         scores[:, self.eos].masked_fill_(veto, NEG_INF)
         left -= veto.long()
+        self._vetoed = veto
         return scores
 
     def __call__(self, scores: torch.Tensor, live: torch.Tensor, rules: SlotRules) -> torch.Tensor:
@@ -243,7 +258,16 @@ class SlotSampler:
                 u = torch.rand(scores.shape[1], generator=g, device=scores.device)
                 gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
                 scores[slot] += (t * gumbel).to(scores.dtype)
-        picked = scores.argmax(dim=-1)
+        if self.host:
+            # Only the rows the veto or the noise changed since ``_veto``'s argmax are
+            # picked again (a second pass over all of (m, V) was a few percent of a CPU
+            # step); on CUDA that choice would wait for the device, so all rows are.
+            picked, again = self._best, self._vetoed.clone()
+            again[[slot for slot in self.hot if slot < m]] = True
+            if bool(again.any()):
+                picked[again] = scores[again].argmax(dim=-1)
+        else:
+            picked = scores.argmax(dim=-1)
         lp = logprobs.gather(1, picked[:, None]).squeeze(1)
         self.sum_logprob[:m] += torch.where(live, lp, 0.0).double()
         self.count[:m] += live.long()

@@ -97,10 +97,12 @@ def _reference_processors(min_new, suppress, begin, max_initial=50):
     return procs
 
 
-def test_slot_rules_match_generates_processors():
+@pytest.mark.parametrize("host", [True, False], ids=["cpu-rows", "device-masks"])
+def test_slot_rules_match_generates_processors(host):
     """Rows at different steps (each slot starts its window at another step), random
     histories of text and timestamps: each row's processed scores equal transformers'
-    processors (and ``BatchedTimestampRules``) applied to that row's own history."""
+    processors (and ``BatchedTimestampRules``) applied to that row's own history. Both
+    ways of masking rows: on the host (the CPU's) and on the device (CUDA's, run here)."""
     gen = torch.Generator().manual_seed(0)
     suppress, begin = [1, 2, 7, 50258, 50359], [220, EOS]
     slots, steps = 6, 14
@@ -109,6 +111,7 @@ def test_slot_rules_match_generates_processors():
         slots, V, eos=EOS, timestamp_begin=TB, no_timestamps=TB - 1, max_initial=50,
         detect_from_logprob=True, suppress=suppress, begin_suppress=begin,
     )  # fmt: skip
+    rules.host = host
     refs = [_reference_processors(mn, suppress, begin) for mn in mins]
     start = [0, 1, 2, 3, 5, 8]  # the global step at which each slot's window begins
     hist: list[list[int]] = [[] for _ in range(slots)]
@@ -142,9 +145,12 @@ def test_slot_rules_match_generates_processors():
     assert any(sum(t >= TB for t in h) >= 3 for h in hist)
 
 
-def test_slot_sampler_matches_step_recorder():
+@pytest.mark.parametrize("host", [True, False], ids=["cpu-repick", "device-argmax"])
+def test_slot_sampler_matches_step_recorder(host):
     """Same scores, rows of a batch vs slots: picks, log-probability sums, veto and
-    sampling (per-row generators) as ``StepRecorder`` with its ``EotVeto``."""
+    sampling (per-row generators) as ``StepRecorder`` with its ``EotVeto``. Both ways of
+    picking: again only where the veto or noise changed a row (the CPU's), and all rows
+    (CUDA's, run here)."""
     gen = torch.Generator().manual_seed(3)
     n, steps, tb, eos = 4, 12, 40, 20
     vocab = tb + 1501
@@ -152,6 +158,7 @@ def test_slot_sampler_matches_step_recorder():
     sound = [_profile(20.0, (0.0, 20.0)), None, _profile(20.0, (0.0, 20.0)), None]
     rec = StepRecorder(n, eos, temps, seeds, sound=sound, timestamp_begin=tb)
     sampler = SlotSampler(n, eos, tb)
+    sampler.host = host
     rules = SlotRules(n, vocab, eos=eos, timestamp_begin=tb, no_timestamps=tb - 1, max_initial=None,
                       detect_from_logprob=False)  # fmt: skip
     rules.reset(torch.arange(n), torch.zeros(n, dtype=torch.long))
