@@ -153,8 +153,10 @@ class SlotRules:
         """-inf into the rows of ``block`` (m, k), a view of the scores, where ``rows`` (m,)."""
         if not self.host:
             block.masked_fill_(rows[:, None], NEG_INF)
-        elif bool(rows.any()):
-            block[rows] = NEG_INF
+        else:  # (``block[rows] = -inf`` would be a masked_fill over every row again)
+            at = rows.nonzero().squeeze(1)
+            if len(at):
+                block.index_fill_(0, at, NEG_INF)
 
     def advance(self, picked: torch.Tensor, live: torch.Tensor) -> None:
         """Slots 0..m-1 took ``picked`` (m,) long; only ``live`` (m,) bool slots move on."""
