@@ -96,6 +96,7 @@ class _Slot:
 # still fit in cache. On CUDA the encoder batch is the slot count (bigger is better).
 CPU_ENCODER_BATCH = 2
 
+
 class SlotEngine:
     """Greedy decoding of 30 s windows in a fixed number of decoder slots with in-flight batching.
 
