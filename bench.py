@@ -23,6 +23,11 @@ What it does (issue 4):
   ``pipeline("automatic-speech-recognition", chunk_length_s=30, batch_size=B)`` with our
   backend's ``generate_kwargs`` (so ``--tokens-per-window`` binds it too). It runs after
   ours, never at the same time.
+- ``--interleave`` (with ``--runs N`` and baselines): round by round instead, one run of
+  each decoder per round (the order reversed every other round), every decoder loaded at
+  once but only one running; each round's wall-time ratio and their median are reported
+  ("ratio_by_round" in ``--json``). On a shared machine whose speed drifts during a bench
+  this is the ratio to quote.
 - ``--synthetic ARCH``: a random-weight model with the real dimensions of a named Whisper
   architecture (``pipeline.synthetic.ARCHS``), built offline into a temporary directory
   (on CUDA directly on the GPU in float16). ``--show-config`` prints its dimensions only.
@@ -121,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None,
                    help="windows per batch, ours and the baseline (default: $MODEL_BATCH_SIZE, else 16)")
     p.add_argument("--runs", type=int, default=1, help="timed runs of each (default 1)")
+    p.add_argument("--interleave", action="store_true",
+                   help="with baselines: run round by round, one run of each decoder per round (order "
+                        "reversed every other round), all loaded at once, and report each round's "
+                        "ratio; default: ours first, then each baseline in turn")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip the short untimed warm-up job before the timed runs")
     p.add_argument("--baseline", action="store_true",
@@ -291,9 +300,13 @@ def fetch(source) -> bytes:
 # ------------------------------------------------------------------------------------ ours
 
 
-def run_ours(args, model: str, source, options: DecodeOptions) -> dict:
-    """Load the model once, then time ``args.runs`` warm jobs. Returns the profiles, the
-    outcome of the median run and, with --overhead, the unprofiled wall times."""
+def ours_rounds(args, model: str, source, options: DecodeOptions, ready: dict | None = None):
+    """Our pipeline, one timed run per step: a generator that loads the model and runs the
+    warm-up on its first step too, yields once after each of ``args.runs`` warm jobs and
+    returns (``StopIteration.value``) the profiles, the outcome of the median run and,
+    with --overhead, the unprofiled wall times. Its pipeline stays up between steps, so
+    that other decoders' runs can be interleaved with ours (``--interleave``). ``ready``,
+    when given, is updated with the model's info (device, dtype, ...) once it is loaded."""
     from pipeline.profile import profile_from_outcome
     from pipeline.runtime import Pipeline
 
@@ -302,11 +315,14 @@ def run_ours(args, model: str, source, options: DecodeOptions) -> dict:
     if args.plain:
         kw["quality"] = QualityConfig(enabled=False)
     cfg = PipelineConfig(**kw)
+    who = "ours" + (" --plain" if args.plain else "") + (f" --engine {cfg.engine}" if cfg.engine != "slots" else "")
     t0 = time.monotonic()
     with Pipeline(cfg) as pipe:
         info = pipe.wait_ready()
         ready_s = time.monotonic() - t0
         log.info("model ready: loaded in %.2f s (%.2f s from start)", info["load_s"], ready_s)
+        if ready is not None:
+            ready.update(info)
         if args.warmup:
             pipe.run_job(Job(warmup_wav(), options, label="warm-up"))
         profiles, outcomes, unprofiled = [], [], []
@@ -321,9 +337,10 @@ def run_ours(args, model: str, source, options: DecodeOptions) -> dict:
                 off = pipe.run_job(Job(source, options, label="bench", profile=False))
                 unprofiled.append(profile_from_outcome(off)["wall_s"])
             p = profile_from_outcome(out)
-            log.info("run %d/%d: wall %.2f s", i + 1, args.runs, p["wall_s"])
+            log.info("%s run %d/%d: wall %.2f s", who, i + 1, args.runs, p["wall_s"])
             profiles.append(p)
             outcomes.append(out)
+            yield
     median_i = _median_index([p["wall_s"] for p in profiles])
     out = outcomes[median_i]
     tpw = [w.result.n_tokens for w in out.windows]
@@ -337,6 +354,15 @@ def run_ours(args, model: str, source, options: DecodeOptions) -> dict:
         "tokens_per_window": {"min": min(tpw), "max": max(tpw)} if tpw else None,
         "unprofiled_wall_s": unprofiled,
     }
+
+
+def _drain(rounds):
+    """Step a rounds generator to its end; its return value."""
+    while True:
+        try:
+            next(rounds)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _median_index(values) -> int:
@@ -369,10 +395,11 @@ def load_baseline_backend(model: str, device: str, dtype: str):
     return backend, time.monotonic() - t0
 
 
-def _timed_runs(args, source, device: str, label: str, transcribe, after_run=None) -> list[dict]:
+def _timed_rounds(args, source, device: str, label: str, transcribe, after_run=None):
     """``args.runs`` timed runs of: the whole download, ffmpeg decode to 16 kHz float32
     (transformers' ``ffmpeg_read``, as the seed did), then ``transcribe(audio) -> text``.
-    ``after_run(run)`` may add figures to each run's dict. Each run keeps its text."""
+    ``after_run(run)`` may add figures to each run's dict. Each run keeps its text. A
+    generator (see ``ours_rounds``): it yields after each run and returns the runs."""
     from transformers.pipelines.audio_utils import ffmpeg_read
 
     runs = []
@@ -402,6 +429,7 @@ def _timed_runs(args, source, device: str, label: str, transcribe, after_run=Non
             after_run(run)
         log.info("%s run %d/%d: wall %.2f s", label, i + 1, args.runs, wall)
         runs.append(run)
+        yield
     return runs
 
 
@@ -425,14 +453,16 @@ def _bursts(seconds: float = WARMUP_S) -> np.ndarray:
 
 
 
-def run_baseline(args, backend, load_s: float, source, options: DecodeOptions, device: str) -> dict:
+def chunked_rounds(args, shared: SharedBackend, source, options: DecodeOptions, device: str):
     """The seed project's method, timed the same way as ours: the whole download, ffmpeg
     decode to 16 kHz float32, then transformers' chunked ASR pipeline (30 s windows with
-    its default 5 s strides) with our generate kwargs and timestamps."""
+    its default 5 s strides) with our generate kwargs and timestamps. A rounds generator
+    (see ``ours_rounds``) returning its result."""
     import torch
     from transformers import pipeline as hf_pipeline
 
     _quiet_transformers(args)
+    backend, load_s = shared.get()
     t0 = time.monotonic()
     gen = backend.generate_kwargs(options)
     asr = hf_pipeline(
@@ -456,20 +486,22 @@ def run_baseline(args, backend, load_s: float, source, options: DecodeOptions, d
 
     def transcribe(audio):
         shapes.clear()
-        return asr(audio, return_timestamps=True, generate_kwargs=dict(gen)).get("text", "")
+        # Counted on this instance during this call only: the sequential baseline shares
+        # the model, and its runs may come between these (--interleave).
+        asr.model.generate = counting_generate
+        try:
+            return asr(audio, return_timestamps=True, generate_kwargs=dict(gen)).get("text", "")
+        finally:
+            del asr.model.generate  # the class's generate again
 
     def after_run(run):
         run["windows"] = sum(b for b, _ in shapes)
         run["generate_calls"] = len(shapes)
         run["sequence_len_max"] = max((n for _, n in shapes), default=0)
 
-    asr.model.generate = counting_generate  # on this instance only; removed below
-    try:
-        if args.warmup:
-            transcribe(_bursts())
-        runs = _timed_runs(args, source, device, "chunked baseline", transcribe, after_run)
-    finally:
-        del asr.model.generate  # the class's generate again (the sequential baseline shares the model)
+    if args.warmup:
+        transcribe(_bursts())
+    runs = yield from _timed_rounds(args, source, device, "chunked baseline", transcribe, after_run)
     return _result(
         runs,
         model_load_s=round(load_s, 3),
@@ -478,14 +510,14 @@ def run_baseline(args, backend, load_s: float, source, options: DecodeOptions, d
     )
 
 
-def run_plain(args, model: str, source, options: DecodeOptions) -> dict:
+def plain_rounds(args, model: str, source, options: DecodeOptions):
     """This pipeline with its accuracy machinery off (``--plain``: each window decoded once,
     greedy, kept as decoded; same windows, batches and model), timed exactly like ours:
-    what the machinery costs and what it buys, in one run."""
+    what the machinery costs and what it buys, in one run. A rounds generator."""
     import types
 
-    plain = run_ours(types.SimpleNamespace(**{**vars(args), "plain": True, "overhead": False}),
-                     model, source, options)  # fmt: skip
+    plain = yield from ours_rounds(types.SimpleNamespace(**{**vars(args), "plain": True, "overhead": False}),
+                                   model, source, options)  # fmt: skip
     runs = [{"wall_s": p["wall_s"], "rtfx": p["rtfx"]} for p in plain["profiles"]]
     med = plain["median"]
     return {
@@ -499,15 +531,16 @@ def run_plain(args, model: str, source, options: DecodeOptions) -> dict:
     }
 
 
-def run_generate(args, model: str, source, options: DecodeOptions) -> dict:
+def generate_rounds(args, model: str, source, options: DecodeOptions):
     """This pipeline decoding with one transformers ``generate`` call per batch instead of
     the slot engine (``--engine generate``; same windows, review and model), timed exactly
-    like ours: the engine's gain, and each decoder's slot utilisation, in one run."""
+    like ours: the engine's gain, and each decoder's slot utilisation, in one run. A
+    rounds generator."""
     import types
 
     other = "generate" if getattr(args, "engine", "slots") == "slots" else "slots"
-    gen = run_ours(types.SimpleNamespace(**{**vars(args), "engine": other, "overhead": False}),
-                   model, source, options)  # fmt: skip
+    gen = yield from ours_rounds(types.SimpleNamespace(**{**vars(args), "engine": other, "overhead": False}),
+                                 model, source, options)  # fmt: skip
     runs = [{"wall_s": p["wall_s"], "rtfx": p["rtfx"]} for p in gen["profiles"]]
     med = gen["median"]
     return {
@@ -538,15 +571,17 @@ def sequential_generate_kwargs(backend, options: DecodeOptions) -> dict:
     return kw
 
 
-def run_sequential(args, backend, load_s: float, source, options: DecodeOptions, device: str) -> dict:
+def sequential_rounds(args, shared: SharedBackend, source, options: DecodeOptions, device: str):
     """transformers' sequential long-form ``generate`` on the whole audio, batch of one: the
     features of all of it (``truncation=False, padding="longest", return_attention_mask=True``;
-    audio of 30 s or less is padded to one 30 s window, as short-form requires)."""
+    audio of 30 s or less is padded to one 30 s window, as short-form requires). A rounds
+    generator."""
     import torch
 
     from pipeline.constants import N_SAMPLES
 
     _quiet_transformers(args)
+    backend, load_s = shared.get()
     gen = sequential_generate_kwargs(backend, options)
     fe = backend.feature_extractor
 
@@ -563,7 +598,7 @@ def run_sequential(args, backend, load_s: float, source, options: DecodeOptions,
 
     if args.warmup:
         transcribe(_bursts())
-    runs = _timed_runs(args, source, device, "sequential baseline", transcribe)
+    runs = yield from _timed_rounds(args, source, device, "sequential baseline", transcribe)
     return _result(
         runs,
         model_load_s=round(load_s, 3),
@@ -572,11 +607,11 @@ def run_sequential(args, backend, load_s: float, source, options: DecodeOptions,
     )
 
 
-def run_faster_whisper(args, ct2_dir: str, source, options: DecodeOptions, device: str, dtype: str) -> dict:
+def faster_whisper_rounds(args, ct2_dir: str, source, options: DecodeOptions, device: str, dtype: str):
     """faster-whisper's sequential ``WhisperModel.transcribe`` on the CTranslate2 directory
     the transformers checkpoint came from: greedy, temperature 0 only (no fallback), no
     previous-text prompt, no VAD; its other options at their defaults. On CPU it gets as many
-    threads as torch uses for the other decoders."""
+    threads as torch uses for the other decoders. A rounds generator."""
     import torch
     from faster_whisper import WhisperModel
 
@@ -603,7 +638,7 @@ def run_faster_whisper(args, ct2_dir: str, source, options: DecodeOptions, devic
 
     if args.warmup:
         transcribe(_bursts())
-    runs = _timed_runs(args, source, device, "faster-whisper baseline", transcribe)
+    runs = yield from _timed_rounds(args, source, device, "faster-whisper baseline", transcribe)
     return _result(
         runs,
         model_load_s=round(load_s, 3),
@@ -629,35 +664,98 @@ def faster_whisper_unavailable(ct2_dir: str | None, why: str) -> str | None:
     return None
 
 
-def run_baselines(args, names: list[str], model: str, spec: str | None, source, options, device, dtype) -> dict:
-    """Each selected baseline in turn (ours has finished; they never overlap): name -> its
-    result, or {"skipped": reason}. The chunked and sequential ones share one model load."""
-    import gc
+class SharedBackend:
+    """The transformers model the chunked and sequential baselines share, loaded on first
+    use (``load_baseline_backend``) on the device and in the dtype ``where()`` gives (ours
+    resolved them by then: its first run comes first)."""
 
-    out: dict[str, dict] = {}
-    backend = None
-    load_s = 0.0
-    for name in names:
+    def __init__(self, model: str, where):
+        self.model, self.where = model, where
+        self.backend, self.load_s = None, 0.0
+
+    def get(self):
+        if self.backend is None:
+            self.backend, self.load_s = load_baseline_backend(self.model, *self.where())
+        return self.backend, self.load_s
+
+    def drop(self) -> None:
+        import gc
+
+        self.backend = None
+        gc.collect()
+
+
+def baseline_starts(args, names: list[str], model: str, spec: str | None, source, options, where) -> list:
+    """(name, start) per selected baseline, in order: ``start()`` gives its rounds generator
+    (see ``ours_rounds``), whose result is the baseline's dict, or {"skipped": reason}.
+    ``where()``: (device, dtype) as ours resolved them. The chunked and sequential ones
+    share one model load."""
+    shared = SharedBackend(model, where)
+
+    def start(name):
+        device, dtype = where()
         if name == "plain":
-            out[name] = run_plain(args, model, source, options)
-        elif name == "generate":
-            out[name] = run_generate(args, model, source, options)
-        elif name in ("chunked", "sequential"):
-            if backend is None:
-                backend, load_s = load_baseline_backend(model, device, dtype)
-            run = run_baseline if name == "chunked" else run_sequential
-            out[name] = run(args, backend, load_s, source, options, device)
-        elif name == "faster-whisper":
-            backend = None  # free the transformers model first (large models on a GPU)
-            gc.collect()
-            ct2_dir, why = ct2_source(args, spec)
-            reason = faster_whisper_unavailable(ct2_dir, why)
-            if reason:
-                log.warning("faster-whisper baseline skipped: %s", reason)
-                out[name] = {"skipped": reason}
-            else:
-                out[name] = run_faster_whisper(args, ct2_dir, source, options, device, dtype)
-    return out
+            return plain_rounds(args, model, source, options)
+        if name == "generate":
+            return generate_rounds(args, model, source, options)
+        if name == "chunked":
+            return chunked_rounds(args, shared, source, options, device)
+        if name == "sequential":
+            return sequential_rounds(args, shared, source, options, device)
+        # faster-whisper: run one after the other, the transformers model is freed first
+        # (large models on a GPU); interleaved, nothing of it is loaded yet or it is in use.
+        if not args.interleave:
+            shared.drop()
+        ct2_dir, why = ct2_source(args, spec)
+        reason = faster_whisper_unavailable(ct2_dir, why)
+        if reason:
+            log.warning("faster-whisper baseline skipped: %s", reason)
+            return _finished({"skipped": reason})
+        return faster_whisper_rounds(args, ct2_dir, source, options, device, dtype)
+
+    return [(name, lambda name=name: start(name)) for name in names]
+
+
+def _finished(result: dict):
+    """A rounds generator with no runs: it returns ``result`` on its first step."""
+    return result
+    yield  # unreachable: it makes this function a generator
+
+
+def run_rounds(starts: list, runs: int, interleave: bool) -> dict:
+    """name -> result of each decoder's rounds generator (``starts``: (name, start) pairs).
+
+    One after the other: each decoder's runs back to back, the next decoder started after
+    the last one ended. ``interleave``: round by round, one run of each decoder per round,
+    in the given order in even rounds and the reverse in odd ones, so that a machine that
+    speeds up or slows down during the bench (shared machines do, by tens of percent)
+    reaches every decoder alike and no decoder always runs first; each decoder is started
+    at its first step and stays loaded until the rounds end. Whatever happens, every
+    generator still open is closed (pipelines shut down) before this returns or raises."""
+    results: dict[str, dict] = {}
+    if not interleave:
+        for name, start in starts:
+            results[name] = _drain(start())
+        return results
+    live: dict[str, object] = {name: None for name, _ in starts}
+    begin = dict(starts)
+    try:
+        for r in range(runs + 1):  # the step after the last run returns the result
+            for name in list(live) if r % 2 == 0 else list(live)[::-1]:
+                if live[name] is None:
+                    live[name] = begin[name]()
+                try:
+                    next(live[name])
+                except StopIteration as stop:
+                    results[name] = stop.value
+                    del live[name]
+        if live:
+            raise RuntimeError(f"decoders ran more than {runs} run(s): {', '.join(live)}")
+    finally:
+        for gen in live.values():
+            if gen is not None:
+                gen.close()
+    return {name: results[name] for name, _ in starts}
 
 
 def selected_baselines(args) -> list[str]:
@@ -784,6 +882,7 @@ def report(ours: dict, baselines: dict | None, args, synthetic: dict | None, ref
         "tokens_per_window_seen": ours["tokens_per_window"],
         "ring_slots": {"bytes": cfg.byte_slots, "pcm": cfg.pcm_slots, "window": cfg.window_slots},
         "runs": args.runs,
+        "interleave": bool(getattr(args, "interleave", False)),
         "warmup": args.warmup,
         "summary": _summary(ours["profiles"]),
         "run_profiles": ours["profiles"],
@@ -806,6 +905,8 @@ def report(ours: dict, baselines: dict | None, args, synthetic: dict | None, ref
         doc["speedup_vs_baseline"] = round(baseline["wall_s"] / p["wall_s"], 3) if p["wall_s"] > 0 else None
     if baselines:
         doc["baselines"] = {n: {k: v for k, v in b.items() if k != "text"} for n, b in baselines.items()}
+        if doc["interleave"]:
+            doc["ratio_by_round"] = ratio_by_round(ours, baselines)
     if reference is not None or set(baselines) - {"chunked"}:
         rows = accuracy_rows(ours, baselines, reference["text"] if reference else None)
         if reference is not None:
@@ -821,6 +922,19 @@ def report(ours: dict, baselines: dict | None, args, synthetic: dict | None, ref
         else:  # timings side by side only; no texts kept without a reference to judge them
             doc["decoders"] = {n: {k: v for k, v in e.items() if k != "text"} for n, e in rows.items()}
     return doc
+
+
+def ratio_by_round(ours: dict, baselines: dict) -> dict:
+    """Interleaved runs: name -> {"ratios": its wall / ours in each round, "median"}. A
+    ratio within one round is the figure a drifting machine moves least."""
+    mine = [p["wall_s"] for p in ours["profiles"]]
+    out = {}
+    for name, b in baselines.items():
+        walls = [r["wall_s"] for r in b.get("runs", [])]
+        if len(walls) == len(mine) and min(mine) > 0:
+            ratios = [round(w / m, 3) for w, m in zip(walls, mine)]
+            out[name] = {"ratios": ratios, "median": round(statistics.median(ratios), 3)}
+    return out
 
 
 def format_report(doc: dict) -> str:
@@ -859,6 +973,11 @@ def format_report(doc: dict) -> str:
         sp = doc["speedup_vs_baseline"] or 0.0
         verdict = f"{sp:.2f}x faster" if sp >= 1 else f"{1 / sp:.2f}x SLOWER" if sp > 0 else "?"
         lines.append(f"ours {doc['wall_s']:.2f} s vs baseline {b['wall_s']:.2f} s: ours is {verdict}")
+    by_round = doc.get("ratio_by_round")
+    if by_round:
+        lines.append("wall time ratio, round by round (interleaved runs; above 1: ours is faster): " + "; ".join(
+            f"{n} {' '.join(f'{x:.2f}' for x in e['ratios'])} (median {e['median']:.2f})"
+            for n, e in by_round.items()))  # fmt: skip
     g = (doc.get("baselines") or {}).get("generate")
     d = doc.get("decode") or {}
     if g and g.get("decode") and d.get("row_steps_computed"):
@@ -941,12 +1060,13 @@ def main(argv=None) -> int:
             if model != args.model_spec:
                 log.info("model %s resolved to %s", args.model_spec, model)
 
-        ours = run_ours(args, model, source, options)
-        baselines = None
-        if baseline_names:
-            info = ours["model_info"]
-            baselines = run_baselines(args, baseline_names, model, args.model_spec, source, options,
-                                      info["device"], info["dtype"])  # fmt: skip
+        info: dict = {}
+        starts = [("ours", lambda: ours_rounds(args, model, source, options, ready=info))]
+        starts += baseline_starts(args, baseline_names, model, args.model_spec, source, options,
+                                  lambda: (info["device"], info["dtype"]))  # fmt: skip
+        results = run_rounds(starts, args.runs, args.interleave)
+        ours = results.pop("ours")
+        baselines = results or None
         doc = report(ours, baselines, args, synthetic, reference)
         sys.stdout.write(format_report(doc))
         wrote = []

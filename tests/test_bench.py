@@ -185,6 +185,71 @@ def test_synthetic_run_from_stdin_with_runs_and_overhead(tmp_path):
     assert b"profiling overhead" in r.stdout
 
 
+def test_interleaved_rounds_alternate_and_report_each_rounds_ratio(tmp_path):
+    """--interleave: one run of each decoder per round, every decoder loaded once; the JSON
+    gives each round's wall-time ratio (the baseline's run over ours in the same round)."""
+    wav = write_wav(tmp_path / "s.wav", babble(40.0))
+    out = tmp_path / "s.json"
+    r = run_bench(wav, "--synthetic", "test", "--tokens-per-window", 2, "--batch-size", 2, "--runs", 3,
+                  "--interleave", "--baselines", "plain,chunked", "--no-warmup", "--json", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["interleave"] is True and len(doc["run_profiles"]) == 3
+    ours = [p["wall_s"] for p in doc["run_profiles"]]
+    for name in ("plain", "chunked"):
+        theirs = [run["wall_s"] for run in doc["baselines"][name]["runs"]]
+        got = doc["ratio_by_round"][name]
+        assert got["ratios"] == pytest.approx([t / o for t, o in zip(theirs, ours)], rel=0.01)
+        assert got["median"] == sorted(got["ratios"])[1]
+    assert "round by round" in r.stdout
+
+
+class _Decoder:
+    """A fake rounds generator that logs its steps; ``fail_at``: raise at that run."""
+
+    def __init__(self, name, log, runs, fail_at=None):
+        self.name, self.log, self.runs, self.fail_at, self.closed = name, log, runs, fail_at, False
+
+    def rounds(self):
+        try:
+            self.log.append(f"{self.name} start")
+            for i in range(self.runs):
+                if i == self.fail_at:
+                    raise RuntimeError(f"{self.name} broke")
+                self.log.append(f"{self.name} {i}")
+                yield
+            return {"name": self.name, "runs": self.runs}
+        finally:
+            self.closed = True
+
+
+def test_run_rounds_order_results_and_cleanup():
+    log = []
+    a, b, c = (_Decoder(n, log, 2) for n in "abc")
+    starts = [(d.name, d.rounds) for d in (a, b, c)]
+    got = bench.run_rounds(starts, 2, interleave=False)
+    assert log == ["a start", "a 0", "a 1", "b start", "b 0", "b 1", "c start", "c 0", "c 1"]
+    assert list(got) == ["a", "b", "c"] and got["b"] == {"name": "b", "runs": 2}
+
+    log.clear()
+    skipped = ("s", lambda: bench._finished({"skipped": "why"}))
+    got = bench.run_rounds([starts[0], skipped, *starts[1:]], 2, interleave=True)
+    # each decoder starts at its first step; odd rounds run in reverse order
+    assert log == ["a start", "a 0", "b start", "b 0", "c start", "c 0", "c 1", "b 1", "a 1"]
+    assert list(got) == ["a", "s", "b", "c"] and got["s"] == {"skipped": "why"}
+
+    # a decoder that fails: the error reaches the caller, and every other one is closed
+    log.clear()
+    a, b, c = _Decoder("a", log, 2), _Decoder("b", log, 2, fail_at=1), _Decoder("c", log, 2)
+    with pytest.raises(RuntimeError, match="b broke"):
+        bench.run_rounds([(d.name, d.rounds) for d in (a, b, c)], 2, interleave=True)
+    assert a.closed and c.closed and log == ["a start", "a 0", "b start", "b 0", "c start", "c 0", "c 1"]
+
+    # a decoder with more runs than asked is an error, not a silent truncation
+    with pytest.raises(RuntimeError, match="more than 1"):
+        bench.run_rounds([("x", _Decoder("x", [], 2).rounds)], 1, interleave=True)
+
+
 def test_bad_arguments_fail_with_one_line(tmp_path):
     r = run_bench(tmp_path / "missing.mp3", "--model", "x", timeout=60)
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error:")
