@@ -31,6 +31,17 @@ from stages.infer import EotVeto
 NEG_INF = -float("inf")
 
 
+def host_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(dim=-1)`` for a CPU float32/float64 tensor, by numpy: the same index
+    (the first maximum; a NaN counts as the maximum, its first one), in a seventh of the
+    time. torch's CPU argmax does not vectorise (1.2 ms for 16 x 51,864 float32 on this
+    machine's 2 cores, against 0.16 ms for numpy's SIMD argmax: 3% of a 16-slot step).
+    Other devices and dtypes go to torch."""
+    if scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.float64):
+        return scores.argmax(dim=-1)
+    return torch.from_numpy(np.argmax(scores.numpy(), axis=-1))
+
+
 def _veto_defaults() -> dict[str, float]:
     """EotVeto's thresholds (min_left_s, min_sound_s, grace_s, max_vetoes): one source."""
     params = inspect.signature(EotVeto.__init__).parameters
@@ -144,7 +155,7 @@ class SlotRules:
         if self.detect:
             logprobs = torch.nn.functional.log_softmax(scores.float(), dim=-1)
             timestamp_logprob = logprobs[:, tb:].logsumexp(dim=-1)
-            max_text_token_logprob = logprobs[:, :tb].max(dim=-1).values
+            max_text_token_logprob = logprobs[:, :tb].amax(dim=-1)  # max's values, vectorised
             prefer_ts = timestamp_logprob > max_text_token_logprob
             self._fill_rows(scores[:, :tb], prefer_ts)
         return scores
@@ -236,7 +247,7 @@ class SlotSampler:
         Writes ``scores`` in place; returns their argmax before the veto and the rows vetoed."""
         m = scores.shape[0]
         left = self.left[:m]
-        best = scores.argmax(dim=-1)
+        best = host_argmax(scores) if self.host else scores.argmax(dim=-1)
         wants_eos = (best == self.eos) & live & self.active[:m] & (left > 0)
         last_val = last_val.clamp(min=0).float()
         last_t = torch.where(has_ts, last_val * 0.02, torch.zeros_like(last_val))
@@ -267,7 +278,7 @@ class SlotSampler:
             picked, again = best, vetoed.clone()
             again[[slot for slot in self.hot if slot < m]] = True
             if bool(again.any()):
-                picked[again] = scores[again].argmax(dim=-1)
+                picked[again] = host_argmax(scores[again])
         else:
             picked = scores.argmax(dim=-1)
         lp = logprobs.gather(1, picked[:, None]).squeeze(1)

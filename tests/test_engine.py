@@ -22,7 +22,7 @@ from pipeline.types import DecodeOptions
 from stages.engine import SlotEngine
 from stages.infer import BatchedTimestampRules, StepRecorder, WhisperBackend
 from stages.quality import sound_profile
-from stages.rules import SlotRules, SlotSampler
+from stages.rules import SlotRules, SlotSampler, host_argmax
 from tests import media
 from tests.media import speech
 from tests.media import window as _window
@@ -95,6 +95,24 @@ def _reference_processors(min_new, suppress, begin, max_initial=50):
     if min_new:
         procs.insert(0, MinNewTokensLengthLogitsProcessor(P, min_new, EOS))
     return procs
+
+
+def test_host_argmax_is_torchs_argmax():
+    """numpy's argmax on the CPU path: torch's index in every case that can differ (ties:
+    the first; NaN: the first NaN; all -inf; a non-contiguous view; a half-precision
+    tensor, which stays with torch), under inference mode as in the engine."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 51864, generator=g)
+    x[3, 100] = x[3, 7] = x[3].max() + 1  # a tie: 7 wins
+    x[4, 9] = x[4, 2] = float("nan")  # NaN is the maximum: 2 wins
+    x[5] = float("-inf")  # 0
+    x[6, 40000:] = float("inf")  # 40000
+    x[7] = x[7].round()  # many ties
+    with torch.inference_mode():
+        for t in (x, x[:, :50257], x[::2], x.double(), x.bfloat16()):
+            got = host_argmax(t)
+            assert got.dtype == torch.long and torch.equal(got, t.argmax(dim=-1))
+    assert host_argmax(x)[[3, 4, 5, 6]].tolist() == [7, 2, 0, 40000]
 
 
 @pytest.mark.parametrize("host", [True, False], ids=["cpu-rows", "device-masks"])
