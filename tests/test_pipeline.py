@@ -472,3 +472,22 @@ def test_progress_counts_each_second_once(tmp_path):
     assert len(seen) > 5
     assert seen == sorted(seen)
     assert seen[-1] == pytest.approx(t.duration, abs=0.01)
+
+
+def test_decoded_samples_count_when_they_arrive_after_done():
+    """The decode stage reports its samples after passing its end downstream, and infer's
+    "done" comes from another process: it may arrive first (a 90 s hum with no windows
+    once came back with a duration of 0). The samples still count until the job
+    completes; the driver's routing alone, no processes."""
+    import threading
+
+    from pipeline.runtime.driver import _JobRun
+
+    p = Pipeline.__new__(Pipeline)  # the router's state only
+    p._runs_lock, p._runs = threading.Lock(), {}
+    r = p._runs[7] = _JobRun(7, Job("x.wav"), time.monotonic())
+    p._route(("done", 7, {"windows": 0}))
+    assert r.stats_until is not None
+    p._route(("meta", 7, "decode", {"samples": 90 * 16000}))
+    p._route(("stats", 7, "decode", {"busy_s": 0.1}))
+    assert r.decoded_samples == 90 * 16000 and "decode" in r.stages

@@ -393,8 +393,16 @@ class Pipeline:
             return  # a message of a job that was cancelled, failed or is complete
         if kind == "stats":
             r.stages[msg[2]] = msg[3]
+        elif kind == "meta":
+            # Before the "done" check: the decode stage reports the samples it decoded
+            # after passing its end downstream, so infer's "done" (two stages later, from
+            # another process) can arrive first, and a job with no windows was then left
+            # with a duration of 0. Decode's stats leave after this, from the same queue:
+            # a job that completes on its stages' stats has its duration.
+            if msg[2] == "decode":
+                r.decoded_samples = msg[3]["samples"]
         if r.stats_until is not None:
-            return  # done: only its stats still count
+            return  # done: only its stats (and the decode stage's samples) still count
         if kind == "result":
             _, _, index, start_s, valid_s, covered_s, res = msg
             if r.t_first is None:
@@ -411,9 +419,6 @@ class Pipeline:
             r.done_s += start_s + valid_s - covered_s
             dec = r.decoded_samples / SAMPLE_RATE if r.decoded_samples is not None else None
             self._progress(r, r.done_s, dec, r.decoded_samples is not None)
-        elif kind == "meta":
-            if msg[2] == "decode":
-                r.decoded_samples = msg[3]["samples"]
         elif kind == "error":
             _, _, stage, message, tb, user = msg
             if not user:
