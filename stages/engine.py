@@ -29,6 +29,15 @@ step (``<|startoftranscript|>`` alone, as ``WhisperBackend._first_step``) for no
 language detection; for English-only models that step *is* the slot's first decoder step,
 so the no-speech probability is read from it instead of running it twice.
 
+A prompt of more than one token goes through the decoder in one pass, as ``generate``'s
+first forward runs it (``_prefill``), and the logits at its last position pick the window's
+first token. Fed piece by piece (the language token, then the task token in the step),
+the values are the same in exact arithmetic but round differently: in bfloat16, 6 of 21
+windows of a reading then decoded to other tokens than ``generate`` with multilingual base,
+and none in one pass (``scripts/engine_equality.py``). Such a window rides in its first
+step at a scratch position (the cache's last, written before any step reads it) and its
+logits there are replaced by the prefill's (``_Slot.first_logits``).
+
 A job's ``prompt`` (issue 11) puts previous text before that: ``<|startofprev|>`` and up to
 223 prompt tokens (``WhisperBackend.prompt_ids``), exactly the decoder input of
 ``generate(prompt_ids=...)``. Slots then hold prompts of different lengths (each slot has
@@ -88,6 +97,9 @@ class _Slot:
     pos: int  # position of the token the next step feeds
     no_speech: float | None = None  # None: read from the slot's first step (English-only)
     fresh: bool = False  # English-only: the next step is the first step
+    # (V,) float32: the logits of the prompt's last position, from the one-pass prefill;
+    # the first step uses these instead of its own for this slot (then None)
+    first_logits: torch.Tensor | None = None
 
 
 # The encoder's batch on a CPU, when not given: per window, tiny.en's encoder took 232-300
@@ -240,13 +252,33 @@ class SlotEngine:
             return []
         t0 = time.perf_counter()
         m = live_idx[-1] + 1
+        # Slots whose first logits came from their prompt's prefill: their row in this
+        # step is computed at the scratch position and thrown away.
+        prefilled = [s for s in live_idx if self._running[s].first_logits is not None]
+        scratch = self.max_pos - 1
         if self.static:
             m = self._bucket(m)
+            if prefilled:
+                at = torch.tensor(prefilled, device=self.device)
+                real_pos = self.pos[at].clone()
+                self.pos[at] = scratch
             logits = self._static_step(m)
+            if prefilled:
+                self.pos[at] = real_pos
         else:
             # Slots 0..m-1 are all live (``_compact``): each attends over its own positions.
+            # (A prefilled slot's row writes at the scratch position and attends over its
+            # prompt: what it computes is not used, only its shape joins the others'.)
+            pos = self.pos[:m]
             lens = [self._running[s].pos + 1 for s in range(m)]
-            logits = self._forward(m, self.next_tok[:m], self.pos[:m], max(lens), lens)
+            if prefilled:
+                pos = pos.clone()
+                pos[prefilled] = scratch
+            logits = self._forward(m, self.next_tok[:m], pos, max(lens), lens)
+        if prefilled:
+            logits[prefilled] = torch.stack([self._running[s].first_logits for s in prefilled])
+            for s in prefilled:
+                self._running[s].first_logits = None
         fresh = [s for s in live_idx if self._running[s].fresh]
         if fresh:  # English-only: this step is the first step (<|startoftranscript|> at 0)
             idx = torch.tensor(fresh, device=self.device)
@@ -266,7 +298,7 @@ class SlotEngine:
             self._running[s].fresh = False
         results = self._finish(done_rows)
         self.stats["steps"] += 1
-        self.stats["row_steps_used"] += len(live_idx)
+        self.stats["row_steps_used"] += len(live_idx) - len(prefilled)
         self.stats["row_steps_computed"] += m
         self.stats["decoder_s"] += time.perf_counter() - t0
         return results
@@ -322,27 +354,21 @@ class SlotEngine:
             ]
             starts = [self._task_to_id[w.options.task] for w in windows]
             prompts = [prev + [self.sot, lang, task] for prev, lang, task in zip(prevs, langs, starts)]
-            # Then the prompt up to the language token into the cache (the step feeds the
-            # task token): the language token at 1 after the first step, or, with previous
-            # text, everything from 0, no-speech read at <|startoftranscript|> after it.
-            feeds = [(0, pr[:-1]) if prev else (1, pr[1:-1]) for prev, pr in zip(prevs, prompts)]
-            at_sot = self._prefill(idx, feeds, [len(prev) if prev else -1 for prev in prevs])
-            for i, prev in enumerate(prevs):
-                if prev:
-                    no_speech[i] = at_sot[i]
-            used = take + sum(len(f) for _, f in feeds)
-            self.stats["row_steps_used"] += used
-            self.stats["row_steps_computed"] += used
         else:
-            # English-only: previous text into the cache at 0.., and the step feeds
-            # <|startoftranscript|> after it (no-speech read from that step, ``fresh``).
             no_speech = [None] * take
             prompts = [prev + [self.sot] for prev in prevs]
-            if any(prevs):
-                self._prefill(idx, [(0, prev) for prev in prevs], [-1] * take)
-                used = sum(len(prev) for prev in prevs)
-                self.stats["row_steps_used"] += used
-                self.stats["row_steps_computed"] += used
+        # The whole prompt in one pass from 0 (see the module docstring), where it is more
+        # than <|startoftranscript|>; with previous text, no-speech is read at
+        # <|startoftranscript|> after it. English-only without previous text: the step
+        # feeds <|startoftranscript|> (no-speech read from that step, ``fresh``).
+        feeds = [(0, pr if len(pr) > 1 else []) for pr in prompts]
+        at_sot, first_logits = self._prefill(idx, feeds, [len(prev) if prev else -1 for prev in prevs])
+        for i, prev in enumerate(prevs):
+            if prev:
+                no_speech[i] = at_sot[i]
+        used = sum(len(f) for _, f in feeds) + (take if self.backend.multilingual else 0)
+        self.stats["row_steps_used"] += used
+        self.stats["row_steps_computed"] += used
         self.stats["decoder_s"] += time.perf_counter() - t1
 
         lens = [len(pr) for pr in prompts]
@@ -352,21 +378,24 @@ class SlotEngine:
         self.max_new[idx] = torch.tensor([hi for _, hi in limits], device=self.device)
         self.rules.reset(idx, torch.tensor([lo for lo, _ in limits], device=self.device))
         self.live[idx] = True
-        for s, w, prompt, ns in zip(rows, windows, prompts, no_speech):
+        for s, w, prompt, ns, first in zip(rows, windows, prompts, no_speech, first_logits):
             self.sampler.reset(s, w.temperature, w.seed, w.sound)
-            self._running[s] = _Slot(w, prompt, pos=len(prompt) - 1, no_speech=ns, fresh=ns is None)
+            self._running[s] = _Slot(w, prompt, pos=len(prompt) - 1, no_speech=ns, fresh=ns is None,
+                                     first_logits=first)  # fmt: skip
 
-    def _prefill(self, idx: torch.Tensor, feeds: list[tuple[int, list[int]]], read: list[int]) -> list:
+    def _prefill(self, idx: torch.Tensor, feeds: list[tuple[int, list[int]]], read: list[int]) -> tuple[list, list]:
         """Prompt tokens into the self-attention caches of slots ``idx`` (n,), all rows in
         one pass: row i feeds ``feeds[i] = (start, tokens)`` at positions start, start+1, ...
         (rows differ in length: shorter ones are padded, and the padding's K/V land beyond
         the row's prompt, where the mask hides them until the step overwrites them).
-        Returns per row the no-speech probability at index ``read[i]`` of its tokens, or
-        None where ``read[i]`` is -1."""
+        Returns per row the no-speech probability at index ``read[i]`` of its tokens (None
+        where ``read[i]`` is -1) and the logits (V,) float32 at its last token (None for a
+        row with no tokens)."""
         out: list = [None] * len(feeds)
+        last: list = [None] * len(feeds)
         keep = [i for i, (_, toks) in enumerate(feeds) if toks]
         if not keep:
-            return out
+            return out, last
         idx = idx[torch.tensor(keep, device=idx.device)]
         feeds, read = [feeds[i] for i in keep], [read[i] for i in keep]
         n, width = len(feeds), max(len(t) for _, t in feeds)
@@ -378,13 +407,16 @@ class SlotEngine:
         pos.clamp_(max=self.max_pos - 1)
         tokens, pos = tokens.to(self.device), pos.to(self.device)
         hidden = self._decode(idx, tokens, pos, int(pos.max()) + 1)  # (n, width, d)
+        ends = hidden[torch.arange(n), torch.tensor([len(t) - 1 for _, t in feeds])]  # (n, d)
+        for i, row in enumerate(self.model.proj_out(ends).float()):
+            last[keep[i]] = row
         rows = [i for i, r in enumerate(read) if r >= 0]
         if rows:
             at = hidden[rows, [read[i] for i in rows]]  # (k, d)
             probs = self.model.proj_out(at).float().softmax(dim=-1)[:, self.backend.no_speech_id]
             for i, p in zip(rows, probs.tolist()):
                 out[keep[i]] = p
-        return out
+        return out, last
 
     def _compact(self) -> None:
         """Keep the live slots at the lowest indices. A step computes slots 0..m-1, so a

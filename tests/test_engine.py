@@ -358,8 +358,11 @@ def test_engine_matches_transcribe_base(base, audio):
         _assert_same(got[key], r, key)
     assert got[(0, "speech")].language == "en"
     assert got[(2, "short")].language == "fr"
-    # Prompt steps (language, then task fed at admission and the first step) counted too.
-    assert engine.stats["row_steps_used"] == engine.stats["tokens"] + 2 * len(jobs)
+    # Prompt positions counted too: <|startoftranscript|> alone (detection), then the
+    # three-token prompt in one pass, whose last logits pick the first token; each
+    # window's first step computes its row at the scratch position and throws it away.
+    assert engine.stats["row_steps_used"] == engine.stats["tokens"] + 3 * len(jobs)
+    assert engine.stats["row_steps_computed"] >= engine.stats["row_steps_used"] + len(jobs)
 
 
 # ---------------------------------------------------------------- prompt and temperature (issue 11)
@@ -474,11 +477,12 @@ def test_prompt_matches_generate_base_and_changes_a_spelling(base, spoken):
     assert spoken.spelled in text(got[(0, "a")]), text(got[(0, "a")])
     plain = text(got["plain"])
     assert spoken.usual in plain and spoken.spelled not in plain, plain
-    # Admission: the first step, then the prompt up to the language token (with none:
-    # the language token alone).
+    # Admission: the first step (detection), then the whole prompt (previous text,
+    # <|startoftranscript|>, language, task) in one pass, which gives the first token (the
+    # window's row in its first step is computed but not used).
     n_prev = [len(b.prompt_ids(g[0])) for g in groups] + [0]
     s = engine.stats
-    assert s["row_steps_used"] == s["tokens"] + sum(1 + (p + 2 if p else 1) for p in n_prev)
+    assert s["row_steps_used"] == s["tokens"] + sum(1 + (p + 3) - 1 for p in n_prev)
 
 
 def test_temperature_from_options_is_reproducible(tiny_en, audio):
@@ -691,12 +695,14 @@ def test_refill_and_utilisation(rand_backend, rand_features, static):
     assert order.index(4) < order.index(0) and order.index(6) < order.index(0)
     s = engine.stats
     steps, computed = _simulate(lengths, slots, engine._bucket if static else (lambda n: n))
-    prompt_steps = 2 * len(lengths)  # multilingual: language and task tokens at admission
+    # Multilingual: at admission <|startoftranscript|> alone (detection), then the
+    # three-token prompt in one pass, whose last logits pick the window's first token; the
+    # window's row in its first step is computed (at the scratch position) but not used.
+    admission, first = 4 * len(lengths), len(lengths)
     assert s["steps"] == steps
-    assert s["tokens"] == sum(lengths) == s["row_steps_used"] - prompt_steps
-    assert s["row_steps_computed"] - prompt_steps == computed
-    used = s["row_steps_used"] - prompt_steps
-    utilisation = used / computed
+    assert s["tokens"] == sum(lengths) == s["row_steps_used"] - admission + first
+    assert s["row_steps_computed"] - admission == computed
+    utilisation = sum(lengths) / computed  # step rows that held a window / rows computed
     batches = [lengths[i : i + slots] for i in range(0, len(lengths), slots)]
     per_batch = sum(lengths) / sum(len(b) * max(b) for b in batches)
     assert utilisation >= 0.9 > per_batch, (utilisation, per_batch)
