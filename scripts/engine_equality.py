@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     print(f"{args.model} {b.dtype} on {b.device}: {len(feats)} windows; generate {time.perf_counter() - t0:.1f} s")
     text = lambda r: " | ".join(s.text.strip() for s in r.segments)  # noqa: E731
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        n = args.slots if mode == "together" else len(feats)
+        n = min(args.slots, len(feats)) if mode == "together" else len(feats)
         static = {"dynamic": False, "static": True, "together": None}.get(mode)  # None: the device's default
         if mode not in ("dynamic", "static", "together", "alone"):
             print(f"unknown mode {mode!r}", file=sys.stderr)
