@@ -247,7 +247,7 @@ class SlotSampler:
         Writes ``scores`` in place; returns their argmax before the veto and the rows vetoed."""
         m = scores.shape[0]
         left = self.left[:m]
-        best = host_argmax(scores) if self.host else scores.argmax(dim=-1)
+        best = host_argmax(scores)  # torch.argmax off the CPU
         wants_eos = (best == self.eos) & live & self.active[:m] & (left > 0)
         last_val = last_val.clamp(min=0).float()
         last_t = torch.where(has_ts, last_val * 0.02, torch.zeros_like(last_val))
