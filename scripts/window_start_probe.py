@@ -8,12 +8,14 @@ log-probabilities of their first tokens (where the decoder chose) and which one 
 
 The window is the default plan's (``stages.chunk.plan_windows``); only its start moves, its
 end stays. Decoding is transformers' ``generate`` with timestamps, greedy, on the window
-alone: the slot engine gives each window exactly these tokens in float32, so this is what
-the pipeline would write for that window. The log-probabilities come from one teacher-forced
-pass over the decoded tokens (before the timestamp rules, which do not touch text tokens
-once a text token is allowed). A cell of the accuracy table decided by a near tie at one
-token, which a quarter-second move of the start flips, is not a systematic loss.
-Exit status 0 always (a measurement, not a test).
+alone: the slot engine gives each window these tokens in float32, so up to the position
+where the pipeline's end-of-text veto or its review would step in, this is what the
+pipeline writes for that window. The log-probabilities are the model's own, from one
+teacher-forced pass over the decoded tokens, before the logits processors (which do not
+reorder two text tokens that neither suppresses). A cell of the accuracy table decided by
+a near tie at one token, which a quarter-second move of the start flips, is not a
+systematic loss. ``--shifts`` with a leading minus needs the ``=`` form. Exit status 0
+after a measurement, 2 on a bad argument (one line on stderr).
 """
 
 from __future__ import annotations
