@@ -3,6 +3,7 @@ part of a file, then stops sending) and anything else missing as 404."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import threading
 import time
@@ -60,3 +61,23 @@ class LoopbackServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def stop_loop_thread(loop: asyncio.AbstractEventLoop, thread: threading.Thread, cleanup) -> None:
+    """Stop an asyncio loop that runs in ``thread`` (an aiohttp test server's): await
+    ``cleanup()`` there (the runner's), cancel what is still pending (a keep-alive
+    connection's handler, a stalled response) and let it finish, then stop and close the
+    loop. A task left pending when its loop closes is reported ("Task was destroyed but it
+    is pending!") whenever it is garbage-collected, into whatever test's output is live then."""
+
+    async def finish():
+        await cleanup()
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(finish(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()

@@ -22,6 +22,7 @@ from pipeline.runtime.driver import JobOutcome
 from pipeline.server import Server, ServerConfig, make_app
 from pipeline.stitch import stitch, transcript_text
 from pipeline.types import Segment, TimedWindow, WindowResult, Word
+from tests.httpserver import stop_loop_thread
 
 openai = pytest.importorskip("openai")
 from aiohttp import web
@@ -125,10 +126,7 @@ def _serving(fake, cfg: ServerConfig):
     try:
         yield port
     finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(10)
-        loop.close()
+        stop_loop_thread(loop, t, runner.cleanup)
 
 
 @pytest.fixture()

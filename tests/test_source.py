@@ -24,6 +24,7 @@ from stages.source import (
     iter_source,
     source_label,
 )
+from tests.httpserver import stop_loop_thread
 
 # Unclosed sessions, sockets or loops show up as warnings: make them fail the test.
 pytestmark = [pytest.mark.filterwarnings("error"), pytest.mark.timeout(60)]
@@ -58,10 +59,7 @@ class _Server:
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
 
     def stop(self):
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        stop_loop_thread(self.loop, self.thread, self._stop)
 
     def url(self, path, host="127.0.0.1"):
         return f"http://{host}:{self.port}{path}"
