@@ -21,11 +21,19 @@ after a measurement, 2 on a bad argument (one line on stderr).
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _seconds_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of seconds: {text!r}") from None
 
 
 def main(argv=None) -> int:
@@ -36,15 +44,21 @@ def main(argv=None) -> int:
                     help="two competing spellings whose first tokens differ, such as "
                          "' namespace' and ' name space' (mind the leading space)")  # fmt: skip
     ap.add_argument("--model", default="tiny.en")
-    ap.add_argument("--shifts", default="-1,-0.5,-0.25,0.25,0.5,1", help="seconds, comma-separated")
+    ap.add_argument("--shifts", default="-1,-0.5,-0.25,0.25,0.5,1", type=_seconds_list,
+                    help="seconds, comma-separated (a leading minus needs --shifts=...)")  # fmt: skip
     args = ap.parse_args(argv)
 
     from pipeline.constants import SAMPLE_RATE
-    from pipeline.weights import resolve_model
+    from pipeline.weights import ModelResolveError, check_model, resolve_model
     from stages.chunk import plan_windows
     from tests.media import read_audio
 
-    audio = read_audio(args.audio)
+    try:
+        audio = read_audio(args.audio)
+    except subprocess.CalledProcessError as exc:
+        why = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+        print(f"error: cannot read {args.audio}: {why[-1] if why else 'ffmpeg failed'}", file=sys.stderr)
+        return 2
     at = int(args.at * SAMPLE_RATE)
     win = next(((s, e) for s, e, _ in plan_windows(audio) if s <= at < e), None)
     if win is None:
@@ -57,7 +71,12 @@ def main(argv=None) -> int:
 
     warnings.simplefilter("ignore")
     transformers.utils.logging.set_verbosity_error()
-    path = resolve_model(args.model)
+    try:
+        check_model(args.model)  # one line, in seconds, for a model that cannot load
+        path = resolve_model(args.model)
+    except ModelResolveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     proc = WhisperProcessor.from_pretrained(path)
     tok = proc.tokenizer
     spell = [tok.encode(t, add_special_tokens=False) for t in args.spellings]
@@ -89,7 +108,7 @@ def main(argv=None) -> int:
 
     s, e = win
     print(f"window {s / SAMPLE_RATE:.2f}-{e / SAMPLE_RATE:.2f} s; log-p of {args.spellings[0]!r} vs {args.spellings[1]!r} (first tokens)")
-    for shift in [0.0] + [float(x) for x in args.shifts.split(",") if x.strip()]:
+    for shift in [0.0] + args.shifts:
         start = min(max(0, s + int(shift * SAMPLE_RATE)), e - SAMPLE_RATE)
         label = "planned" if shift == 0 else f"start {shift:+.2f} s"
         print(f"{label:>15}: from {start / SAMPLE_RATE:7.2f} s, {probe(start, e)}")

@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 
 from tests.media import read_audio, speech, write_wav
 
@@ -58,3 +57,17 @@ def test_spellings_with_the_same_first_token_are_refused(sentence):
 def test_a_second_outside_the_audio_is_refused(sentence):
     r = _run(sentence, "--at", 999, "--spellings", " lazy", " crazy")
     assert r.returncode == 2 and "not inside" in r.stderr
+
+
+def test_an_unreadable_file_is_one_line(tmp_path):
+    bad = tmp_path / "not-audio.wav"
+    bad.write_bytes(b"junk" * 100)
+    r = _run(bad, "--at", 1, "--spellings", " lazy", " crazy")
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith(f"error: cannot read {bad}") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_that_cannot_load_is_one_line(sentence, tmp_path):
+    r = _run(sentence, "--at", 2.0, "--spellings", " lazy", " crazy", "--model", tmp_path / "no-such-model")
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: model ") and len(r.stderr.strip().splitlines()) == 1
