@@ -63,6 +63,8 @@ Accuracy (issue 8):
   ``chunked``, plus ``sequential`` when ``--reference`` is given. Timing details of every
   baseline go in ``--json`` under "baselines"; "baseline" stays the chunked pipeline's.
 
+The baselines other than ``generate`` and ``plain`` live in ``pipeline/baselines.py``.
+
 Set HF_HUB_OFFLINE=1 where there is no network: a hub id then fails in seconds.
 """
 
@@ -78,15 +80,24 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 import wave
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import logs  # noqa: E402
+from pipeline.baselines import (  # noqa: E402
+    WARMUP_S,
+    SharedBackend,
+    bursts,
+    chunked_rounds,
+    faster_whisper_rounds,
+    faster_whisper_unavailable,
+    is_cuda,
+    median_index,
+    sequential_rounds,
+    summarise,
+)
 from pipeline.config import Job, PipelineConfig, env_batch_size, env_model  # noqa: E402
 from pipeline.constants import SAMPLE_RATE  # noqa: E402
 from pipeline.types import DecodeOptions  # noqa: E402
@@ -94,9 +105,6 @@ from stages.quality import QualityConfig  # noqa: E402
 
 log = logging.getLogger("bench")
 
-# Figures summarised over runs (minimum and median) besides the per-stage busy time.
-SUMMARY_KEYS = ("wall_s", "rtfx", "first_result_s")
-WARMUP_S = 35.0  # two windows: every code path of a job runs once before timing
 BASELINES = ("generate", "plain", "chunked", "sequential", "faster-whisper")  # --baselines, in the order they run
 
 
@@ -190,7 +198,7 @@ def build_synthetic(arch: str, directory: Path, device: str | None) -> Path:
         log.info("reusing synthetic %s checkpoint in %s", arch, directory)
         return directory
     kw = {}
-    if _is_cuda(device):
+    if is_cuda(device):
         import torch
 
         kw = {"device": device or "cuda", "dtype": torch.float16}
@@ -254,22 +262,6 @@ def ct2_source(args, spec: str | None) -> tuple[str | None, str]:
     return None, f"no CTranslate2 directory known for {spec!r} (pass --faster-whisper-model CT2_DIR)"
 
 
-def _is_cuda(device: str | None) -> bool:
-    if device is None:
-        import torch
-
-        return torch.cuda.is_available()
-    return device.startswith("cuda")
-
-
-def _sync(device: str | None) -> None:
-    """Wait for queued GPU work so a timer reads the work's end, not its launch."""
-    if _is_cuda(device):
-        import torch
-
-        torch.cuda.synchronize(device if device and device != "cuda" else None)
-
-
 # ---------------------------------------------------------------------------------- input
 
 
@@ -277,7 +269,7 @@ def warmup_wav(seconds: float = WARMUP_S) -> bytes:
     """A small WAV that goes through every stage: the warm-up job's input. Noise in
     syllable-like bursts: steady noise would be no window at all (the chunker skips audio
     that never rises above its floor), and the model would never run."""
-    x = _bursts(seconds).clip(-1, 1)
+    x = bursts(seconds).clip(-1, 1)
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
@@ -285,16 +277,6 @@ def warmup_wav(seconds: float = WARMUP_S) -> bytes:
         w.setframerate(SAMPLE_RATE)
         w.writeframes((x * 32767).astype("<i2").tobytes())
     return buf.getvalue()
-
-
-def fetch(source) -> bytes:
-    """The input's bytes, as the seed project got them (the whole download, in memory)."""
-    if isinstance(source, bytes):
-        return source
-    if "://" in source:
-        with urllib.request.urlopen(source, timeout=60) as r:
-            return r.read()
-    return Path(source).read_bytes()
 
 
 # ------------------------------------------------------------------------------------ ours
@@ -341,7 +323,7 @@ def ours_rounds(args, model: str, source, options: DecodeOptions, ready: dict | 
             profiles.append(p)
             outcomes.append(out)
             yield
-    median_i = _median_index([p["wall_s"] for p in profiles])
+    median_i = median_index([p["wall_s"] for p in profiles])
     out = outcomes[median_i]
     tpw = [w.result.n_tokens for w in out.windows]
     return {
@@ -365,149 +347,9 @@ def _drain(rounds):
             return stop.value
 
 
-def _median_index(values) -> int:
-    """Index of the (lower) median value: a real run, not an average of two."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    return order[(len(order) - 1) // 2]
-
-
 # -------------------------------------------------------------------------------- baseline
-
-
-def _quiet_transformers(args) -> None:
-    if args.verbose < 1:
-        import warnings
-
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        warnings.simplefilter("ignore")
-
-
-def load_baseline_backend(model: str, device: str, dtype: str):
-    """(backend, load seconds): the same loader (from_pretrained, sdpa attention, dtype,
-    device) as our infer stage, with transformers' own timestamp logits processor: the
-    baselines get none of our changes. The chunked and sequential baselines share it."""
-    from stages.infer import WhisperBackend
-
-    t0 = time.monotonic()
-    backend = WhisperBackend(model, device=device, dtype=dtype, batched_timestamp_rules=False)
-    return backend, time.monotonic() - t0
-
-
-def _timed_rounds(args, source, device: str, label: str, transcribe, after_run=None):
-    """``args.runs`` timed runs of: the whole download, ffmpeg decode to 16 kHz float32
-    (transformers' ``ffmpeg_read``, as the seed did), then ``transcribe(audio) -> text``.
-    ``after_run(run)`` may add figures to each run's dict. Each run keeps its text. A
-    generator (see ``ours_rounds``): it yields after each run and returns the runs."""
-    from transformers.pipelines.audio_utils import ffmpeg_read
-
-    runs = []
-    for i in range(args.runs):
-        _sync(device)
-        t_start = time.monotonic()
-        data = fetch(source)
-        t_dl = time.monotonic()
-        audio = ffmpeg_read(data, SAMPLE_RATE)
-        t_dec = time.monotonic()
-        text = transcribe(audio)
-        _sync(device)
-        t_end = time.monotonic()
-        wall = t_end - t_start
-        audio_s = len(audio) / SAMPLE_RATE
-        run = {
-            "wall_s": round(wall, 4),
-            "rtfx": round(audio_s / wall, 2) if wall > 0 else None,
-            "download_s": round(t_dl - t_start, 4),
-            "decode_s": round(t_dec - t_dl, 4),
-            "asr_s": round(t_end - t_dec, 4),
-            "audio_s": round(audio_s, 3),
-            "text_chars": len(text),
-            "text": text,
-        }
-        if after_run is not None:
-            after_run(run)
-        log.info("%s run %d/%d: wall %.2f s", label, i + 1, args.runs, wall)
-        runs.append(run)
-        yield
-    return runs
-
-
-def _result(runs: list[dict], **extra) -> dict:
-    """The median run's figures at the top level (its text as "text"), then ``extra``, then
-    every run (without texts) and a summary."""
-    med = runs[_median_index([r["wall_s"] for r in runs])]
-    text = med["text"]
-    runs = [{k: v for k, v in r.items() if k != "text"} for r in runs]
-    med = {k: v for k, v in med.items() if k != "text"}
-    return {**med, **extra, "text": text, "runs": runs, "summary": _summary(runs, ("wall_s", "rtfx"))}
-
-
-def _bursts(seconds: float = WARMUP_S) -> np.ndarray:
-    """Noise switched on and off every 150 ms (seeded): level changes like speech."""
-    rng = np.random.default_rng(0)
-    n = int(seconds * SAMPLE_RATE)
-    on = (np.arange(n) // int(0.15 * SAMPLE_RATE)) % 2 == 0
-    return (0.1 * on * rng.standard_normal(n)).astype(np.float32)
-
-
-
-
-def chunked_rounds(args, shared: SharedBackend, source, options: DecodeOptions, device: str):
-    """The seed project's method, timed the same way as ours: the whole download, ffmpeg
-    decode to 16 kHz float32, then transformers' chunked ASR pipeline (30 s windows with
-    its default 5 s strides) with our generate kwargs and timestamps. A rounds generator
-    (see ``ours_rounds``) returning its result."""
-    import torch
-    from transformers import pipeline as hf_pipeline
-
-    _quiet_transformers(args)
-    backend, load_s = shared.get()
-    t0 = time.monotonic()
-    gen = backend.generate_kwargs(options)
-    asr = hf_pipeline(
-        "automatic-speech-recognition",
-        model=backend.model,
-        tokenizer=backend.tokenizer,
-        feature_extractor=backend.feature_extractor,
-        chunk_length_s=30,
-        batch_size=args.batch_size,
-        device=torch.device(device),  # the model is already there, in our dtype
-    )
-    load_s += time.monotonic() - t0
-    shapes: list[tuple[int, int]] = []
-    generate = asr.model.generate
-
-    def counting_generate(*a, **kw):  # windows and tokens the baseline decoded
-        out = generate(*a, **kw)
-        seqs = out["sequences"] if isinstance(out, dict) else out
-        shapes.append((int(seqs.shape[0]), int(seqs.shape[1])))
-        return out
-
-    def transcribe(audio):
-        shapes.clear()
-        # Counted on this instance during this call only: the sequential baseline shares
-        # the model, and its runs may come between these (--interleave).
-        asr.model.generate = counting_generate
-        try:
-            return asr(audio, return_timestamps=True, generate_kwargs=dict(gen)).get("text", "")
-        finally:
-            del asr.model.generate  # the class's generate again
-
-    def after_run(run):
-        run["windows"] = sum(b for b, _ in shapes)
-        run["generate_calls"] = len(shapes)
-        run["sequence_len_max"] = max((n for _, n in shapes), default=0)
-
-    if args.warmup:
-        transcribe(_bursts())
-    runs = yield from _timed_rounds(args, source, device, "chunked baseline", transcribe, after_run)
-    return _result(
-        runs,
-        model_load_s=round(load_s, 3),
-        method=f"transformers pipeline(chunk_length_s=30, batch_size={args.batch_size})",
-        generate_kwargs={k: v for k, v in gen.items()},
-    )
+# The transformers and faster-whisper baselines are in pipeline/baselines.py; the two
+# below are this pipeline itself with one setting changed, so they run through ours_rounds.
 
 
 def plain_rounds(args, model: str, source, options: DecodeOptions):
@@ -527,7 +369,7 @@ def plain_rounds(args, model: str, source, options: DecodeOptions):
         "method": "this pipeline, --plain (accuracy machinery off)",
         "text": plain["outcome"].transcript.text,
         "runs": runs,
-        "summary": _summary(runs, ("wall_s", "rtfx")),
+        "summary": summarise(runs, ("wall_s", "rtfx")),
     }
 
 
@@ -551,138 +393,8 @@ def generate_rounds(args, model: str, source, options: DecodeOptions):
         "decode": med.get("decode"),
         "text": gen["outcome"].transcript.text,
         "runs": runs,
-        "summary": _summary(runs, ("wall_s", "rtfx")),
+        "summary": summarise(runs, ("wall_s", "rtfx")),
     }
-
-
-def sequential_generate_kwargs(backend, options: DecodeOptions) -> dict:
-    """transformers' defaults for greedy long-form decoding (OpenAI's seek algorithm):
-    timestamps on, one beam, no sampling, no temperature fallback (temperature None, no
-    compression-ratio / log-prob thresholds), each 30 s segment decoded without the
-    previous one's text as a prompt. Language and task as our backend passes them (an
-    English-only model takes neither); ``--tokens-per-window`` fixes every segment's length."""
-    ours = backend.generate_kwargs(options)  # validates language/task against the model
-    kw = {"return_timestamps": True, "num_beams": 1, "do_sample": False, "condition_on_prev_tokens": False}
-    for key in ("language", "task"):
-        if key in ours:
-            kw[key] = ours[key]
-    if options.tokens_per_window is not None:
-        kw["min_new_tokens"] = kw["max_new_tokens"] = options.tokens_per_window
-    return kw
-
-
-def sequential_rounds(args, shared: SharedBackend, source, options: DecodeOptions, device: str):
-    """transformers' sequential long-form ``generate`` on the whole audio, batch of one: the
-    features of all of it (``truncation=False, padding="longest", return_attention_mask=True``;
-    audio of 30 s or less is padded to one 30 s window, as short-form requires). A rounds
-    generator."""
-    import torch
-
-    from pipeline.constants import N_SAMPLES
-
-    _quiet_transformers(args)
-    backend, load_s = shared.get()
-    gen = sequential_generate_kwargs(backend, options)
-    fe = backend.feature_extractor
-
-    @torch.inference_mode()
-    def transcribe(audio):
-        long_form = len(audio) > N_SAMPLES
-        feats = fe(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True,
-                   **({"truncation": False, "padding": "longest"} if long_form else {}))  # fmt: skip
-        x = feats.input_features.to(device, backend._torch_dtype)
-        mask = feats.attention_mask.to(device)
-        seqs = backend.model.generate(x, attention_mask=mask, **gen)
-        seqs = seqs["sequences"] if isinstance(seqs, dict) else seqs
-        return backend.tokenizer.batch_decode(seqs, skip_special_tokens=True)[0]
-
-    if args.warmup:
-        transcribe(_bursts())
-    runs = yield from _timed_rounds(args, source, device, "sequential baseline", transcribe)
-    return _result(
-        runs,
-        model_load_s=round(load_s, 3),
-        method="transformers generate, sequential long-form (batch 1)",
-        generate_kwargs=gen,
-    )
-
-
-def faster_whisper_rounds(args, ct2_dir: str, source, options: DecodeOptions, device: str, dtype: str):
-    """faster-whisper's sequential ``WhisperModel.transcribe`` on the CTranslate2 directory
-    the transformers checkpoint came from: greedy, temperature 0 only (no fallback), no
-    previous-text prompt, no VAD; its other options at their defaults. On CPU it gets as many
-    threads as torch uses for the other decoders. A rounds generator."""
-    import torch
-    from faster_whisper import WhisperModel
-
-    dev, _, index = device.partition(":")
-    t0 = time.monotonic()
-    model = WhisperModel(
-        ct2_dir,
-        device="cuda" if dev == "cuda" else "cpu",
-        device_index=int(index or 0),
-        compute_type=dtype,
-        cpu_threads=torch.get_num_threads() if dev != "cuda" else 0,
-    )
-    load_s = time.monotonic() - t0
-    kw = {"language": options.language, "task": options.task, "beam_size": 1, "best_of": 1,
-          "temperature": [0.0], "condition_on_previous_text": False, "vad_filter": False}  # fmt: skip
-    if options.tokens_per_window is not None:
-        kw["max_new_tokens"] = options.tokens_per_window  # it has no minimum: an upper bound only
-    if not model.model.is_multilingual:
-        kw["language"], kw["task"] = None, "transcribe"  # English-only: it takes neither
-
-    def transcribe(audio):
-        segments, _info = model.transcribe(audio, **kw)
-        return "".join(s.text for s in segments)
-
-    if args.warmup:
-        transcribe(_bursts())
-    runs = yield from _timed_rounds(args, source, device, "faster-whisper baseline", transcribe)
-    return _result(
-        runs,
-        model_load_s=round(load_s, 3),
-        method=f"faster-whisper WhisperModel.transcribe, sequential ({ct2_dir})",
-        transcribe_kwargs=kw,
-        compute_type=dtype,
-    )
-
-
-def faster_whisper_unavailable(ct2_dir: str | None, why: str) -> str | None:
-    """Why the faster-whisper baseline cannot run, or None when it can."""
-    try:
-        import faster_whisper  # noqa: F401
-    except ImportError as exc:
-        return f"faster_whisper is not importable ({exc})"
-    if ct2_dir is None:
-        return why
-    d = Path(ct2_dir)
-    if not (d / "tokenizer.json").is_file():
-        return f"{ct2_dir} has no tokenizer.json (faster-whisper would fetch one from the hub)"
-    if not any((d / f"vocabulary.{ext}").is_file() for ext in ("json", "txt")):
-        return f"{ct2_dir} has no vocabulary.json/.txt (CTranslate2 cannot load it)"
-    return None
-
-
-class SharedBackend:
-    """The transformers model the chunked and sequential baselines share, loaded on first
-    use (``load_baseline_backend``) on the device and in the dtype ``where()`` gives (ours
-    resolved them by then: its first run comes first)."""
-
-    def __init__(self, model: str, where):
-        self.model, self.where = model, where
-        self.backend, self.load_s = None, 0.0
-
-    def get(self):
-        if self.backend is None:
-            self.backend, self.load_s = load_baseline_backend(self.model, *self.where())
-        return self.backend, self.load_s
-
-    def drop(self) -> None:
-        import gc
-
-        self.backend = None
-        gc.collect()
 
 
 def baseline_starts(args, names: list[str], model: str, spec: str | None, source, options, where) -> list:
@@ -845,21 +557,6 @@ def format_accuracy(rows: dict, reference: dict | None) -> str:
 # --------------------------------------------------------------------------------- figures
 
 
-def _summary(profiles: list[dict], keys=SUMMARY_KEYS) -> dict:
-    out = {}
-    for k in keys:
-        vals = [p[k] for p in profiles if p.get(k) is not None]
-        if vals:
-            out[k] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
-    stages = {}
-    for name in profiles[0].get("stages", {}):
-        busy = [p["stages"][name]["busy_s"] for p in profiles if name in p["stages"]]
-        stages[name] = {"busy_s": {"min": min(busy), "median": statistics.median(busy)}}
-    if stages:
-        out["stages"] = stages
-    return out
-
-
 def report(ours: dict, baselines: dict | None, args, synthetic: dict | None, reference: dict | None = None) -> dict:
     """The JSON document: the median run's profile at the top level, plus everything else.
     ``baselines``: name -> result (``run_baselines``); ``reference``: {"path", "text"}."""
@@ -884,7 +581,7 @@ def report(ours: dict, baselines: dict | None, args, synthetic: dict | None, ref
         "runs": args.runs,
         "interleave": bool(getattr(args, "interleave", False)),
         "warmup": args.warmup,
-        "summary": _summary(ours["profiles"]),
+        "summary": summarise(ours["profiles"]),
         "run_profiles": ours["profiles"],
         "cold_start": {"model_load_s": round(info["load_s"], 3), "pipeline_ready_s": round(ours["ready_s"], 3)},
         "cpu_count": os.cpu_count(),
