@@ -91,7 +91,7 @@ def format_transcript(t: Transcript, fmt: str, max_line_chars: int | None = None
 
 def verbose_json(t: Transcript, task: str = "transcribe", windows=(), words: bool = False, segments: bool = True) -> dict:
     """OpenAI's ``verbose_json`` body: ``task``, ``language`` (the full lowercase name,
-    "english"), ``duration``, ``text``, and ``segments`` (id, seek, start, end, text,
+    "english"; for a translation always "english", the output's), ``duration``, ``text``, and ``segments`` (id, seek, start, end, text,
     tokens, temperature, avg_logprob, compression_ratio, no_speech_prob) and/or ``words``
     ([{word, start, end, probability}], ``probability`` ours beyond OpenAI's three keys).
 
@@ -104,7 +104,8 @@ def verbose_json(t: Transcript, task: str = "transcribe", windows=(), words: boo
 
     out = {
         "task": task,
-        "language": LANGUAGES.get(t.language or "", t.language or ""),
+        # A translation's language is its output's, always English (OpenAI's TranslationVerbose).
+        "language": "english" if task == "translate" else LANGUAGES.get(t.language or "", t.language or ""),
         "duration": _ms(t.duration),
         "text": t.text,
     }

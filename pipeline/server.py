@@ -50,7 +50,7 @@ from pipeline import logs
 from pipeline.config import Job, PipelineConfig, env_batch_size, env_model
 from pipeline.errors import JobError, PipelineError, input_message
 from pipeline.languages import clip, language_code
-from pipeline.types import DecodeOptions
+from pipeline.types import MAX_PROMPT_CHARS, DecodeOptions
 
 log = logging.getLogger("pipeline.server")  # also when run as __main__
 
@@ -172,11 +172,21 @@ class Server:
             "jobs_running": p.jobs_in_flight, "jobs_cancelled": self.cancelled,
         })  # fmt: skip
 
+    @property
+    def english_only(self) -> bool | None:
+        """True for an English-only model: from the model check at start-up where it could
+        tell, else from the loaded model (None while it loads)."""
+        if self.cfg.english_only is not None:
+            return self.cfg.english_only
+        info = getattr(self.pipeline, "model_info", None) or {}
+        multilingual = info.get("multilingual")
+        return None if multilingual is None else not multilingual
+
     def _model_obj(self, name: str) -> dict:
         return {"id": name, "object": "model", "created": self.created, "owned_by": "whisper-pipeline"}
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [self._model_obj(n) for n in (self.cfg.model_id, *ALIASES)]})
+        return web.json_response({"object": "list", "data": [self._model_obj(n) for n in self.names]})
 
     async def model(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -188,7 +198,7 @@ class Server:
         return await self._audio(request, "transcribe")
 
     async def translations(self, request: web.Request) -> web.StreamResponse:
-        if self.cfg.english_only:
+        if self.english_only:
             raise ApiError(
                 400,
                 f"model {self.cfg.model_id} is English-only: it cannot translate (serve a "
@@ -250,10 +260,14 @@ class Server:
             if upload is not None:
                 _unlink(upload[0])
             raise
-        except (asyncio.CancelledError, ConnectionResetError):
+        except asyncio.CancelledError:
             if upload is not None:
                 _unlink(upload[0])
             raise
+        except ConnectionResetError:  # the client hung up mid-upload: not our fault, no 500
+            if upload is not None:
+                _unlink(upload[0])
+            raise ClientGone() from None
         except Exception as exc:  # noqa: BLE001 - anything else here is a malformed body
             if upload is not None:
                 _unlink(upload[0])
@@ -339,7 +353,7 @@ class Server:
                 form.language = language_code(lang)
             except ValueError as exc:
                 raise ApiError(400, f"language: {exc} (use an ISO-639-1 code such as 'en')", param="language") from None
-            if self.cfg.english_only and form.language not in (None, "en"):
+            if self.english_only and form.language not in (None, "en"):
                 raise ApiError(
                     400,
                     f"language: model {self.cfg.model_id} is English-only; it cannot transcribe {clip(lang, 20)!r}",
@@ -349,7 +363,9 @@ class Server:
         if prompt:
             if len(prompt) > 1:
                 raise ApiError(400, "prompt: given twice", param="prompt")
-            form.prompt = prompt[0] if prompt[0].strip() else None
+            # Whisper uses only a prompt's last 223 tokens (OpenAI accepts longer ones): a
+            # prompt past MAX_PROMPT_CHARS (several times that) loses its start, not the request.
+            form.prompt = prompt[0][-MAX_PROMPT_CHARS:] if prompt[0].strip() else None
         temp = one("temperature")
         if temp:
             try:
@@ -398,7 +414,8 @@ class Server:
                 temperature=form.temperature,
             )
         except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
+            field = str(exc).split(" ", 1)[0]
+            raise ApiError(400, str(exc), param=field if field in ("prompt", "temperature", "language") else None) from None
 
     # -- running a job --------------------------------------------------------------------------
 
@@ -456,6 +473,7 @@ class Server:
 
     def _respond(self, outcome, form: Form, task: str) -> web.Response:
         from pipeline.formats import format_transcript, verbose_json
+        from pipeline.languages import LANGUAGES
 
         t = outcome.transcript
         fmt = form.response_format
@@ -465,8 +483,11 @@ class Server:
             body = verbose_json(
                 t, task, outcome.windows, words="word" in form.granularities, segments="segment" in form.granularities
             )
-            if not body["language"] and self.cfg.english_only:
-                body["language"] = "english"
+            if not body["language"]:  # nothing was spoken, so nothing was detected
+                if form.language:
+                    body["language"] = LANGUAGES.get(form.language, form.language)
+                elif self.english_only:
+                    body["language"] = "english"
             return web.json_response(body)
         if fmt == "text":
             return web.Response(text=t.text + "\n", content_type="text/plain")
@@ -626,7 +647,10 @@ def make_app(server: Server) -> web.Application:
                 raise
             kind = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}.get(exc.status)
             message = exc.reason if exc.status != 404 else f"no route {request.method} {clip(request.path, 100)}"
-            return error_body(exc.status, message, "invalid_request_error", None, kind)
+            response = error_body(exc.status, message, "invalid_request_error", None, kind)
+            if "Allow" in exc.headers:  # a 405 names the methods the route takes (RFC 9110)
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # our fault: logged, one line to the client

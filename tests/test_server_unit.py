@@ -51,6 +51,7 @@ class ScriptedPipeline:
 
     def __init__(self):
         self.model_info = {"model": "fake", "device": "cpu"}
+        self.language = "en"  # the transcripts' language (None: nothing was detected)
         self._broken = None
         self.jobs_in_flight = 0
         self.script = [("window", W1), ("sleep", 0.2), ("window", W0)]
@@ -87,7 +88,7 @@ class ScriptedPipeline:
                 if run.on_window:
                     run.on_window(arg)
         segs = stitch(windows, duration=20.0)
-        t = Transcript(transcript_text(segs), "en", 20.0, "fake", tuple(segs))
+        t = Transcript(transcript_text(segs), self.language, 20.0, "fake", tuple(segs))
         run.outcome = JobOutcome(t, {}, {}, 0.0, None, sorted(windows, key=lambda w: w.index))
         run.finished.set()
 
@@ -206,6 +207,8 @@ def test_a_stage_fault_is_500_and_a_dead_pipeline_503(client, fake):
 
 
 def test_model_names(client):
+    assert [m.id for m in client.models.list()] == ["org/fake-model", "fake-model", "whisper-1"]  # all it accepts
+    assert create(client, model="fake-model").text == TEXT
     assert create(client, model="org/fake-model").text == TEXT
     assert create(client, model="whisper-1").text == TEXT
     with pytest.raises(openai.BadRequestError) as e:
@@ -244,3 +247,81 @@ def test_bad_concurrent_jobs_is_one_line_and_exit_2(capsys, tiny_model_dir):
     assert main(["--model", str(tiny_model_dir), "--concurrent-jobs", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: concurrent_jobs must be an integer from 1 to 64") and "\n" not in err
+
+
+def test_verbose_json_language(client, fake):
+    """A translation's language is its output's, always english (OpenAI's TranslationVerbose);
+    where nothing was detected (silence), the language the request gave, else nothing on a
+    model that may speak any."""
+    fake.language = "de"
+    v = client.audio.translations.create(model="whisper-1", file=("a.wav", b"RIFF...."), response_format="verbose_json")
+    assert v.language == "english" and fake.jobs[-1].options.task == "translate"
+    assert create(client, response_format="verbose_json").language == "german"
+    fake.language, fake.script = None, []  # silence: no window has text
+    assert create(client, response_format="verbose_json", language="de").language == "german"
+    assert create(client, response_format="verbose_json").language == ""
+
+
+def test_an_english_only_model_is_known_from_the_loaded_model(client, fake):
+    """A model the start-up check could not classify (a CTranslate2 folder of any name):
+    once loaded, it says it is English-only, and translation or another language is a 400
+    before any job, not a stage failure (500)."""
+    fake.model_info["multilingual"] = False
+    with pytest.raises(openai.BadRequestError) as e:
+        client.audio.translations.create(model="whisper-1", file=("a.wav", b"RIFF...."))
+    assert e.value.body["code"] == "unsupported_task"
+    with pytest.raises(openai.BadRequestError) as e:
+        create(client, language="de")
+    assert e.value.body["param"] == "language" and "English-only" in e.value.message
+    assert not fake.jobs
+    fake.language, fake.script = None, []
+    assert create(client, response_format="verbose_json").language == "english"
+
+
+def test_a_long_prompt_keeps_its_end(client, fake):
+    """Whisper uses a prompt's last 223 tokens; a longer prompt loses its start, as OpenAI's
+    does, rather than failing the request."""
+    from pipeline.types import MAX_PROMPT_CHARS
+
+    create(client, prompt="x " * 5000 + "Americans")
+    prompt = fake.jobs[-1].options.prompt
+    assert prompt.endswith(" Americans") and len(prompt) == MAX_PROMPT_CHARS
+
+
+def test_a_wrong_method_is_405_naming_the_allowed_ones(fake):
+    import json
+    import urllib.error
+    import urllib.request
+
+    with _serving(fake, ServerConfig(model_id="org/fake-model")) as port:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/audio/transcriptions", method="DELETE")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 405 and "POST" in e.value.headers.get("Allow", "")
+    assert json.loads(e.value.read())["error"]["code"] == "method_not_allowed"
+
+
+def test_a_client_that_hangs_up_mid_upload_is_not_a_server_error(fake, tmp_path, caplog):
+    """The upload is dropped and its file deleted; nothing is logged as our fault (it was
+    a 500 with a traceback: aiohttp's ConnectionResetError reached the catch-all)."""
+    import logging
+    import socket
+
+    caplog.set_level(logging.INFO)
+    with _serving(fake, ServerConfig(model_id="org/fake-model", upload_dir=str(tmp_path))) as port:
+        body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n' + b"R" * 300_000
+        head = ("POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                "boundary=b\r\nContent-Length: 10000000\r\n\r\n").encode()  # fmt: skip
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head + body)
+            deadline = time.monotonic() + 10
+            while not any(tmp_path.iterdir()) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert any(tmp_path.iterdir())  # the upload is being spooled ... and the client goes
+        deadline = time.monotonic() + 10
+        while any(tmp_path.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # let the handler finish its logging
+    assert not any(tmp_path.iterdir())
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not fake.jobs
