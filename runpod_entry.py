@@ -69,8 +69,17 @@ def sdk_log_level(ours: str) -> str:
     return _SDK_LEVELS.get(ours.strip().upper(), "INFO")
 
 
+def log_level() -> str:
+    """``LOG_LEVEL`` (default INFO), upper-cased; an unknown name stops the worker in one line."""
+    raw = os.environ.get("LOG_LEVEL", "INFO").strip() or "INFO"
+    level = raw.upper()
+    if level not in _SDK_LEVELS:
+        raise SystemExit(f"error: LOG_LEVEL must be one of {', '.join(_SDK_LEVELS)}, not {raw[:40]!r}")
+    return level
+
+
 def main():
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    level = log_level()
     if not os.environ.get("RUNPOD_LOG_LEVEL"):  # an explicit SDK level wins
         os.environ["RUNPOD_LOG_LEVEL"] = sdk_log_level(level)
 

@@ -53,6 +53,12 @@ class UserError(Exception):
         super().__init__(*(clip_tokens(a) if isinstance(a, str) else a for a in args))
 
 
+class UnsupportedOptions(UserError, ValueError):
+    """Options the loaded model cannot honour (translation or a non-English language on an
+    English-only model): the request's fault, not the stage's, so a job fails with this one
+    line and no traceback (a server answers 400). A ValueError too, as callers catch it."""
+
+
 def one_line(exc: BaseException) -> str:
     """A single line describing ``exc``: its message (first line), else its type."""
     text = str(exc).strip()
@@ -82,7 +88,7 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
-_VERBS = ("cannot download ", "cannot decode ", "cannot read ", "invalid URL ")
+_VERBS = ("cannot download ", "cannot decode ", "cannot read ", "invalid URL ", "refusing to download ")
 
 
 def input_message(label: str, message: str) -> str:

