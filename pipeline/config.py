@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -123,8 +124,12 @@ class PipelineConfig:
             raise ValueError(f"concurrent_jobs must be an integer from 1 to 64, not {self.concurrent_jobs!r}")
         if self.max_audio_s is not None and not self.max_audio_s > 0:
             raise ValueError("max_audio_s must be positive (or None: no limit)")
-        if self.batch_wait_s <= 0 or self.connect_timeout_s <= 0 or self.stall_timeout_s <= 0:
-            raise ValueError("timeouts must be positive")
+        for name in ("batch_wait_s", "connect_timeout_s", "stall_timeout_s"):
+            v = getattr(self, name)
+            # not 0 < v < inf: also refuses nan, which compares false with everything (a
+            # stall limit of nan failed a download that was sending data at once)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise ValueError(f"{name} must be a positive number of seconds, not {v!r}")
 
     @property
     def shm_bytes(self) -> int:

@@ -278,10 +278,15 @@ class _Feeder(threading.Thread):
                 pass
 
 
+UNKNOWN_WAV_SIZE = 0x7FFFF000  # a WAV data size from here up is a streaming placeholder
+
+
 def declared_seconds(head: bytes | bytearray) -> float | None:
     """The duration a WAV or FLAC header declares, in seconds, or None (another format,
-    a header not all in ``head``, or a size that means "unknown": 0 or 0xFFFFFFFF in a
-    streamed WAV). Read before decoding: through a pipe ffmpeg reports no duration, and a
+    a header not all in ``head``, or a size that means "unknown" in a streamed WAV: 0, or
+    from 0x7FFFF000 up, where writers put their placeholders: 0xFFFFFFFF, 0x7FFFFFFF,
+    0x7FFFF000; a real data chunk that large, 2 GiB, is stopped at the limit as it
+    decodes instead). Read before decoding: through a pipe ffmpeg reports no duration, and a
     small file can declare hours (a 3 Hz WAV header declared 3 hours, issue 10)."""
     head = bytes(head)
     if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
@@ -293,7 +298,7 @@ def declared_seconds(head: bytes | bytearray) -> float | None:
             if cid == b"fmt " and pos + 20 <= len(head):
                 (byte_rate,) = struct.unpack(order + "I", head[pos + 16 : pos + 20])
             elif cid == b"data":
-                if not byte_rate or size in (0, 0xFFFFFFFF):
+                if not byte_rate or size == 0 or size >= UNKNOWN_WAV_SIZE:
                     return None
                 return size / byte_rate
             pos += 8 + size + (size & 1)

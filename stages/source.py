@@ -177,7 +177,7 @@ def check_url(
     scheme = (parsed.scheme or "").lower()
     if scheme not in ALLOWED_SCHEMES:
         raise SourceError(
-            f"unsupported URL scheme {scheme!r} in {label}: only http and https are allowed"
+            f"unsupported URL scheme {scheme!r} (only http and https are allowed): {label}"
         )
     if not host:
         raise SourceError(f"invalid URL {label}: no host")
@@ -361,7 +361,7 @@ async def _download(
         ) from exc
     except (aiohttp.SocketTimeoutError, asyncio.TimeoutError) as exc:
         raise SourceError(
-            f"download of {label} stalled: no data for {stall_timeout:g} s"
+            f"cannot download {label}: stalled, no data for {stall_timeout:g} s"
         ) from exc
     except aiohttp.InvalidURL as exc:
         raise SourceError(f"cannot download {label}: invalid URL ({exc})") from exc

@@ -24,8 +24,11 @@ def test_declared_duration_of_wav_and_flac(tmp_path):
     assert declared_seconds(wav_header(3, 3 * 3600)) == 3 * 3600  # 64 kB that "is" 3 hours
     assert declared_seconds(wav_header(16000, 2.5)) == 2.5
     streamed = bytearray(wav_header(16000, 1))
-    streamed[40:44] = b"\xff\xff\xff\xff"  # "size unknown", as ffmpeg writes to a pipe
-    assert declared_seconds(streamed) is None
+    for placeholder in (0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000):  # "size unknown", as streaming writers put it
+        streamed[40:44] = struct.pack("<I", placeholder)
+        assert declared_seconds(streamed) is None, hex(placeholder)
+    streamed[40:44] = struct.pack("<I", 0x7FFFEFFE)  # just under: a real size, 18:38:29 at 32 kB/s
+    assert declared_seconds(streamed) == pytest.approx(0x7FFFEFFE / 32000)
     flac = media.convert(media.write_wav(tmp_path / "a.wav", media.tone(440, 2.0)), tmp_path / "a.flac")
     assert declared_seconds(flac.read_bytes()[:64]) == pytest.approx(2.0)
     assert declared_seconds(b"ID3\x04\x00" + bytes(60)) is None  # mp3: no declared length

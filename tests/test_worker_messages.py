@@ -162,3 +162,26 @@ def test_async_handler_runs_requests_in_threads_at_once():
     out = asyncio.run(three())
     assert [o["id"] for o in out] == [0, 1, 2]
     assert len({o["thread"] for o in out}) == 3
+
+
+def test_each_input_named_once_in_download_errors():
+    """``<input>: <what>``: a refused or stalled download names its URL once, first."""
+    from pipeline.errors import input_message
+
+    url = "ftp://127.0.0.1/x.mp3"
+    assert input_message(url, f"unsupported URL scheme 'ftp' (only http and https are allowed): {url}") == \
+        f"{url}: unsupported URL scheme 'ftp' (only http and https are allowed)"
+    url = "http://10.0.0.1/a.wav"
+    assert input_message(url, f"refusing to download {url}: 10.0.0.1 is a private address") == \
+        f"{url}: refusing to download: 10.0.0.1 is a private address"
+    assert input_message(url, f"cannot download {url}: stalled, no data for 30 s") == \
+        f"{url}: cannot download: stalled, no data for 30 s"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0, -5, True])
+def test_timeouts_must_be_finite_positive_seconds(value):
+    """nan compares false with everything: a stall limit of nan passed the check and then
+    failed a download that was sending data at once."""
+    with pytest.raises(ValueError, match=r"^stall_timeout_s must be a positive number of seconds"):
+        PipelineConfig(model="m", stall_timeout_s=value)
+    PipelineConfig(model="m", stall_timeout_s=0.5, connect_timeout_s=3)
