@@ -21,9 +21,9 @@ import io
 import logging
 import os
 import signal
+import stat
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +59,17 @@ class UsageError(ValueError):
     """A bad option or input name: one line, exit code 2, nothing read yet."""
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, as for every other bad option: argparse's usage block (13 lines) would
+        # bury the message; --help still shows it.
+        self.exit(EXIT_USAGE, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.formats import FORMATS
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m pipeline",
         description="Transcribe long audio with Whisper through a streaming, batched pipeline.",
         epilog=EPILOG,
@@ -130,15 +137,18 @@ def _label(source: str) -> str:
 
 
 def _output_name(source: str) -> str:
-    """The NAME of DIR/NAME.EXT for an input: its file name without the extension."""
+    """The NAME of DIR/NAME.EXT for an input: its file name without the extension; for a
+    URL without a file name in its path, the host (whole: its dots are no extension)."""
     if source == "-":
         return "stdin"
     if "://" in source:
         from urllib.parse import unquote, urlsplit
 
         parts = urlsplit(source)
-        tail = unquote(parts.path.rstrip("/").rsplit("/", 1)[-1]) or parts.hostname or "download"
-        return Path(tail).stem or tail
+        tail = unquote(parts.path.rstrip("/").rsplit("/", 1)[-1])
+        if tail:
+            return Path(tail).stem or tail
+        return parts.hostname or "download"
     return Path(source).stem or Path(source).name
 
 
@@ -158,8 +168,13 @@ def _check_output(path: str) -> None:
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"-o {path}: is a directory; give a file name (or --output-dir DIR)")
-    _writable_dir(p.parent if str(p.parent) else Path("."), f"-o {path}")
-    if p.exists() and not os.access(p, os.W_OK):
+    target = _replaced_file(path)
+    if target is None:  # a FIFO or a device (/dev/stdout): written into, its folder untouched
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"-o {path}: cannot write to it")
+        return
+    _writable_dir(target.parent, f"-o {path}")
+    if target.exists() and not os.access(target, os.W_OK):
         raise UsageError(f"-o {path}: the file exists and is not writable")
 
 
@@ -177,12 +192,8 @@ def _inputs(args) -> list[Input]:
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir {out}: is a file, not a folder")
-    if not out.exists():
-        try:
-            out.mkdir(parents=True)
-        except OSError as exc:
-            raise UsageError(f"--output-dir {out}: cannot create it: {exc.strerror}") from None
-    _writable_dir(out, f"--output-dir {out}")
+    if out.exists():  # a missing one is created by prepare, once every check has passed
+        _writable_dir(out, f"--output-dir {out}")
     ext = EXTENSIONS[args.fmt]
     seen: dict[str, str] = {}
     inputs = []
@@ -290,7 +301,20 @@ def prepare(args) -> tuple[PipelineConfig, DecodeOptions, list[Input]]:
             raise UsageError("--max-line-chars needs --format srt or vtt")
         if not 10 <= args.max_line_chars <= 1000:
             raise UsageError(f"--max-line-chars must be from 10 to 1000, not {args.max_line_chars}")
+    if args.output_dir:
+        _make_output_dir(Path(args.output_dir))
     return cfg, options, inputs
+
+
+def _make_output_dir(out: Path) -> None:
+    """Create --output-dir last of all checks: a refused run leaves no folder behind."""
+    if out.exists():
+        return
+    try:
+        out.mkdir(parents=True)
+    except OSError as exc:
+        raise UsageError(f"--output-dir {out}: cannot create it: {exc.strerror}") from None
+    _writable_dir(out, f"--output-dir {out}")
 
 
 # ------------------------------------------------------------------------- the run
@@ -302,16 +326,49 @@ def _umask() -> int:
     return mask
 
 
+def _replaced_file(path: str) -> Path | None:
+    """The regular file that ``-o path`` replaces: the path itself, or the file a symlink
+    resolves to (the link stays). None where ``path`` is to be written into instead: an
+    existing FIFO or device (/dev/null), or a descriptor's link (/dev/stdout, /dev/fd/N,
+    /proc/self/fd/N): even when it leads to a regular file (stdout redirected to one),
+    replacing that file would undo the shell's ``>>`` and cut off whoever holds it open."""
+    p = os.path.abspath(path)
+    for _ in range(40):  # the kernel's limit on links followed
+        p = os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+        if p.startswith("/proc/") and os.path.exists(p):
+            return None
+        if not os.path.islink(p):
+            break
+        p = os.path.join(os.path.dirname(p), os.readlink(p))
+    try:
+        if not stat.S_ISREG(os.stat(p).st_mode):
+            return None
+    except FileNotFoundError:  # not there yet (or a dangling link: its file is created)
+        pass
+    except OSError:  # a loop of links, a folder that cannot be searched: open() says why
+        return None
+    return Path(p)
+
+
 def write_output(path: str, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all: a hidden temporary file in the same
-    folder, renamed into place; removed on any failure (no stray ``.part`` files)."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent or ".")
+    folder, renamed into place; removed on any failure (no stray ``.part`` files). A
+    symlink's file is replaced (the link stays); a FIFO or device is written into."""
+    target = _replaced_file(path)
+    if target is None:  # appending, not truncating: /dev/stdout may be a shell's >> file
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+        return
+    try:  # an existing file keeps its permissions (a 0600 transcript stays private)
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -358,32 +415,40 @@ def partial_transcript(windows, options: DecodeOptions, model: str):
 class Progress:
     """A tqdm bar on stderr for one input: audio seconds transcribed of the total (known
     once decoding has finished, which is early) and the speed as a real-time factor.
-    Callable as the pipeline's ``progress(done_s, decoded_s, decode_finished)``."""
+    Callable as the pipeline's ``progress(done_s, decoded_s, decode_finished)``. Made when
+    the job is submitted, not at its first result: the speed counts the wait for the model
+    and the first window too, as the transcript's ``timings.rtfx`` does."""
 
     def __init__(self, label: str, stream=None, position: int | None = None):
         from tqdm import tqdm
 
-        self.t0 = time.monotonic()
         stream = stream or sys.stderr
         try:  # a terminal that reports no size (0 x 0) would get no bar at all
             size = os.get_terminal_size(stream.fileno())
             ncols, nrows = size.columns or 100, size.lines or 24
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             ncols, nrows = 100, 24
+        # smoothing=0: the time left from the average speed since the start, the one shown
         self.bar = tqdm(
             total=None, desc=label if len(label) <= 40 else "..." + label[-37:], unit="s",
-            file=stream, leave=True, ncols=ncols, nrows=nrows, position=position,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} s audio "
+            file=stream, leave=True, ncols=ncols, nrows=nrows, position=position, smoothing=0,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} s audio "
                        "[{elapsed}<{remaining}{postfix}]",
         )  # fmt: skip
 
     def __call__(self, done_s: float, decoded_s: float | None, decode_finished: bool) -> None:
-        if decode_finished and decoded_s and self.bar.total != round(decoded_s):
-            self.bar.total = round(decoded_s)
-        wall = time.monotonic() - self.t0
+        count = done_s
+        if decode_finished and decoded_s:
+            # The windows' shares can pass the decoded total by a rounding (tqdm then
+            # warned and showed a negative time left): the count never passes the total,
+            # shown to a tenth of a second, and the last call (all of it) fills the bar.
+            done_s = min(done_s, decoded_s)
+            self.bar.total = round(decoded_s, 1)
+            count = self.bar.total * done_s / decoded_s
+        wall = self.bar.format_dict["elapsed"]  # the bar's clock: since the job started
         if wall > 0:
             self.bar.set_postfix_str(f"{done_s / wall:.1f}x real time", refresh=False)
-        self.bar.update(done_s - self.bar.n)
+        self.bar.update(count - self.bar.n)
 
     def close(self) -> None:
         self.bar.close()
@@ -451,10 +516,9 @@ def _run(args, cfg, options, inputs, progress: bool) -> int:
     bars: dict[int, Progress] = {}
 
     def on_progress(i, done_s, decoded_s, decode_finished):
-        if progress:
-            if i not in bars:
-                bars[i] = Progress(todo[i].label, position=len(bars))
-            bars[i](done_s, decoded_s, decode_finished)
+        bar = bars.get(i)  # the dispatcher's thread: close_bars may have run
+        if bar is not None:
+            bar(done_s, decoded_s, decode_finished)
 
     def close_bars():
         for b in bars.values():
@@ -471,6 +535,8 @@ def _run(args, cfg, options, inputs, progress: bool) -> int:
         results = []
         if todo:
             jobs = [Job(inp.source, options, profile=args.profile, label=inp.label) for inp in todo]
+            if progress:  # from the start (at 0 while the model loads): all jobs start now
+                bars.update((i, Progress(inp.label, position=i)) for i, inp in enumerate(todo))
             try:
                 results = pipe.run_jobs(jobs, progress=on_progress)
             except StageDied as exc:  # the pipeline, not an input, failed: all of them did

@@ -253,6 +253,7 @@ def test_progress_bar_on_a_terminal_only(tones):
     assert code == 0
     assert "second.wav" in shown and "s audio" in shown and "x real time" in shown, shown
     assert "100%" in shown, shown
+    assert "0.0/? s audio" in shown, shown  # shown from the job's start, not its first window
 
 
 def test_no_progress_bar_with_quiet_or_off_a_terminal():
@@ -412,3 +413,147 @@ def test_word_prompt_temperature_flags_refused(wav, argv, expect):
     _installed("tiny.en")
     with pytest.raises(UsageError, match=re.escape(expect)):
         _prepare(wav, "--model", "tiny.en", *argv)
+
+
+# ------------------------------------------------------------- the local CLI's audit fixes
+
+
+def test_output_writes_through_a_symlink(tmp_path):
+    from pipeline.cli import _check_output, write_output
+
+    real = tmp_path / "keep" / "real.txt"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    real.chmod(0o600)
+    link = tmp_path / "link.txt"
+    link.symlink_to(real)
+    _check_output(str(link))
+    write_output(str(link), "new\n")
+    assert link.is_symlink() and real.read_text() == "new\n"
+    assert real.stat().st_mode & 0o777 == 0o600  # a private transcript stays private
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "link.txt"]
+    assert os.listdir(real.parent) == ["real.txt"]  # no .part left anywhere
+
+
+def test_output_writes_into_a_fifo(tmp_path):
+    import threading
+
+    from pipeline.cli import _check_output, write_output
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    _check_output(str(fifo))
+    write_output(str(fifo), "through the pipe\n")
+    reader.join(10)
+    assert got == ["through the pipe\n"]
+    assert fifo.is_fifo() and os.listdir(tmp_path) == ["pipe"]
+
+
+def test_output_to_a_device_and_to_stdout(tmp_path):
+    from pipeline.cli import _check_output, _replaced_file, write_output
+
+    # First that they would be opened, not replaced: the tests may run as root.
+    for dev in ("/dev/null", "/dev/stdout", "/dev/fd/1"):
+        if os.path.exists(dev):
+            assert _replaced_file(dev) is None, dev
+    assert _replaced_file(str(tmp_path / "new.txt")) == tmp_path / "new.txt"
+    _check_output("/dev/null")
+    write_output("/dev/null", "nothing\n")
+    assert Path("/dev/null").is_char_device()
+    # /dev/stdout leads to the file stdout was redirected to: written through it, appended
+    # (a shell's >> keeps what was there), the file not replaced.
+    script = ("from pipeline.cli import _check_output, write_output; "
+              "_check_output('/dev/stdout'); write_output('/dev/stdout', 'transcript\\n')")
+    out = tmp_path / "log.txt"
+    out.write_text("before\n")
+    inode = out.stat().st_ino
+    with open(out, "a") as f:
+        subprocess.run([sys.executable, "-c", script], cwd=REPO, stdout=f, check=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.read_text() == "before\ntranscript\n" and out.stat().st_ino == inode
+    assert os.listdir(tmp_path) == ["log.txt"]
+
+
+def test_progress_rate_is_since_the_job_started(monkeypatch):
+    """The rate is audio seconds per wall second since the bar (made when the job starts)
+    began; the count never passes the total (was: 297.7x at the end of a file that went
+    at 18x, a negative time left and tqdm's 'clamping frac' warning)."""
+    import io
+    import warnings
+
+    import tqdm.std
+
+    from pipeline.cli import Progress
+
+    now = [1000.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: now[0])
+    stream = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a TqdmWarning fails the test
+        bar = Progress("talk.wav", stream=stream)  # the job starts: the model loads
+        now[0] += 10.0
+        bar(30.0, None, False)
+        assert "3.0x real time" in bar.bar.postfix
+        now[0] += 10.0
+        bar(176.25, 176.188, True)  # a window's share passes the decoded total by a little
+        assert bar.bar.n == bar.bar.total == 176.2 and "8.8x real time" in bar.bar.postfix
+        bar.close()
+    shown = stream.getvalue().split("\r")
+    assert "0.0/? s audio" in shown[1], shown  # at once, before any window is done
+    last = shown[-1]
+    assert "100%" in last and "176.2/176.2 s audio" in last and "<00:00" in last, last
+    assert "-" not in last.split("[", 1)[1], last  # no negative time left
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (("--dtype", "float64"), "argument --dtype: invalid choice"),
+    (("--batch-size", "abc"), "argument --batch-size: invalid int value"),
+    (("--foo",), "unrecognized arguments: --foo"),
+    (("-o", "{tmp}/x.txt", "-d", "{tmp}/subs"), "not allowed with argument"),
+])
+def test_bad_arguments_are_one_line(wav, tmp_path, argv, expect):
+    r = cli(wav, *(a.format(tmp=tmp_path) for a in argv))
+    assert r.returncode == 2 and r.stdout == b""
+    line = one_error_line(r)
+    assert expect in line and line.endswith(" (see --help)"), line
+    assert os.listdir(tmp_path) == []
+    h = cli("--help")
+    assert h.returncode == 0 and b"usage: python -m pipeline" in h.stdout
+    assert b"--output-dir" in h.stdout and b"exit codes" in h.stdout
+
+
+def test_refused_run_creates_no_output_dir(wav, tmp_path):
+    from pipeline.cli import UsageError
+
+    subs = tmp_path / "subs" / "deeper"
+    with pytest.raises(UsageError, match="would both be written to"):
+        _prepare(wav, wav, "-d", subs)
+    with pytest.raises(UsageError, match="not a Whisper language"):
+        _prepare(wav, "-d", subs, "--backend", SLOW, "--model", "tone", "--language", "xx")
+    assert os.listdir(tmp_path) == []
+    _prepare(wav, "-d", subs, "--backend", SLOW, "--model", "tone")
+    assert subs.is_dir()  # created once every check passed
+
+
+def test_output_names_of_urls():
+    from pipeline.cli import _output_name
+
+    assert _output_name("http://127.0.0.1:8799/") == "127.0.0.1"
+    assert _output_name("https://example.com") == "example.com"
+    assert _output_name("https://x/a/talk.mp3") == "talk"
+    assert _output_name("https://x/a/talk.mp3/?dl=1") == "talk"
+    assert _output_name("https://host/%2F..%2Fsecret.mp3") == "secret"  # a file name, never a path
+
+
+def test_url_names_keep_their_collision_check(tmp_path):
+    from pipeline.cli import UsageError
+
+    with pytest.raises(UsageError, match="would both be written to"):
+        _prepare("https://a.example/talk.mp3", "https://b.example/talk.ogg", "-d", tmp_path,
+                 "--backend", SLOW, "--model", "tone")
+    _, _, inputs = _prepare("http://127.0.0.1:8799/", "http://127.0.0.2:8799/", "-d", tmp_path,
+                            "--backend", SLOW, "--model", "tone")
+    assert [Path(i.output).name for i in inputs] == ["127.0.0.1.txt", "127.0.0.2.txt"]
