@@ -98,6 +98,12 @@ def main():
     log = logging.getLogger("runpod_entry")
 
     concurrency = worker_concurrency()  # a bad value stops here, in one line
+    from pipeline.config import env_model
+    from pipeline.worker import local_model_error
+
+    why = local_model_error(env_model())
+    if why:  # a missing folder or package: the operator's to fix, not each job's to fail
+        raise SystemExit(f"error: {why}")
     worker = Worker(progress_sender=_progress)  # the model starts loading now
 
     def on_sigterm(signum, frame):

@@ -271,6 +271,23 @@ def formatted(transcript, transcription: str, max_line_chars: int | None = None)
     raise ValueError(f"transcription must be one of {', '.join(TRANSCRIPTIONS)}")
 
 
+def local_model_error(model: str) -> str | None:
+    """Why ``model`` cannot load, where that shows without the hub: a path that is no model
+    folder, a short name whose pip package is missing. None otherwise (a hub id is checked
+    when the model loads: a round trip to the hub would lengthen every cold start). The
+    worker stops at start-up with it, in one line, rather than fail every job."""
+    from pipeline.weights import PACKAGED, ModelResolveError, check_model
+
+    looks_local = model in PACKAGED or model.startswith(("/", "./", "../", "~")) or os.path.exists(model)
+    if not looks_local:
+        return None
+    try:
+        check_model(model)
+    except ModelResolveError as exc:
+        return str(exc)
+    return None
+
+
 def english_only_hint(model: str) -> bool | None:
     """Whether ``model`` is English-only, where that is known without loading it or asking
     the hub (the worker must not add a hub round trip to its cold start): a local

@@ -263,6 +263,15 @@ def test_english_only_hint(tmp_path):
     assert english_only_hint(str(ct2)) is False
 
 
+def test_a_local_model_that_cannot_load_is_known_at_start(tmp_path):
+    from pipeline.worker import local_model_error
+
+    assert "no such directory" in local_model_error(str(tmp_path / "nope"))
+    assert "neither a transformers checkpoint" in local_model_error(str(tmp_path))
+    assert local_model_error("tiny.en") is None  # installed by setup.sh
+    assert local_model_error("openai/whisper-large-v3-turbo") is None  # the hub: checked when it loads
+
+
 def test_unknown_log_level_stops_the_worker_in_one_line(monkeypatch):
     import runpod_entry
 
