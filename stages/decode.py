@@ -355,8 +355,8 @@ def decode_stream(
         layout = sniff_layout(head)
     if exhausted and not head:
         raise DecodeError(f"{name} is empty (no bytes)")
+    declared = declared_seconds(head)
     if max_seconds is not None:
-        declared = declared_seconds(head)
         if declared is not None and declared > max_seconds:
             raise DecodeError(
                 f"{name}: its header declares {_hms(declared)} of audio, more than the limit "
@@ -466,6 +466,12 @@ def decode_stream(
         if stderr_tail:
             # Decoded, but ffmpeg complained (e.g. a damaged frame was skipped).
             logger.info("%s: ffmpeg: %s", name, _ffmpeg_reason(stderr_tail, hide)[0])
+        got_s = total / SAMPLE_RATE
+        if declared is not None and got_s < declared - max(1.0, 0.01 * declared):
+            # ffmpeg decodes what is there and says nothing: a copy cut short (an upload
+            # that broke off) would pass for a short recording.
+            logger.warning("%s: its header declares %s of audio, but the file holds only %s: "
+                           "it looks cut short", name, _hms(declared), _hms(got_s))  # fmt: skip
         logger.debug("%s: decoded %d samples", name, total)
     finally:
         stop.set()

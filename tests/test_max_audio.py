@@ -65,3 +65,22 @@ def test_max_audio_s_from_the_environment(monkeypatch):
     monkeypatch.setenv("MAX_AUDIO_S", "lots")
     with pytest.raises(ValueError, match="MAX_AUDIO_S"):
         PipelineConfig(model="m")
+
+
+def test_a_file_cut_short_of_its_header_is_told(caplog):
+    """ffmpeg decodes what is there without a word: a WAV whose header declares 10 s but
+    holds 2 s (an upload that broke off) is decoded, with a warning naming the input."""
+    import logging
+
+    import numpy as np
+
+    caplog.set_level(logging.INFO, logger="stages.decode")
+    tone = (0.3 * np.sin(np.arange(32000) * 0.1) * 32767).astype("<i2").tobytes()  # 2 s at 16 kHz
+    pcm = np.concatenate(list(decode_stream([wav_header(16000, 10, tone)], name="cut.wav")))
+    assert len(pcm) == 32000
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["cut.wav: its header declares 0:00:10 of audio, but the file holds only 0:00:02: "
+                      "it looks cut short"], warned
+    caplog.clear()
+    list(decode_stream([wav_header(16000, 2, tone)], name="whole.wav"))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
