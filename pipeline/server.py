@@ -3,7 +3,7 @@
 Routes (OpenAI's shapes, so the ``openai`` client works with ``base_url``):
 
 - ``POST /v1/audio/transcriptions`` and ``POST /v1/audio/translations``: multipart fields
-  ``file``, ``model``, ``language`` (transcriptions), ``prompt``, ``response_format``
+  ``file``, ``model``, ``language`` (on translations: the language spoken), ``prompt``, ``response_format``
   (json, text, srt, vtt, verbose_json), ``temperature``, ``timestamp_granularities[]``
   (segment, word), ``stream`` (server-sent events: ``transcript.text.delta`` as segments
   become final, then ``transcript.text.done``; with response_format json or text only);
@@ -407,7 +407,9 @@ class Server:
         )
         try:
             return DecodeOptions(
-                language=form.language if task == "transcribe" else None,
+                # On a translation: the language spoken (detection skipped), as the CLI's
+                # --language and the worker's language are; OpenAI's translations take none.
+                language=form.language,
                 task=task,
                 word_timestamps=words,
                 prompt=form.prompt,

@@ -256,6 +256,8 @@ def test_verbose_json_language(client, fake):
     fake.language = "de"
     v = client.audio.translations.create(model="whisper-1", file=("a.wav", b"RIFF...."), response_format="verbose_json")
     assert v.language == "english" and fake.jobs[-1].options.task == "translate"
+    client.audio.translations.create(model="whisper-1", file=("a.wav", b"RIFF...."), extra_body={"language": "de"})
+    assert fake.jobs[-1].options.language == "de"  # the language spoken: a hint, as the CLI's --language
     assert create(client, response_format="verbose_json").language == "german"
     fake.language, fake.script = None, []  # silence: no window has text
     assert create(client, response_format="verbose_json", language="de").language == "german"
