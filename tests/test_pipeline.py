@@ -303,8 +303,8 @@ def _logged_stage_pids(err: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"stage (\w+) started, pid (\d+)", err)}
 
 
-def _assert_all_gone(pids, cli_pid):
-    deadline = time.monotonic() + 5
+def _assert_all_gone(pids, cli_pid, within: float = 5.0):
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
         if not alive and not shm_left(cli_pid):
@@ -365,6 +365,9 @@ def test_sigkill_of_a_stage_fails_the_run_and_cleans_up(tiny_model_dir, slow_inp
     assert proc.returncode != 0
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and stage in last and "SIGKILL" in last, err[-2000:]
+    # Every other stage left when told to (infer, mid-decode, once ran out the 5 s join
+    # and was terminated: "did not stop in time", logged at -v)
+    assert "did not stop in time" not in err, err[-2000:]
     _assert_all_gone(list(pids.values()) + ffmpeg, proc.pid)
 
 
@@ -383,6 +386,39 @@ def test_exception_in_a_stage_fails_the_run_with_traceback(tiny_model_dir, slow_
     pids = _logged_stage_pids(err)
     assert sorted(pids) == sorted(("source", "decode", "chunk", "infer")), err[-2000:]
     _assert_all_gone(list(pids.values()), proc.pid)
+
+
+def test_stages_leave_when_the_driver_is_killed_mid_decode(tiny_model_dir, slow_input):
+    """SIGKILL of the CLI while the infer stage holds windows to decode (four slots, the
+    work behind them): every stage sees its parent gone and leaves, and the segments go
+    with them. The infer stage looked only when idle, and decoded on, orphaned, for
+    minutes (random weights: every window runs to its token limit)."""
+    proc = _start_cli(slow_input, "--model", tiny_model_dir, "--batch-size", "4")
+    pids = _stage_pids(proc.pid)
+    time.sleep(12)  # the model loaded, windows in the slots and queued behind them
+    assert proc.poll() is None
+    proc.kill()
+    proc.wait()  # not communicate(): the stages hold its pipes, it would wait for them
+    # Each stage looks at its parent at least every 0.25 s; before, infer lived on 5-10 s
+    # here (and minutes with real weights on long audio).
+    _assert_all_gone(list(pids.values()), proc.pid, within=3.0)
+
+
+def test_close_mid_decode_lets_every_stage_leave_on_its_own(tiny_model_dir, slow_input):
+    """close() while windows are being decoded: each stage sees the stop and returns
+    (exit code 0) within the join time; none is terminated (the infer stage was, after
+    the whole 5 s join, as the RunPod worker's SIGTERM handler closed it mid-job)."""
+    import threading
+
+    with Pipeline(PipelineConfig(model=str(tiny_model_dir), batch_size=4)) as p:
+        p.wait_ready(timeout=120)
+        first = threading.Event()
+        run = p.submit(Job(str(slow_input)), on_window=lambda w: first.set())
+        assert first.wait(120)
+        procs = dict(p._procs)
+        p.close()
+        assert run.finished.is_set()
+    assert {name: proc.exitcode for name, proc in procs.items()} == {name: 0 for name in procs}
 
 
 def test_ctrl_c_stops_everything(tiny_model_dir, slow_input):

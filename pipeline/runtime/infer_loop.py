@@ -449,6 +449,8 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
                 finish_if_done(running[seq])
 
     def handle(msg) -> None:
+        if msg is None:  # the reader stopped (shutdown): it may come between steps too
+            raise Stopped()
         if msg[0] == "crash":
             raise msg[1]
         kind = msg[0]
@@ -503,6 +505,11 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         handle(msg)
 
     while True:
+        # Between decoder steps too, not only when waiting for work: with windows in hand
+        # (slots, the work queue, the ring behind them: minutes of audio) the stage once
+        # went on decoding for minutes after a close() or after its driver was killed.
+        if not ctx.alive():
+            raise Stopped()
         if engine is not None:
             feed_engine()
             if not engine.idle:
