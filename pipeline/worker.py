@@ -377,6 +377,7 @@ class Worker:
         self.progress_sender = progress_sender
         self.progress_interval = progress_interval
         self._lock = threading.Lock()
+        self._closed = False
         self._english_only = english_only_hint(self.config.model)
         self.pipeline = None
         self._start_pipeline()  # the model starts loading now, in the infer stage
@@ -413,6 +414,8 @@ class Worker:
         self.pipeline = Pipeline(self.config).start()
 
     def close(self):
+        with self._lock:  # a request failing now (its pipeline closed) restarts nothing
+            self._closed = True
         if self.pipeline is not None:
             self.pipeline.close()
 
@@ -442,6 +445,9 @@ class Worker:
                 log.info("job failed: %s", clip(str(exc), 300))
             return {"error": clip(str(exc), 300)}
         except PipelineError as exc:  # a stage died (StageDied) or the pipeline is unusable
+            if self._closed:  # closed under it (SIGTERM): the worker is stopping, not failing
+                log.info("job stopped: the worker is shutting down")
+                return {"error": "the worker is shutting down; the job was not finished"}
             log.error("pipeline failed: %s; restarting it", clip(str(exc), 300))
             self._restart(pipeline)
             return {"error": clip(str(exc), 300)}
@@ -453,7 +459,7 @@ class Worker:
         """A fresh pipeline in place of ``failed``, once: requests that ran on the same
         failed pipeline at the same time restart it only once."""
         with self._lock:
-            if self.pipeline is not failed:
+            if self.pipeline is not failed or self._closed:
                 return
             try:
                 failed.close()

@@ -172,3 +172,38 @@ def test_concurrent_requests_share_the_pipeline(worker, speech_dir):
         assert "error" not in r, r
         assert r["text"] == alone["text"] and r["segments"] == alone["segments"]
     assert worker.pipeline is pipeline  # nothing restarted
+
+
+def test_close_during_a_job_stops_the_worker_for_good(tiny_model_dir, tmp_path):
+    """runpod_entry's SIGTERM handler closes the worker while a request may be running:
+    that request ends with a clear error, and the worker does not take the closed pipeline
+    for a dead stage and start another one (it did: four new processes outlived close())."""
+    import threading
+
+    import psutil
+
+    def stages():  # live stage processes of this test process (the module's worker has its own)
+        return {p.pid for p in psutil.Process().children(recursive=True)
+                if p.name().startswith("wsp-") and p.status() != psutil.STATUS_ZOMBIE}  # fmt: skip
+
+    data = media.write_wav(tmp_path / "noise.wav", media.babble(60, amp=0.2)).read_bytes()
+    before = stages()
+    w = Worker(PipelineConfig(model=str(tiny_model_dir), batch_size=4), max_batch=4)
+    try:
+        w.pipeline.wait_ready(timeout=120)
+        out = {}
+        t = threading.Thread(target=lambda: out.update(w.handle(
+            {"id": "c1", "input": {"audio_base64": base64.b64encode(data).decode()}})))
+        t.start()
+        deadline = time.monotonic() + 60
+        while w.pipeline.jobs_in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(2.0)  # decoding
+        first = w.pipeline
+    finally:
+        w.close()
+    t.join(30)
+    assert not t.is_alive()
+    assert "shutting down" in out.get("error", ""), out
+    assert w.pipeline is first  # not restarted
+    assert stages() <= before
