@@ -22,7 +22,13 @@ class PipelineError(Exception):
 
 
 class JobError(PipelineError):
-    """This job failed (bad input, a stage raised); the pipeline itself is still usable."""
+    """This job failed (bad input, a stage raised); the pipeline itself is still usable.
+    ``resource``: the machine ran short (``ResourceError``), not the input or the code."""
+
+    def __init__(self, message: str, stage: str | None = None, traceback: str | None = None,
+                 resource: bool = False):  # fmt: skip
+        super().__init__(message, stage, traceback)
+        self.resource = resource
 
 
 class StageDied(PipelineError):
@@ -51,6 +57,12 @@ class UserError(Exception):
 
     def __init__(self, *args):
         super().__init__(*(clip_tokens(a) if isinstance(a, str) else a for a in args))
+
+
+class ResourceError(UserError):
+    """The machine, not the input, is short of something (no disk space for a spool file):
+    one clean line and no traceback, like a bad input's, but a server answers it 503
+    (try again later), not 400 (your audio is bad)."""
 
 
 class UnsupportedOptions(UserError, ValueError):

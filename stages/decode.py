@@ -31,7 +31,7 @@ import ffmpeg
 import numpy as np
 
 from pipeline.constants import PCM_DTYPE, PCM_ITEMSIZE, SAMPLE_RATE
-from pipeline.errors import UserError
+from pipeline.errors import ResourceError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -372,7 +372,11 @@ def decode_stream(
     stderr_thread = None
     try:
         if layout == "spool":
-            fd, spool_path = tempfile.mkstemp(prefix="decode-", suffix=".mp4")
+            try:
+                fd, spool_path = tempfile.mkstemp(prefix="decode-", suffix=".mp4")
+            except OSError as exc:
+                raise ResourceError(f"cannot decode {name}: cannot make a temporary file to spool to: "
+                                    f"{exc.strerror or exc}") from exc  # fmt: skip
             logger.info("%s: moov box after mdat, spooling to %s", name, spool_path)
             _spool(fd, head, () if exhausted else it, name)
             del head
@@ -437,11 +441,13 @@ def decode_stream(
             if got < frame_bytes:
                 break
 
+        killed_here = False
         try:
             proc.wait(timeout=_JOIN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            killed_here = True
         if feeder is not None:
             feeder.join(_JOIN_TIMEOUT_S)
             if feeder.error is not None:
@@ -450,6 +456,16 @@ def decode_stream(
         hide = (
             ("pipe:0", "file:" + spool_path, spool_path) if spool_path else ("pipe:0",)
         )
+        if proc.returncode is not None and proc.returncode < 0 and not killed_here:
+            # Killed (the OOM killer, an operator): its last words are no reason, and the
+            # input is not at fault.
+            sig = -proc.returncode
+            try:
+                signame = signal.Signals(sig).name
+            except ValueError:
+                signame = f"signal {sig}"
+            raise ResourceError(f"cannot decode {name}: ffmpeg was killed by {signame}"
+                                + (" (out of memory?)" if sig == signal.SIGKILL else ""))  # fmt: skip
         if proc.returncode != 0 or total == 0:
             reason, had_error = _ffmpeg_reason(stderr_tail, hide)
             no_stream = [
@@ -500,7 +516,8 @@ def decode_stream(
 
 
 def _spool(fd: int, head: bytes | bytearray, rest: Iterable[bytes], name: str) -> None:
-    """Write ``head`` and then ``rest`` to ``fd`` and close it; disk errors -> DecodeError.
+    """Write ``head`` and then ``rest`` to ``fd`` and close it; disk errors -> ResourceError
+    (the machine's fault, not the input's: a server answers 503, not 400).
 
     Exceptions raised by ``rest`` itself propagate unchanged (and fd is still closed).
     """
@@ -511,7 +528,7 @@ def _spool(fd: int, head: bytes | bytearray, rest: Iterable[bytes], name: str) -
             while view:
                 view = view[os.write(fd, view) :]
         except OSError as exc:
-            raise DecodeError(
+            raise ResourceError(
                 f"cannot decode {name}: cannot spool to a temporary file: "
                 f"{exc.strerror or exc}"
             ) from exc

@@ -493,3 +493,47 @@ def test_sniff_layout_needs_more_and_eof():
     assert (
         sniff_layout(big_free + bytes(SNIFF_LIMIT)) == "spool"
     )  # memory stays bounded
+
+
+def test_no_room_to_spool_is_the_machines_fault_not_the_inputs(tmp_path, speech_wav, monkeypatch):
+    """A full disk while spooling an MP4 whose index comes last: one line, no traceback
+    (a UserError), but a ResourceError: a server answers 503 (try later), not 400 (your
+    audio is bad), and the spool file is gone."""
+    import errno
+
+    import stages.decode as decode_mod
+    from pipeline.errors import ResourceError
+
+    data = media.convert(speech_wav, tmp_path / "a.m4a", "-c:a", "aac").read_bytes()
+    monkeypatch.setattr(decode_mod.tempfile, "tempdir", str(tmp_path / "spool"))
+    (tmp_path / "spool").mkdir()
+    real_write = os.write
+
+    def full(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path / "spool")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(decode_mod.os, "write", full)
+    with pytest.raises(ResourceError) as e:
+        list(decode_stream([data], name="a.m4a"))
+    assert str(e.value) == "cannot decode a.m4a: cannot spool to a temporary file: No space left on device"
+    assert not any((tmp_path / "spool").iterdir())
+    assert not ffmpeg_children()
+
+
+def test_ffmpeg_killed_is_said_so():
+    """ffmpeg killed mid-decode (the OOM killer): the error says so, not ffmpeg's last
+    info line ("Guessed Channel Layout ..." was given as the reason), and it is the
+    machine's fault (ResourceError), not the input's."""
+    from pipeline.errors import ResourceError
+
+    gen = decode_stream(endless_wav(), name="long.wav", block_samples=8000)
+    next(gen)
+    (ffmpeg,) = ffmpeg_children()
+    ffmpeg.kill()
+    with pytest.raises(ResourceError) as e:
+        for _ in gen:
+            pass
+    assert str(e.value) == "cannot decode long.wav: ffmpeg was killed by SIGKILL (out of memory?)"
+    assert not ffmpeg_children()

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pipeline.errors import UserError, wrap
+from pipeline.errors import ResourceError, UserError, wrap
 from pipeline.ring import Ring, Stopped, wait_get, wait_put
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ class StageContext:
         else:
             log.error("job failed in %s stage:\n%s", self.name, tb)
         self.cancel(seq)
-        self.report("error", seq, self.name, message, tb, user)
+        # user: True for the input's fault, "resource" for the machine's (ResourceError)
+        self.report("error", seq, self.name, message, tb, "resource" if isinstance(exc, ResourceError) else user)
 
     def maybe_fault(self, item_no: int) -> None:
         if self.fault_at is not None and item_no >= self.fault_at:

@@ -423,7 +423,8 @@ class Pipeline:
             _, _, stage, message, tb, user = msg
             if not user:
                 message = f"{stage} stage failed: {message}"
-            self._end_run(r, JobError(message, stage=stage, traceback=None if user else tb), cancel=True)
+            self._end_run(r, JobError(message, stage=stage, traceback=None if user else tb,
+                                      resource=user == "resource"), cancel=True)  # fmt: skip
         elif kind == "done":
             r.done_info = msg[2]
             # The other stages' stats left before infer's "done" was possible; give the
