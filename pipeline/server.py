@@ -63,6 +63,7 @@ FIELD_MAX = 64 * 1024  # bytes of a form field other than the file (a prompt is 
 FORM_SLACK = 1024 * 1024  # a body may pass the file limit by this much (the other fields)
 DEFAULT_MAX_UPLOAD_MB = 200.0
 DEFAULT_MAX_LINE_CHARS = 42  # subtitle line length (word granularity with srt/vtt)
+DEFAULT_SHUTDOWN_S = 8.0  # SIGTERM: how long requests in flight may still finish
 POLL_S = 0.05  # how often a waiting request looks at its job and its connection
 
 
@@ -124,6 +125,7 @@ class Server:
         self.created = int(time.time())
         self.names = _accepted_names(cfg.model_id)
         self.cancelled = 0  # jobs cancelled because their client went away
+        self.requests: set[asyncio.Task] = set()  # handlers running (cancel_requests)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -144,6 +146,11 @@ class Server:
     def close(self):
         if self._own_pipeline and self.pipeline is not None:
             self.pipeline.close()
+
+    def cancel_requests(self) -> None:
+        """Cancel every request being handled (a second SIGTERM): each cancels its job."""
+        for task in list(self.requests):
+            task.cancel()
 
     def _restart(self, failed):
         with self._lock:
@@ -296,7 +303,10 @@ class Server:
         """Stream the file part to a temporary file, counting bytes: 413 past the limit."""
         limit = self.cfg.max_upload_bytes
         filename = _safe_name(part.filename)
-        fd, path = tempfile.mkstemp(prefix="wsp-upload-", dir=self.cfg.upload_dir)
+        try:
+            fd, path = tempfile.mkstemp(prefix="wsp-upload-", dir=self.cfg.upload_dir)
+        except OSError as exc:
+            raise _no_room(exc) from None
         size = 0
         try:
             with os.fdopen(fd, "wb") as f:
@@ -307,7 +317,14 @@ class Server:
                     size += len(chunk)
                     if size > limit:
                         raise _too_large(limit)
-                    f.write(chunk)
+                    try:
+                        f.write(chunk)
+                    except OSError as exc:  # the disk, not the request: 503, not 400
+                        raise _no_room(exc) from None
+                try:
+                    f.flush()  # here, not in close(): a full disk must raise where it is caught
+                except OSError as exc:
+                    raise _no_room(exc) from None
         except BaseException:
             _unlink(path)
             raise
@@ -459,6 +476,9 @@ class Server:
             return pipeline.wait(run)
         except JobError as exc:
             message = input_message(label, str(exc))
+            if getattr(exc, "resource", False):  # the machine's (no disk space): try later
+                log.error("job failed: %s", message)
+                raise ApiError(503, clip(message, 300), type="server_error", code="insufficient_storage") from None
             if exc.stage is not None and exc.traceback is None:  # the input's fault (UserError)
                 raise ApiError(400, clip(message, 300), param="file", code="invalid_audio") from None
             log.error("job failed: %s\n%s", message, exc.traceback or "")
@@ -601,6 +621,12 @@ def _too_large(limit: int) -> ApiError:
                     param="file", code="file_too_large")  # fmt: skip
 
 
+def _no_room(exc: OSError) -> ApiError:
+    log.error("cannot store an upload: %s", exc)
+    return ApiError(503, f"the server cannot store the upload now ({exc.strerror or exc}); try again later",
+                    type="server_error", code="insufficient_storage")  # fmt: skip
+
+
 def _safe_name(name) -> str:
     """The client's file name as a label for messages: printable, at most 80 characters."""
     name = os.path.basename(str(name or "")).strip() or "upload"
@@ -634,6 +660,8 @@ def make_app(server: Server) -> web.Application:
 
     @web.middleware
     async def errors(request: web.Request, handler):
+        task = asyncio.current_task()
+        server.requests.add(task)
         try:
             if request.path != "/health" and server.cfg.api_key is not None:
                 _check_key(request, server.cfg.api_key)
@@ -658,6 +686,8 @@ def make_app(server: Server) -> web.Application:
         except Exception as exc:  # our fault: logged, one line to the client
             log.exception("internal error on %s %s", request.method, request.path)
             return error_body(500, f"internal error: {type(exc).__name__}", "server_error")
+        finally:
+            server.requests.discard(task)
 
     app = web.Application(middlewares=[errors], client_max_size=FIELD_MAX)
     app.router.add_get("/health", server.health)
@@ -713,6 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upload-dir", default=None, help="where uploads are spooled (default: the temporary folder)")
     p.add_argument("--upload-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="an upload that sends nothing for this long gets 408 (default 30)")
+    p.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_S, metavar="SECONDS",
+                   help="on SIGTERM or Ctrl-C, requests in flight get this long to finish, then are "
+                        f"cancelled; a second signal cancels them at once (default {DEFAULT_SHUTDOWN_S:g}: "
+                        "under Docker's 10 s before SIGKILL)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     return p
 
@@ -739,6 +773,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--max-upload-mb must be positive, not {mb:g}")
         if not args.upload_timeout > 0:
             raise ValueError(f"--upload-timeout must be positive, not {args.upload_timeout:g}")
+        if not 0 <= args.shutdown_timeout < float("inf"):
+            raise ValueError(f"--shutdown-timeout must be a number of seconds, not {args.shutdown_timeout:g}")
     except (ValueError, ModelResolveError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -746,13 +782,15 @@ def main(argv=None) -> int:
     cfg = ServerConfig(model_id=model, api_key=key, max_upload_bytes=int(mb * 2**20), english_only=english_only,
                        upload_dir=args.upload_dir, upload_stall_s=args.upload_timeout)  # fmt: skip
     server = Server(pcfg, cfg)
-    return asyncio.run(_serve(server, args.host, args.port))
+    return asyncio.run(_serve(server, args.host, args.port, args.shutdown_timeout))
 
 
-async def _serve(server: Server, host: str, port: int) -> int:
+async def _serve(server: Server, host: str, port: int, shutdown_timeout: float = DEFAULT_SHUTDOWN_S) -> int:
     import signal
 
-    runner = web.AppRunner(make_app(server), access_log=None)
+    # aiohttp's default drain is 60 s: a long transcription held a SIGTERMed server that
+    # long, past any container's grace period (then SIGKILL, and nothing cleaned up).
+    runner = web.AppRunner(make_app(server), access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -765,10 +803,17 @@ async def _serve(server: Server, host: str, port: int) -> int:
     print(f"listening on http://{h}:{p} (model {server.cfg.model_id}; loading)", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal():
+        if stop.is_set():  # a second signal: stop waiting for requests in flight
+            server.cancel_requests()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    print("shutting down", file=sys.stderr, flush=True)
+    print(f"shutting down: requests in flight get up to {shutdown_timeout:g} s (a second signal stops them now)",
+          file=sys.stderr, flush=True)  # fmt: skip
     await runner.cleanup()
     return 0
 

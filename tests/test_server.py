@@ -337,3 +337,60 @@ def test_models_and_health(client, server):
     assert client.models.retrieve("whisper-1").id == "whisper-1"
     code, h = http_get(server.url + "/health")
     assert code == 200 and h["status"] == "ok" and h["model"] == "tiny.en"
+
+
+@pytest.mark.parametrize("drain, signals", [(1, 1), (60, 2)])
+def test_sigterm_gives_requests_in_flight_a_bounded_time(real_tiny_dir, jfk, tmp_path, drain, signals):
+    """SIGTERM mid-request: the request gets --shutdown-timeout seconds to finish, then is
+    cancelled (its job with it), and the server exits cleanly; a second signal cancels at
+    once. It drained for aiohttp's 60 s before: past a container's grace period."""
+    import signal
+
+    long = tmp_path / "long.mp3"  # 12 x jfk: far longer to transcribe than the test waits
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-stream_loop", "11", "-i", str(jfk),
+                    "-ac", "1", "-ar", "16000", "-b:a", "32k", str(long)], check=True)  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.server", "--model", "tiny.en", "--port", "0", "--batch-size", "2",
+         "--shutdown-timeout", str(drain), "-v"],
+        cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    s = ServerProc(proc)
+    try:
+        assert s._seen.wait(60) and s.url, s.log()
+        deadline = time.monotonic() + 180
+        while http_get(s.url + "/health")[0] != 200 and time.monotonic() < deadline:
+            assert proc.poll() is None, s.log()
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=120)
+        answer = {}
+
+        def request():
+            try:
+                answer["text"] = transcribe(client, long).text
+            except Exception as exc:  # noqa: BLE001 - what the client saw
+                answer["error"] = exc
+
+        t = threading.Thread(target=request)
+        t.start()
+        deadline = time.monotonic() + 30
+        while not any("job:" in line or "transcribe," in line for line in s.lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the job is running
+        t0 = time.monotonic()
+        for _ in range(signals):
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+        proc.wait(30)
+        took = time.monotonic() - t0
+        t.join(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        s.reader.join(10)
+        proc.stderr.close()
+    assert proc.returncode == 0, s.log()
+    assert "error" in answer, answer  # cancelled, not finished: 132 s of audio
+    assert took < 15, f"{took:.1f} s to stop\n{s.log()}"
+    assert any("job cancelled" in line for line in s.lines), s.log()

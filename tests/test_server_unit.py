@@ -327,3 +327,18 @@ def test_a_client_that_hangs_up_mid_upload_is_not_a_server_error(fake, tmp_path,
     assert not any(tmp_path.iterdir())
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert not fake.jobs
+
+
+def test_a_full_disk_is_503_not_a_bad_request(client, fake, tmp_path):
+    """No room to spool (the decode stage's ResourceError) or to store the upload: the
+    server's trouble, so 503 (a client may retry), never 400 invalid_audio."""
+    fake.script = [("fail", JobError("cannot decode a.wav: cannot spool to a temporary file: No space left on device",
+                                     stage="decode", resource=True))]  # fmt: skip
+    with pytest.raises(openai.APIStatusError) as e:
+        create(client)
+    assert e.value.status_code == 503 and e.value.body["code"] == "insufficient_storage", e.value.body
+    with _serving(fake, ServerConfig(model_id="org/fake-model", upload_dir=str(tmp_path / "gone"))) as port:
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=30)
+        with pytest.raises(openai.APIStatusError) as e:
+            create(c)
+    assert e.value.status_code == 503 and "cannot store the upload" in e.value.message
