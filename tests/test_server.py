@@ -84,27 +84,35 @@ def jfk_text(client, jfk):
     return text
 
 
-@pytest.fixture(scope="module")
-def server(real_tiny_dir):
+def start_server(*args: str) -> ServerProc:
+    """``python -m pipeline.server --model tiny.en --port 0 -v ARGS`` in a child process,
+    once its model is loaded (/health 200). The caller stops it (``proc``)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.pop("API_KEY", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.server", "--model", "tiny.en", "--port", "0", "--batch-size", "4",
-         "--api-key", KEY, "--max-upload-mb", str(MAX_MB), "-v"],
+        [sys.executable, "-m", "pipeline.server", "--model", "tiny.en", "--port", "0", "-v", *args],
         cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     s = ServerProc(proc)
     try:
         assert s._seen.wait(60) and s.url, s.log()
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            code, body = http_get(s.url + "/health")
-            if code == 200:
-                break
+        while http_get(s.url + "/health")[0] != 200:
             assert proc.poll() is None, s.log()
+            assert time.monotonic() < deadline, "the model did not load in time\n" + s.log()
             time.sleep(0.2)
-        else:
-            pytest.fail("the model did not load in time\n" + s.log())
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return s
+
+
+@pytest.fixture(scope="module")
+def server(real_tiny_dir):
+    s = start_server("--batch-size", "4", "--api-key", KEY, "--max-upload-mb", str(MAX_MB))
+    proc = s.proc
+    try:
         yield s
     finally:
         proc.terminate()
@@ -349,19 +357,9 @@ def test_sigterm_gives_requests_in_flight_a_bounded_time(real_tiny_dir, jfk, tmp
     long = tmp_path / "long.mp3"  # 12 x jfk: far longer to transcribe than the test waits
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-stream_loop", "11", "-i", str(jfk),
                     "-ac", "1", "-ar", "16000", "-b:a", "32k", str(long)], check=True)  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.server", "--model", "tiny.en", "--port", "0", "--batch-size", "2",
-         "--shutdown-timeout", str(drain), "-v"],
-        cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    s = ServerProc(proc)
+    s = start_server("--batch-size", "2", "--shutdown-timeout", str(drain))
+    proc = s.proc
     try:
-        assert s._seen.wait(60) and s.url, s.log()
-        deadline = time.monotonic() + 180
-        while http_get(s.url + "/health")[0] != 200 and time.monotonic() < deadline:
-            assert proc.poll() is None, s.log()
-            time.sleep(0.2)
         client = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=120)
         answer = {}
 
