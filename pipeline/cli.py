@@ -299,8 +299,11 @@ def prepare(args) -> tuple[PipelineConfig, DecodeOptions, list[Input]]:
     if args.max_line_chars is not None:
         if args.fmt not in ("srt", "vtt"):
             raise UsageError("--max-line-chars needs --format srt or vtt")
-        if not 10 <= args.max_line_chars <= 1000:
-            raise UsageError(f"--max-line-chars must be from 10 to 1000, not {args.max_line_chars}")
+        from pipeline.formats import MAX_LINE_CHARS
+
+        lo, hi = MAX_LINE_CHARS
+        if not lo <= args.max_line_chars <= hi:
+            raise UsageError(f"--max-line-chars must be from {lo} to {hi}, not {args.max_line_chars}")
     if args.output_dir:
         _make_output_dir(Path(args.output_dir))
     return cfg, options, inputs

@@ -19,6 +19,8 @@ from pipeline.types import Segment
 logger = logging.getLogger(__name__)
 
 FORMATS = ("text", "json", "srt", "vtt")
+ZERO_CUE_MS = 1000  # longest a cue with no duration of its own is shown (see _shown)
+MAX_LINE_CHARS = (10, 1000)  # the range every interface accepts for max_line_chars
 
 
 @dataclass(frozen=True)
@@ -174,40 +176,75 @@ def _cue_text(text: str) -> str:
 
 
 def _cues(segments, max_line_chars: int | None = None):
-    """(start_ms, end_ms, cue text) for segments with text; end > start by at least 1 ms
-    (a cue that ends when it starts is dropped by WebVTT players). With ``max_line_chars``,
-    a segment that carries words becomes cues of whole words (see format_transcript)."""
+    """(start_ms, end_ms, cue text) for segments with text, in order, never overlapping,
+    each ending after it starts. With ``max_line_chars``, a segment that carries words
+    becomes cues of whole words (see format_transcript)."""
+    raw: list[list] = []  # [start_ms, end_ms, text as written, leading spaces and all]
     for seg in segments:
         if max_line_chars is not None and any(w.word.strip() for w in seg.words):
-            yield from _word_cues(seg.words, max_line_chars)
+            raw.extend(_word_cues(seg.words, max_line_chars))
+        elif _cue_text(seg.text):
+            raw.append([_to_ms(seg.start), _to_ms(seg.end), seg.text])
+    for start, end, text in _shown(raw):
+        yield start, end, _cue_text(text)
+
+
+def _to_ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def _shown(cues: list[list]) -> list[list]:
+    """Cues that a player shows: one that ends where it starts (a segment clamped to its
+    window's end, a word DTW gave no frames) is shown up to ZERO_CUE_MS in the free time
+    after it, else in the free time before it; with no free time on either side its text
+    joins the cue before it (or, first of all, the one after it). A 1 ms cue would overlap
+    the next one and flash by unseen (WebVTT players drop a cue that ends when it starts)."""
+    out: list[list] = []
+    carry = ""  # text of zero-length cues at the very start, for the next cue
+    for i, (start, end, text) in enumerate(cues):
+        text = carry + text
+        carry = ""
+        if end > start:
+            out.append([start, end, text])
             continue
-        text = _cue_text(seg.text)
-        if not text:
-            continue
-        start = max(0, round(seg.start * 1000))
-        end = max(start + 1, round(seg.end * 1000))
-        yield start, end, text
+        nxt = cues[i + 1][0] if i + 1 < len(cues) else None
+        prev_end = out[-1][1] if out else 0
+        if nxt is None or nxt > start:
+            out.append([start, start + ZERO_CUE_MS if nxt is None else min(start + ZERO_CUE_MS, nxt), text])
+        elif prev_end < start:
+            out.append([max(prev_end, start - ZERO_CUE_MS), start, text])
+        elif out:
+            out[-1][2] += text  # as written: words and segments carry their leading space
+        else:
+            carry = text
+    return out
 
 
 def _word_cues(words, max_chars: int):
-    """One segment's words as cues of at most ``max_chars`` characters (words joined by one
-    space; a word longer than that alone), each timed by its first and last word."""
+    """One segment's words as cues of at most ``max_chars`` characters (a word longer than
+    that alone, with any word that goes on it without a space), each [start_ms, end_ms,
+    text] timed by its first and last word. The words
+    are joined as written (each carries its leading space, or none: "o" + "'clock", "9" +
+    ".30", and every word of a language written without spaces), so a cue says what the
+    segment's text says."""
     group: list = []
     length = 0
+    # Where words are written with spaces, one that starts without a space goes on the word
+    # before it ("o" + "'clock,"): a cut there would split what the reader sees as one word.
+    spaced = any(w.word[:1].isspace() for w in words[1:])
 
     def cue(ws):
-        start = max(0, round(ws[0].start * 1000))
-        end = max(start + 1, round(ws[-1].end * 1000))
-        return start, end, " ".join(_cue_text(w.word) for w in ws)
+        return [_to_ms(ws[0].start), _to_ms(ws[-1].end), "".join(w.word for w in ws)]
 
     for w in words:
-        text = _cue_text(w.word)
-        if not text:
+        if not _cue_text(w.word):
             continue
-        if group and length + 1 + len(text) > max_chars:
+        piece = w.word if group else w.word.lstrip()
+        glued = spaced and not w.word[:1].isspace()
+        if group and not glued and length + len(piece) > max_chars:
             yield cue(group)
-            group, length = [], 0
-        length += len(text) + (1 if group else 0)
+            group, length, piece = [], 0, w.word.lstrip()
+        length += len(piece)
         group.append(w)
     if group:
         yield cue(group)

@@ -7,8 +7,8 @@ Routes (OpenAI's shapes, so the ``openai`` client works with ``base_url``):
   (json, text, srt, vtt, verbose_json), ``temperature``, ``timestamp_granularities[]``
   (segment, word), ``stream`` (server-sent events: ``transcript.text.delta`` as segments
   become final, then ``transcript.text.done``; with response_format json or text only);
-  and our ``max_line_chars`` (srt/vtt with
-  word granularity: cues cut between words).
+  and our ``max_line_chars`` (srt/vtt only: cues cut between words, at most this many
+  characters, 10-1000; word granularity with srt/vtt alone cuts at 42).
 - ``GET /v1/models`` (and ``/v1/models/{id}``), ``GET /health`` (no key needed).
 
 One Pipeline is started with the server (the model loads at once) and shared by every
@@ -412,15 +412,23 @@ class Server:
                            param="stream")  # fmt: skip
         mlc = one("max_line_chars")
         if mlc:
-            if not mlc.isdigit() or not 1 <= int(mlc) <= 1000:
-                raise ApiError(400, f"max_line_chars: must be an integer from 1 to 1000, not {clip(mlc, 20)!r}",
+            from pipeline.formats import MAX_LINE_CHARS
+
+            lo, hi = MAX_LINE_CHARS
+            if not mlc.isdigit() or not lo <= int(mlc) <= hi:
+                raise ApiError(400, f"max_line_chars: must be an integer from {lo} to {hi}, not {clip(mlc, 20)!r}",
                                param="max_line_chars")  # fmt: skip
+            if form.response_format not in ("srt", "vtt"):
+                # As the CLI and the worker answer: cues are cut only in subtitles, and a
+                # field that silently does nothing would hide the client's mistake.
+                raise ApiError(400, f"max_line_chars: cuts srt or vtt cues between words; response_format "
+                                    f"{form.response_format} has no cues", param="max_line_chars")  # fmt: skip
             form.max_line_chars = int(mlc)
         return form
 
     def _options(self, form: Form, task: str) -> DecodeOptions:
-        words = "word" in form.granularities and (
-            form.response_format == "verbose_json" or (form.response_format in ("srt", "vtt"))
+        words = ("word" in form.granularities and form.response_format in ("verbose_json", "srt", "vtt")) or (
+            form.max_line_chars is not None  # srt or vtt (_form checked): cues cut between words need words
         )
         try:
             return DecodeOptions(
@@ -513,9 +521,9 @@ class Server:
             return web.json_response(body)
         if fmt == "text":
             return web.Response(text=t.text + "\n", content_type="text/plain")
-        mlc = None
-        if "word" in form.granularities:
-            mlc = form.max_line_chars or DEFAULT_MAX_LINE_CHARS
+        mlc = form.max_line_chars
+        if mlc is None and "word" in form.granularities:
+            mlc = DEFAULT_MAX_LINE_CHARS
         body = format_transcript(t, fmt, max_line_chars=mlc)
         return web.Response(text=body, content_type="text/vtt" if fmt == "vtt" else "text/plain")
 

@@ -235,8 +235,11 @@ def parse_request(
         raise RequestError(f"temperature: must be a number from 0 to 1, not {clip(temperature, 40)}")
     max_line_chars = opt("max_line_chars")
     if max_line_chars is not None:
-        if isinstance(max_line_chars, bool) or not isinstance(max_line_chars, int) or not 10 <= max_line_chars <= 1000:
-            raise RequestError(f"max_line_chars: must be an integer from 10 to 1000, not {clip(max_line_chars, 40)}")
+        from pipeline.formats import MAX_LINE_CHARS
+
+        lo, hi = MAX_LINE_CHARS
+        if isinstance(max_line_chars, bool) or not isinstance(max_line_chars, int) or not lo <= max_line_chars <= hi:
+            raise RequestError(f"max_line_chars: must be an integer from {lo} to {hi}, not {clip(max_line_chars, 40)}")
         if transcription not in ("srt", "vtt"):
             raise RequestError("max_line_chars: needs transcription srt or vtt")
         words = True

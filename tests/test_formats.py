@@ -4,6 +4,7 @@ import datetime
 import html
 import io
 import json
+import random
 
 import pytest
 import srt
@@ -210,6 +211,73 @@ def test_word_cues_hold_whole_words_up_to_the_limit_timed_by_their_words():
         "And so my fellow Americans,", "Supercalifragilistic", "no words here"]  # fmt: skip
     with pytest.raises(ValueError):
         format_transcript(t, "srt", max_line_chars=0)
+
+
+def test_word_cues_read_as_the_segment_text_does():
+    # Whisper's words carry their leading space, or none where a word goes on without one
+    # ("o" + "'clock", "9" + ".30", every word of Chinese): a cue joins them as written.
+    en = (Word(0, 0.3, " At", 0.9), Word(0.3, 0.6, " o", 0.9), Word(0.6, 1, "'clock,", 0.9),
+          Word(1, 1.3, " 9", 0.9), Word(1.3, 1.6, ".30", 0.9))  # fmt: skip
+    zh = tuple(Word(2 + i * 0.2, 2.2 + i * 0.2, ch, 0.9) for i, ch in enumerate("你好世界"))
+    t = make((Segment(0, 1.6, " At o'clock, 9.30", words=en), Segment(2, 2.8, "你好世界", words=zh)), duration=3.0)
+    cues = list(srt.parse(format_transcript(t, "srt", max_line_chars=42)))
+    assert [c.content for c in cues] == ["At o'clock, 9.30", "你好世界"]
+    # Lengths count the text as shown: "At o'clock," is 11 characters.
+    cues = list(srt.parse(format_transcript(t, "srt", max_line_chars=11)))
+    assert [c.content for c in cues] == ["At o'clock,", "9.30", "你好世界"]
+    assert [c.content for c in srt.parse(format_transcript(t, "srt", max_line_chars=2))] == [
+        "At", "o'clock,", "9.30", "你好", "世界"]  # fmt: skip
+
+
+def test_a_cue_with_no_duration_is_shown_and_never_overlaps():
+    # A word DTW gave no frames, at the same instant as its neighbours: it joins the cue
+    # before it (a 1 ms cue of its own overlapped the next and flashed by unseen).
+    words = (Word(10.0, 11.24, " of July, at", 0.9), Word(11.24, 11.24, " the", 0.9))
+    t = make((Segment(10.0, 11.24, " of July, at the", words=words),
+              Segment(11.24, 12.0, " fourth", words=(Word(11.24, 11.46, " fourth", 0.9),))), duration=12.0)  # fmt: skip
+    cues = [(c.start.total_seconds(), c.end.total_seconds(), c.content)
+            for c in srt.parse(format_transcript(t, "srt", max_line_chars=10))]  # fmt: skip
+    assert cues == [(10.0, 11.24, "of July, at the"), (11.24, 11.46, "fourth")]
+    # A segment clamped to its window's end: shown in the free time after it (up to 1 s),
+    # else before it.
+    segs = (Segment(20.0, 23.0, " before"), Segment(24.0, 24.0, " tail words."), Segment(24.5, 26.0, " next"))
+    assert [(c.start.total_seconds(), c.end.total_seconds(), c.content)
+            for c in srt.parse(format_transcript(make(segs, duration=26.0), "srt"))] == [
+        (20.0, 23.0, "before"), (24.0, 24.5, "tail words."), (24.5, 26.0, "next")]  # fmt: skip
+    segs = (Segment(20.0, 23.5, " before"), Segment(24.0, 24.0, " tail words."), Segment(24.0, 26.0, " next"))
+    assert [(c.start.total_seconds(), c.end.total_seconds(), c.content)
+            for c in srt.parse(format_transcript(make(segs, duration=26.0), "srt"))] == [
+        (20.0, 23.5, "before"), (23.5, 24.0, "tail words."), (24.0, 26.0, "next")]  # fmt: skip
+    segs = (Segment(0.0, 0.0, " first"), Segment(0.0, 2.0, " second"))
+    assert [c.content for c in srt.parse(format_transcript(make(segs, duration=2.0), "srt"))] == ["first second"]
+
+
+def test_cues_are_ordered_never_overlap_and_keep_every_word():
+    rng = random.Random(8)
+    for trial in range(300):
+        segs, t0 = [], 0.0
+        for i in range(rng.randint(1, 6)):
+            words, w0 = [], t0
+            for j in range(rng.randint(1, 5)):
+                dur = rng.choice([0.0, 0.0, 0.0005, 0.001, 0.2, 0.7])
+                words.append(Word(round(w0, 3), round(w0 + dur, 3), f" w{i}_{j}", 0.9))
+                w0 += dur + rng.choice([0.0, 0.0, 0.3])
+            end = max(words[-1].end, round(t0 + rng.choice([0.0, 0.5]), 3))
+            segs.append(Segment(round(t0, 3), end, "".join(w.word for w in words), words=tuple(words)))
+            t0 = end + rng.choice([0.0, 0.0, 1.5])
+        t = make(tuple(segs), duration=t0 + 1)
+        every = [w.word.strip() for s in segs for w in s.words]
+        for mlc in (None, 1, 12):
+            for fmt in ("srt", "vtt"):
+                out = format_transcript(t, fmt, max_line_chars=mlc)
+                if fmt == "srt":
+                    cues = [(c.start.total_seconds(), c.end.total_seconds(), c.content) for c in srt.parse(out)]
+                else:
+                    cues = [(c.start_time.in_milliseconds() / 1000, c.end_time.in_milliseconds() / 1000,
+                             html.unescape(c.raw_text)) for c in vtt_cues(out)]  # fmt: skip
+                assert all(a < b for a, b, _ in cues), (trial, mlc, fmt, cues)
+                assert all(x[1] <= y[0] for x, y in zip(cues, cues[1:])), (trial, mlc, fmt, cues)
+                assert " ".join(c for _, _, c in cues).split() == every, (trial, mlc, fmt)
 
 
 def test_verbose_json_in_openais_shape():

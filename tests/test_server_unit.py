@@ -165,6 +165,22 @@ def test_srt_with_word_granularity_cuts_cues_by_words(client, fake):
     assert fake.jobs[-1].options.word_timestamps is True
 
 
+def test_max_line_chars_alone_asks_for_word_cues_and_only_in_subtitles(client, fake):
+    import srt
+
+    # As the CLI's --max-line-chars and the worker's max_line_chars: the limit alone asks
+    # for words (it used to be ignored without timestamp_granularities[]=word).
+    cues = list(srt.parse(create(client, response_format="srt", extra_body={"max_line_chars": "16"})))
+    assert [c.content for c in cues][:2] == ["And so my fellow", "Americans"]
+    assert fake.jobs[-1].options.word_timestamps is True
+    asked = len(fake.jobs)
+    for fmt, mlc in (("json", "16"), ("verbose_json", "16"), ("text", "16"), ("srt", "9"), ("vtt", "1001")):
+        with pytest.raises(openai.BadRequestError) as e:
+            create(client, response_format=fmt, extra_body={"max_line_chars": mlc})
+        assert e.value.body["param"] == "max_line_chars", (fmt, mlc)
+    assert len(fake.jobs) == asked  # refused before any job
+
+
 def test_stream_puts_windows_that_arrive_out_of_order_in_order(client):
     events = list(create(client, stream=True))
     assert [e.type for e in events] == ["transcript.text.delta", "transcript.text.delta", "transcript.text.done"]
