@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--output-dir", "-d", default=None, metavar="DIR",
                      help="write each input's transcript to DIR/NAME.EXT (created if missing)")
     p.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="give up on a download that sends nothing for this long (default: 30)")
+                   help="give up on a download that sends nothing, or less than 64 KiB, for this long (default: 30)")
     p.add_argument("--plain", action="store_true",
                    help="decode each window once and keep what the model said: no re-decodes, "
                         "filters or energy gate (to measure what they add)")

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Union
 
@@ -36,6 +37,11 @@ logger = logging.getLogger(__name__)
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 
 DEFAULT_BLOCK_SIZE = 256 * 1024  # bytes; one shared-memory slot's worth
+# A body must bring at least this much in every stall timeout of waiting for it: a server
+# that trickles a byte every few seconds never trips the socket's read timeout, and would
+# hold a job (and the worker's slot) for days. 64 KiB in 30 s is 2.2 kB/s, a sixth of the
+# slowest audio bitrate in use; a whole file smaller than this is never too slow.
+MIN_PROGRESS_BYTES = 64 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 ALLOWED_SCHEMES = ("http", "https")
 STDIN_LABEL = "<stdin>"
@@ -315,12 +321,25 @@ async def _download(
                             f"limit of {max_bytes} bytes"
                         )
                     total = 0
+                    since, waited = 0, 0.0  # bytes and read-wait seconds since the last MIN_PROGRESS_BYTES
                     while True:
                         # read(n) returns what is buffered, up to n, as soon as any is.
+                        t_read = time.monotonic()
                         block = await resp.content.read(block_size)
                         if not block:
                             return
+                        # Only time spent waiting for the server counts: while the
+                        # pipeline holds a block (backpressure), the socket fills.
+                        waited += time.monotonic() - t_read
                         total += len(block)
+                        since += len(block)
+                        if since >= MIN_PROGRESS_BYTES:
+                            since, waited = 0, 0.0
+                        elif waited > stall_timeout:
+                            raise SourceError(
+                                f"cannot download {label}: too slow, {since} bytes in {waited:.0f} s "
+                                f"(at least {MIN_PROGRESS_BYTES // 1024} KiB every {stall_timeout:g} s)"
+                            )
                         if max_bytes is not None and total > max_bytes:
                             raise SourceError(
                                 f"cannot download {label}: more than the limit of "

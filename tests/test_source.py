@@ -81,6 +81,7 @@ class _Server:
         app.router.add_get("/empty", _fixed(b""))
         app.router.add_get("/slow", self._slow)
         app.router.add_get("/stall", self._stall)
+        app.router.add_get("/trickle", self._trickle)
         app.router.add_get("/big", _fixed(b"x" * 100_000))
         app.router.add_get("/chunked-big", self._chunked_big)
         app.router.add_get("/missing", _fixed(b"", status=404))
@@ -116,6 +117,17 @@ class _Server:
             await asyncio.wait_for(self.stopping.wait(), 5)
         except asyncio.TimeoutError:
             pass
+        return resp
+
+    async def _trickle(self, request):
+        # Ten bytes every 50 ms: never silent long enough for a read timeout.
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(200):
+            if self.stopping.is_set():
+                break
+            await resp.write(b"z" * 10)
+            await asyncio.sleep(0.05)
         return resp
 
     async def _chunked_big(self, request):
@@ -209,6 +221,26 @@ def test_stall_timeout(server):
     assert (
         str(e.value) == f"cannot download {server.url('/stall')}: stalled, no data for 0.5 s"
     )
+
+
+def test_a_download_that_trickles_is_as_stuck_as_one_that_stalls(server):
+    t0 = time.monotonic()
+    with pytest.raises(SourceError) as e:
+        for _ in iter_source(server.url("/trickle"), stall_timeout=0.5):
+            pass
+    assert time.monotonic() - t0 < 3  # the trickle would go on for 10 s
+    assert str(e.value).startswith(f"cannot download {server.url('/trickle')}: too slow, ")
+    assert str(e.value).endswith("(at least 64 KiB every 0.5 s)")
+
+
+def test_time_the_pipeline_holds_a_block_is_not_the_servers_slowness(server):
+    # A consumer slower than the stall timeout (a full ring) with small blocks: only the
+    # time spent waiting for the server counts, and that is short.
+    got = []
+    for block in iter_source(server.url("/chunked-big"), stall_timeout=0.5, block_size=4096):
+        got.append(block)
+        time.sleep(0.1)
+    assert sum(map(len, got)) == 100_000 and len(got) >= 20
 
 
 def test_connection_refused():
