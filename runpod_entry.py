@@ -54,13 +54,34 @@ def worker_concurrency() -> int:
     return n
 
 
-def async_handler(worker):
+CANCEL_WAIT_S = 5.0  # how long a cancelled request waits for its job to leave the pipeline
+
+
+def async_handler(worker, concurrency: int = 1):
     """The RunPod handler as a coroutine: each request runs ``worker.handle`` in a thread
-    of its own, so the SDK can hand the worker several requests at once."""
+    of its own (a pool of ``concurrency`` threads: asyncio's default pool holds at most
+    cpu_count + 4, which would queue requests the SDK counts as running), so the SDK can
+    hand the worker several requests at once.
+
+    The SDK cancels a request's task on /cancel, on the job's execution timeout and on its
+    expiry, then takes the next job; a thread does not stop with its task, so the job is
+    told (``stop``) and leaves the pipeline, rather than decoding on for nobody beside the
+    next job."""
     import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="request")
 
     async def handler(job):
-        return await asyncio.to_thread(worker.handle, job)
+        stop = threading.Event()
+        done = asyncio.get_running_loop().run_in_executor(pool, worker.handle, job, stop)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            stop.set()
+            await asyncio.wait([done], timeout=CANCEL_WAIT_S)
+            raise
 
     return handler
 
@@ -101,10 +122,15 @@ def main():
     from pipeline.config import env_model
     from pipeline.worker import local_model_error
 
-    why = local_model_error(env_model())
-    if why:  # a missing folder or package: the operator's to fix, not each job's to fail
-        raise SystemExit(f"error: {why}")
-    worker = Worker(progress_sender=_progress)  # the model starts loading now
+    from pipeline.errors import PipelineError
+
+    try:
+        why = local_model_error(env_model())
+        if why:  # a missing folder or package: the operator's to fix, not each job's to fail
+            raise SystemExit(f"error: {why}")
+        worker = Worker(progress_sender=_progress)  # the model starts loading now
+    except (ValueError, PipelineError) as exc:  # a bad setting (MODEL_BATCH_SIZE=abc), no room in /dev/shm
+        raise SystemExit(f"error: {exc}") from None
 
     def on_sigterm(signum, frame):
         # Until the SDK installs its own handlers (it stops taking jobs, then returns).
@@ -116,7 +142,7 @@ def main():
     log.info("taking up to %d request(s) at once (%s)", concurrency, CONCURRENCY_ENV)
     try:
         runpod.serverless.start(
-            {"handler": async_handler(worker), "concurrency_modifier": lambda current: concurrency}
+            {"handler": async_handler(worker, concurrency), "concurrency_modifier": lambda current: concurrency}
         )
     finally:
         worker.close()

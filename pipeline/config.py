@@ -29,7 +29,13 @@ def env_int(name: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
+        try:  # "64.0": what a number field of RunPod's hub form may send
+            as_float = float(raw)
+        except ValueError:
+            as_float = None
+        if as_float is None or not as_float.is_integer():
+            raise ValueError(f"{name} must be an integer, not {raw!r}") from None
+        value = int(as_float)
     if value < 1:
         raise ValueError(f"{name} must be positive, not {value}")
     return value

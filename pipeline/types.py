@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,15 @@ class DecodeOptions:
     # Temperature of each window's first decode: 0 is greedy; the quality review's fallback
     # goes on from the next step above it (OpenAI's ``temperature``).
     temperature: float = 0.0
+
+    def __repr__(self) -> str:
+        # What logs show of a job: every option, but a prompt (a user's text, up to
+        # MAX_PROMPT_CHARS) by its size, never its words.
+        def shown(f):
+            v = getattr(self, f.name)
+            return f"<{len(v)} characters>" if f.name == "prompt" and v is not None else repr(v)
+
+        return f"DecodeOptions({', '.join(f'{f.name}={shown(f)}' for f in fields(self))})"
 
     def __post_init__(self):
         if self.task not in TASKS:

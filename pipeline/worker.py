@@ -93,6 +93,12 @@ def _language_code(value) -> str | None:
         raise RequestError(f"language: {exc} (use a code such as 'en' or 'de')") from None
 
 
+def _shown(value) -> str:
+    """A request's value in a message: a string quoted ("not '8'" is a string, "not 8" a
+    number), anything else as JSON would show it, clipped."""
+    return repr(clip(value, 40)) if isinstance(value, str) else clip(value, 40)
+
+
 def _type_name(value) -> str:
     return "null" if value is None else type(value).__name__
 
@@ -194,7 +200,7 @@ def parse_request(
         raise RequestError(f"task: must be one of {', '.join(TASKS)}, not {clip(task, 40)!r}")
     translate = opt("translate")
     if translate is not None and not isinstance(translate, bool):
-        raise RequestError(f"translate: must be true or false, not {clip(translate, 40)}")
+        raise RequestError(f"translate: must be true or false, not {_shown(translate)}")
     if translate is not None and task is not None and (task == "translate") != translate:
         raise RequestError(f"translate: {str(translate).lower()} contradicts task {task!r}")
     task = task or ("translate" if translate else "transcribe")
@@ -215,16 +221,16 @@ def parse_request(
             or not 1 <= batch_size <= top
         ):
             raise RequestError(
-                f"batch_size: must be an integer from 1 to {top} ({MAX_BATCH_ENV}), not {clip(batch_size, 40)}"
+                f"batch_size: must be an integer from 1 to {top} ({MAX_BATCH_ENV}), not {_shown(batch_size)}"
             )
 
     profile = opt("profile", False)
     if not isinstance(profile, bool):
-        raise RequestError(f"profile: must be true or false, not {clip(profile, 40)}")
+        raise RequestError(f"profile: must be true or false, not {_shown(profile)}")
 
     words = opt("word_timestamps", False)
     if not isinstance(words, bool):
-        raise RequestError(f"word_timestamps: must be true or false, not {clip(words, 40)}")
+        raise RequestError(f"word_timestamps: must be true or false, not {_shown(words)}")
     prompt = opt("initial_prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise RequestError(f"initial_prompt: must be a string, not {_type_name(prompt)}")
@@ -232,14 +238,14 @@ def parse_request(
         raise RequestError(f"initial_prompt: longer than {MAX_PROMPT_CHARS} characters")
     temperature = opt("temperature", 0.0)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 1:
-        raise RequestError(f"temperature: must be a number from 0 to 1, not {clip(temperature, 40)}")
+        raise RequestError(f"temperature: must be a number from 0 to 1, not {_shown(temperature)}")
     max_line_chars = opt("max_line_chars")
     if max_line_chars is not None:
         from pipeline.formats import MAX_LINE_CHARS
 
         lo, hi = MAX_LINE_CHARS
         if isinstance(max_line_chars, bool) or not isinstance(max_line_chars, int) or not lo <= max_line_chars <= hi:
-            raise RequestError(f"max_line_chars: must be an integer from {lo} to {hi}, not {clip(max_line_chars, 40)}")
+            raise RequestError(f"max_line_chars: must be an integer from {lo} to {hi}, not {_shown(max_line_chars)}")
         if transcription not in ("srt", "vtt"):
             raise RequestError("max_line_chars: needs transcription srt or vtt")
         words = True
@@ -428,20 +434,32 @@ class Worker:
     def __exit__(self, *exc):
         self.close()
 
-    def handle(self, job: dict) -> dict:
-        """The RunPod handler: never raises; errors come back as {"error": "one line"}."""
+    def handle(self, job: dict, stop: threading.Event | None = None) -> dict:
+        """The RunPod handler: never raises; errors come back as {"error": "one line"}.
+        ``stop``: set by another thread when RunPod gives up on the job (a cancel, its
+        execution timeout, its expiry): the job is cancelled in the pipeline at once."""
         job_id = job.get("id") if isinstance(job, dict) else None
         with logs.thread_job(job_id):
-            return self._handle_logged(job, job_id)
+            return self._handle_logged(job, job_id, stop)
 
-    def _handle_logged(self, job: dict, job_id) -> dict:
+    def _handle_logged(self, job: dict, job_id, stop=None) -> dict:
         pipeline = self.pipeline
+        why = pipeline.unusable_reason if pipeline is not None else None
+        if why and not self._closed:
+            # A stage died while the worker was idle (killed for memory, say): this job
+            # gets a fresh pipeline rather than the old one's error.
+            log.warning("%s between jobs; restarting the pipeline", clip(why, 300))
+            self._restart(pipeline)
+            pipeline = self.pipeline
         try:
-            return self._handle(job, job_id, pipeline)
+            return self._handle(job, job_id, pipeline, stop)
         except RequestError as exc:
             log.info("bad request: %s", clip(str(exc), 300))
             return {"error": clip(str(exc), 300)}
         except JobError as exc:
+            if stop is not None and stop.is_set():
+                log.info("job cancelled: RunPod stopped it (a cancel, a timeout or its expiry)")
+                return {"error": "the job was cancelled"}
             if exc.traceback:
                 log.error("job failed: %s\n%s", clip(str(exc), 300), exc.traceback)
             else:
@@ -470,7 +488,7 @@ class Worker:
                 log.exception("closing the failed pipeline")
             self._start_pipeline()
 
-    def _handle(self, job: dict, job_id, pipeline) -> dict:
+    def _handle(self, job: dict, job_id, pipeline, stop=None) -> dict:
         t0 = time.monotonic()
         req = parse_request(
             job.get("input") if isinstance(job, dict) else None,
@@ -489,7 +507,7 @@ class Worker:
         if self.progress_sender is not None:
             sender = self.progress_sender
             progress = ProgressReporter(lambda update: sender(job, update), self.progress_interval)
-        log.info("job: %s, %s", req.source_key, req.options)
+        log.info("job: %s, %s", req.source_key, req.options)  # a prompt by its size (DecodeOptions.__repr__)
         try:
             outcome = pipeline.run_job(
                 Job(
@@ -501,6 +519,7 @@ class Worker:
                     profile=req.profile,
                 ),
                 progress=progress,
+                stop=stop,
             )
         except JobError as exc:
             raise JobError(

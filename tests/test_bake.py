@@ -265,7 +265,11 @@ def test_hub_json():
     keys = {e["key"] for e in cfg["env"]}
     assert {"MODEL_ID", "MODEL_BATCH_SIZE", "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS"} <= keys
     for e in cfg["env"]:
-        assert {"name", "type", "description", "default"} <= set(e["input"]), e
+        # Every setting has a default, but MAX_BATCH_SIZE: empty means MODEL_BATCH_SIZE (a
+        # default of 64 there refused batch sizes above 64 on a worker set to 256).
+        optional = e["key"] == "MAX_BATCH_SIZE"
+        assert {"name", "type", "description"} | (set() if optional else {"default"}) <= set(e["input"]), e
+        assert not optional or ("default" not in e["input"] and e["input"]["required"] is False), e
     assert (
         next(e for e in cfg["env"] if e["key"] == "MODEL_ID")["input"]["default"]
         == env_values()["MODEL_ID"]

@@ -147,21 +147,69 @@ def test_async_handler_runs_requests_in_threads_at_once():
 
     import runpod_entry
 
-    inside = threading.Barrier(3)
+    # 40: more than asyncio's default pool holds on a small machine (cpu_count + 4, at
+    # most 32), which capped WORKER_CONCURRENCY there while the SDK counted every request
+    # as running.
+    n = 40
+    inside = threading.Barrier(n)
 
     class Fake:
-        def handle(self, job):
-            inside.wait(5)  # would time out (BrokenBarrierError) if requests ran one by one
+        def handle(self, job, stop=None):
+            inside.wait(10)  # would time out (BrokenBarrierError) if requests ran one by one
             return {"id": job["id"], "thread": threading.get_ident()}
 
-    handler = runpod_entry.async_handler(Fake())
+    handler = runpod_entry.async_handler(Fake(), n)
 
-    async def three():
-        return await asyncio.gather(*(handler({"id": i}) for i in range(3)))
+    async def all_at_once():
+        return await asyncio.gather(*(handler({"id": i}) for i in range(n)))
 
-    out = asyncio.run(three())
-    assert [o["id"] for o in out] == [0, 1, 2]
-    assert len({o["thread"] for o in out}) == 3
+    out = asyncio.run(all_at_once())
+    assert [o["id"] for o in out] == list(range(n))
+    assert len({o["thread"] for o in out}) == n
+
+
+def test_values_of_the_wrong_type_are_shown_as_sent():
+    # "not false" for the string "false" read as a contradiction; quoted, it says what was wrong.
+    for key, value, shown in (("translate", "false", "'false'"), ("batch_size", "8", "'8'"),
+                              ("batch_size", 8.5, "8.5"), ("temperature", "0.2", "'0.2'"),
+                              ("word_timestamps", "yes", "'yes'"), ("profile", 1, "1")):  # fmt: skip
+        with pytest.raises(RequestError) as e:
+            parse_request({"audio": "https://example.com/a.mp3", key: value}, max_batch=16)
+        assert str(e.value).endswith(f"not {shown}"), str(e.value)
+
+
+def test_a_bad_setting_stops_the_worker_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MODEL_ID="tiny.en", MODEL_BATCH_SIZE="abc")
+    r = subprocess.run([sys.executable, str(repo / "runpod_entry.py"), "--test_input", '{"input": {}}'],
+                       env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 1, r
+    assert r.stderr.strip().splitlines()[-1] == "error: MODEL_BATCH_SIZE must be an integer, not 'abc'", r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_whole_number_written_as_a_float_is_an_integer(monkeypatch):
+    # What a number field of RunPod's hub form may send.
+    from pipeline.config import env_int
+
+    monkeypatch.setenv("MODEL_BATCH_SIZE", "64.0")
+    assert env_int("MODEL_BATCH_SIZE", 16) == 64
+    monkeypatch.setenv("MODEL_BATCH_SIZE", "64.5")
+    with pytest.raises(ValueError, match="must be an integer, not '64.5'"):
+        env_int("MODEL_BATCH_SIZE", 16)
+
+
+def test_logs_show_a_prompt_by_its_size_not_its_words():
+    from pipeline.types import DecodeOptions
+
+    shown = repr(DecodeOptions(prompt="my secret spellings " * 100, language="en"))
+    assert "secret" not in shown and "prompt=<2000 characters>" in shown and "language='en'" in shown
 
 
 def test_each_input_named_once_in_download_errors():

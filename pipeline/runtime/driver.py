@@ -249,14 +249,14 @@ class Pipeline:
         """Run one job to the end and return its Transcript (see ``run_job``)."""
         return self.run_job(job, progress=progress, timeout=timeout).transcript
 
-    def run_job(self, job: Job | str, progress=None, timeout: float | None = None) -> JobOutcome:
+    def run_job(self, job: Job | str, progress=None, timeout: float | None = None, stop=None) -> JobOutcome:
         """Run one job. ``progress(done_s, decoded_s, decode_finished)`` is called (from the
         pipeline's dispatcher thread) as window results arrive. Raises JobError for a failed
         job (the pipeline stays usable) and StageDied when a stage is gone (the pipeline is
         then closed). Thread-safe: jobs run from several threads at once share the decoder.
         On KeyboardInterrupt the job is cancelled and the exception carries
-        ``partial_windows``, the windows finished so far."""
-        return self.wait(self.submit(job, progress), timeout)
+        ``partial_windows``, the windows finished so far. ``stop``: see ``wait``."""
+        return self.wait(self.submit(job, progress), timeout, stop)
 
     def run_jobs(self, jobs: list, progress=None, timeout: float | None = None) -> list:
         """Run several jobs at once: all are submitted together and flow through the
@@ -307,13 +307,16 @@ class Pipeline:
             self._unsent.append(run)
         return run
 
-    def wait(self, run: "_JobRun", timeout: float | None = None) -> JobOutcome:
-        """The outcome of a submitted job: raises its JobError (or StageDied). Ctrl-C or a
-        timeout cancels the job (the stages drop what is left of it)."""
+    def wait(self, run: "_JobRun", timeout: float | None = None, stop=None) -> JobOutcome:
+        """The outcome of a submitted job: raises its JobError (or StageDied). Ctrl-C, a
+        timeout or ``stop`` (a threading.Event another thread sets: the caller gave up on
+        the job) cancels the job (the stages drop what is left of it; JobError "cancelled")."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not run.finished.wait(0.1):
-                if deadline is not None and time.monotonic() >= deadline:
+                if stop is not None and stop.is_set():
+                    self._end_run(run, JobError("cancelled", stage=None), cancel=True)
+                elif deadline is not None and time.monotonic() >= deadline:
                     label = run.job.label or "the job"
                     self._end_run(run, JobError(f"{label} timed out after {timeout:.0f} s", stage=None), cancel=True)
         except BaseException as exc:
@@ -328,7 +331,21 @@ class Pipeline:
     @property
     def usable(self) -> bool:
         """False once closed, or once a stage died (a new Pipeline is needed)."""
-        return not self._closed and self._broken is None
+        return self.unusable_reason is None
+
+    @property
+    def unusable_reason(self) -> str | None:
+        """Why this pipeline can take no job (a stage died, it was closed), else None. A
+        stage that has exited counts at once, before the dispatcher's next look at it (a
+        job submitted then would only fail)."""
+        if self._broken is not None:
+            return str(self._broken)
+        if self._closed:
+            return "the pipeline is closed"
+        for name, p in self._procs.items():
+            if p.exitcode is not None:
+                return f"the {name} stage (pid {p.pid}) {describe_exit(p.exitcode)}"
+        return None
 
     @property
     def jobs_in_flight(self) -> int:
@@ -500,10 +517,10 @@ class Pipeline:
     # -- plumbing -------------------------------------------------------------------------
 
     def _check_usable(self):
+        if self._broken is not None:  # why it is closed, when a stage died
+            raise self._broken
         if self._closed:
             raise PipelineError("the pipeline is closed")
-        if self._broken is not None:
-            raise self._broken
         if not self._procs:
             self.start()
 
