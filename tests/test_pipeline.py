@@ -456,6 +456,27 @@ def test_in_process_stage_death_is_reported(tiny_model_dir, slow_input):
     assert not any(psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE for x in pids.values())
 
 
+def test_a_stage_gone_before_a_job_is_submitted_refuses_it_at_once(tiny_model_dir, speech_wav):
+    """A stage killed while the pipeline is idle, and a job submitted before the
+    dispatcher's next look (every 0.25 s): refused at once with the stage's death, which
+    tells the worker and the server to rebuild (the job was taken, then failed)."""
+    p = Pipeline(PipelineConfig(model=str(tiny_model_dir), batch_size=1)).start()
+    try:
+        p.wait_ready(timeout=120)
+        pid = p.pids["decode"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not p.usable and "decode stage" in p.unusable_reason
+        with pytest.raises(StageDied, match="decode stage .* SIGKILL"):
+            p.submit(Job(str(speech_wav)))
+    finally:
+        p.close()
+    with pytest.raises(StageDied, match="decode stage"):  # why it closed, not "closed"
+        p.submit(Job(str(speech_wav)))
+
+
 # ------------------------------------------------------------------ batches and progress
 
 

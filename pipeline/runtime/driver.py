@@ -521,6 +521,9 @@ class Pipeline:
             raise self._broken
         if self._closed:
             raise PipelineError("the pipeline is closed")
+        for name, p in self._procs.items():  # gone, and the dispatcher has not looked yet
+            if p.exitcode is not None:
+                raise StageDied(f"the {name} stage (pid {p.pid}) {describe_exit(p.exitcode)}", stage=name)
         if not self._procs:
             self.start()
 
