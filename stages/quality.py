@@ -118,11 +118,18 @@ class QualityConfig:
 
 def frame_levels(audio: np.ndarray) -> np.ndarray:
     """Level of each 50 ms frame in dBFS: audio (n,) float32 -> (n // 800,) float64.
-    A sine at full scale is -3 dBFS; digital silence is -120."""
+    A sine at full scale is -3 dBFS; digital silence is -120.
+
+    Measured around the audio's mean (its DC offset), which is no sound: a cheap recorder's
+    offset of 2% of full scale (-34 dBFS) under speech at -35 dBFS made nearly every frame
+    of it a quiet one, and the pace check then dropped the whole transcript as words
+    spoken where there was no sound. The mean of audio without an offset is tiny (speech
+    swings both ways), so its levels do not change."""
     n = len(audio) // FRAME
     if n == 0:
         return np.full(1, -120.0)
-    x = np.asarray(audio[: n * FRAME], dtype=np.float64).reshape(n, FRAME)
+    x = np.asarray(audio[: n * FRAME], dtype=np.float64)
+    x = (x - x.mean()).reshape(n, FRAME)
     return 10.0 * np.log10(np.mean(x * x, axis=1) + 1e-12)
 
 
