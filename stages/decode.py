@@ -80,17 +80,28 @@ class DecodeError(UserError):
         super().__init__(" ".join(str(message).split()))
 
 
+TIMELINE_FILTER = "aresample=async=1:first_pts=0"  # see ffmpeg_command
+
+
 def ffmpeg_command(input_target: str = "pipe:0") -> list[str]:
     """The ffmpeg command line: ``input_target`` -> raw mono PCM at SAMPLE_RATE on stdout.
 
     Output: little-endian float32 (PCM_DTYPE) samples, 1 channel, SAMPLE_RATE Hz; ffmpeg
     picks the best audio stream and downmixes/resamples it. Video, subtitles and data
     streams are dropped without being decoded.
+
+    Sample 0 is the media's time 0: raw PCM has no timestamps, so audio that starts after
+    the video (an MP4 or MKV whose audio begins 3 s in) or that has a gap in its timestamps
+    is padded with silence where its timestamps say (``aresample=async=1:first_pts=0``),
+    and subtitles line up with the video. Without it ffmpeg wrote the samples back to
+    back and every cue came 3 s early. Audio whose timestamps run on without a break (every
+    WAV, MP3, M4A, Ogg tried) comes out sample for sample the same.
     """
     stream = ffmpeg.input(input_target).output(
         "pipe:1",
         format=_WIRE_FORMAT,
         acodec=f"pcm_{_WIRE_FORMAT}",
+        af=TIMELINE_FILTER,
         ac=1,
         ar=SAMPLE_RATE,
         vn=None,
@@ -365,6 +376,7 @@ def decode_stream(
     max_samples = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
 
     spool_path = None
+    spool_fd = None
     proc = None
     feeder = None
     stop = threading.Event()
@@ -373,14 +385,20 @@ def decode_stream(
     try:
         if layout == "spool":
             try:
-                fd, spool_path = tempfile.mkstemp(prefix="decode-", suffix=".mp4")
+                spool_fd, spool_path = tempfile.mkstemp(prefix="decode-", suffix=".mp4")
             except OSError as exc:
                 raise ResourceError(f"cannot decode {name}: cannot make a temporary file to spool to: "
                                     f"{exc.strerror or exc}") from exc  # fmt: skip
-            logger.info("%s: moov box after mdat, spooling to %s", name, spool_path)
-            _spool(fd, head, () if exhausted else it, name)
+            # Unlinked at once, used through its descriptor: however the process ends (a
+            # Ctrl-C mid-spool ends the stage before this thread unwinds), nothing is left
+            # in /tmp; the space goes with the last descriptor.
+            os.unlink(spool_path)
+            logger.info("%s: moov box after mdat, spooling to %s (unlinked)", name, spool_path)
+            _spool(spool_fd, head, () if exhausted else it, name)
             del head
-            # "file:" so that no character of the path is taken for a protocol name.
+            # ffmpeg opens /dev/fd/N afresh (Linux reopens the file: its own offset, so
+            # it can seek); "file:" so that no character is taken for a protocol name.
+            spool_path = f"/dev/fd/{spool_fd}"
             cmd = ffmpeg_command("file:" + spool_path)
         else:
             cmd = ffmpeg_command("pipe:0")
@@ -389,6 +407,7 @@ def decode_stream(
             proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL if spool_path else subprocess.PIPE,
+                pass_fds=(spool_fd,) if spool_fd is not None else (),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 preexec_fn=_die_with_parent_fn(),
@@ -479,15 +498,20 @@ def decode_stream(
             if proc.returncode != 0 or had_error:
                 raise DecodeError(f"cannot decode {name}: {reason}")
             raise DecodeError(f"{name} contains no audio samples")
-        if stderr_tail:
-            # Decoded, but ffmpeg complained (e.g. a damaged frame was skipped).
-            logger.info("%s: ffmpeg: %s", name, _ffmpeg_reason(stderr_tail, hide)[0])
         got_s = total / SAMPLE_RATE
+        reason, had_error = _ffmpeg_reason(stderr_tail, hide) if stderr_tail else ("", False)
         if declared is not None and got_s < declared - max(1.0, 0.01 * declared):
             # ffmpeg decodes what is there and says nothing: a copy cut short (an upload
             # that broke off) would pass for a short recording.
             logger.warning("%s: its header declares %s of audio, but the file holds only %s: "
                            "it looks cut short", name, _hms(declared), _hms(got_s))  # fmt: skip
+        elif had_error:
+            # Decoded, but ffmpeg said audio was lost (an MP4 cut short: "partial file"):
+            # the transcript stops early or skips, and the user is told, as for a WAV.
+            logger.warning("%s: ffmpeg reported an error after %s of audio (%s): part of it may be "
+                           "missing", name, _hms(got_s), reason)  # fmt: skip
+        elif stderr_tail:  # a warning (a damaged frame skipped): for -v
+            logger.info("%s: ffmpeg: %s", name, reason)
         logger.debug("%s: decoded %d samples", name, total)
     finally:
         stop.set()
@@ -508,18 +532,15 @@ def decode_stream(
             stderr_thread.join(_JOIN_TIMEOUT_S)
         if proc is not None:
             proc.stderr.close()
-        if spool_path:
-            try:
-                os.unlink(spool_path)
-            except FileNotFoundError:
-                pass
+        if spool_fd is not None:
+            os.close(spool_fd)
 
 
 def _spool(fd: int, head: bytes | bytearray, rest: Iterable[bytes], name: str) -> None:
-    """Write ``head`` and then ``rest`` to ``fd`` and close it; disk errors -> ResourceError
+    """Write ``head`` and then ``rest`` to ``fd`` (left open); disk errors -> ResourceError
     (the machine's fault, not the input's: a server answers 503, not 400).
 
-    Exceptions raised by ``rest`` itself propagate unchanged (and fd is still closed).
+    Exceptions raised by ``rest`` itself propagate unchanged.
     """
 
     def write(data) -> None:
@@ -533,10 +554,7 @@ def _spool(fd: int, head: bytes | bytearray, rest: Iterable[bytes], name: str) -
                 f"{exc.strerror or exc}"
             ) from exc
 
-    try:
-        write(head)
-        for block in rest:
-            if block:
-                write(block)
-    finally:
-        os.close(fd)
+    write(head)
+    for block in rest:
+        if block:
+            write(block)

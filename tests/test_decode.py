@@ -537,3 +537,79 @@ def test_ffmpeg_killed_is_said_so():
             pass
     assert str(e.value) == "cannot decode long.wav: ffmpeg was killed by SIGKILL (out of memory?)"
     assert not ffmpeg_children()
+
+
+# ------------------------------------------------------------------ the media's timeline
+
+
+def _first_sound_s(x: np.ndarray) -> float:
+    return int(np.argmax(np.abs(x) > 0.05)) / SAMPLE_RATE
+
+
+def test_audio_that_starts_after_the_video_keeps_its_place(tmp_path):
+    """Sample 0 is the media's time 0: in a video whose audio starts 2 s in, a tone at 1 s
+    of the audio is at 3 s (subtitles line up with the picture). The samples used to be
+    written back to back: every time came out 2 s early."""
+    x = np.zeros(4 * SAMPLE_RATE, np.float32)
+    x[SAMPLE_RATE : 2 * SAMPLE_RATE] = media.tone(TONE_HZ, 1.0)
+    wav = media.write_wav(tmp_path / "a.wav", x)
+    video = tmp_path / "late.mkv"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=d=6:s=64x48:r=5",
+                    "-itsoffset", "2", "-i", str(wav), "-map", "0:v", "-map", "1:a",
+                    "-c:v", "mpeg4", "-c:a", "flac", str(video)], check=True)  # fmt: skip
+    for y in (decode_file(video), np.concatenate(list(decode_stream(iter([video.read_bytes()]))))):
+        assert _first_sound_s(y) == pytest.approx(3.0, abs=0.03)
+        assert len(y) / SAMPLE_RATE == pytest.approx(6.0, abs=0.1)
+
+
+def test_a_gap_in_the_audios_timestamps_is_silence_in_its_place(tmp_path):
+    x = np.zeros(6 * SAMPLE_RATE, np.float32)
+    x[4 * SAMPLE_RATE : 5 * SAMPLE_RATE] = media.tone(TONE_HZ, 1.0)
+    wav = media.write_wav(tmp_path / "a.wav", x)
+    gap = media.convert(wav, tmp_path / "gap.mkv", "-af", "asetpts='PTS+gt(T,2)*3/TB'", "-c:a", "flac")
+    y = decode_file(gap)
+    assert _first_sound_s(y) == pytest.approx(7.0, abs=0.05)  # 4 s of audio + the 3 s gap
+    # Without a break in the timestamps, not a sample changes (every test set and upload).
+    assert np.array_equal(decode_file(wav), media.read_audio(wav))
+
+
+def test_a_spool_file_is_never_seen_in_the_temporary_folder(tmp_path, monkeypatch):
+    """Unlinked as soon as it is made: a Ctrl-C while spooling (the stage ends before its
+    thread unwinds) left /tmp/decode-*.mp4 behind, as big as the input."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    wav = media.write_wav(tmp_path / "long.wav", media.tone(TONE_HZ, 60.0), 16000)
+    data = media.convert(wav, tmp_path / "a.m4a", "-c:a", "aac", "-b:a", "32k").read_bytes()
+    assert data.find(b"mdat") < data.find(b"moov")  # moov at the end: spooled
+    seen = []
+
+    def blocks():
+        for i in range(0, len(data), 50_000):
+            seen.append(sorted(p.name for p in tmp_path.glob("decode-*")))  # while spooling
+            yield data[i : i + 50_000]
+
+    y = np.concatenate(list(decode_stream(blocks())))
+    assert len(y) / SAMPLE_RATE == pytest.approx(60.0, abs=0.1)
+    assert len(seen) > 3 and not any(seen)
+
+
+def test_a_file_ffmpeg_could_decode_only_in_part_is_said_so_once(tmp_path, caplog):
+    """An MP4 cut short (faststart: it streams, and ffmpeg stops at "partial file") gave
+    part of its audio with no word; a FLAC cut short gets one warning, not two."""
+    caplog.set_level(logging.INFO, logger="stages.decode")
+    wav = media.write_wav(tmp_path / "a.wav", media.tone(TONE_HZ, 20.0))
+    m4a = media.convert(wav, tmp_path / "a.m4a", "-c:a", "aac", "-movflags", "+faststart").read_bytes()
+    y = np.concatenate(list(decode_stream(iter([m4a[: len(m4a) * 6 // 10]]))))
+    assert 5 < len(y) / SAMPLE_RATE < 18
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "ffmpeg reported an error after 0:00:" in warned[0], warned
+    assert warned[0].endswith("part of it may be missing"), warned
+    caplog.clear()
+    flac = media.convert(wav, tmp_path / "a.flac").read_bytes()
+    list(decode_stream(iter([flac[: len(flac) // 2]])))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "looks cut short" in warned[0], warned
+    caplog.clear()
+    list(decode_stream(iter([m4a])))  # whole: nothing to say
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
