@@ -491,7 +491,13 @@ def show_progress(args, stream) -> bool:
 
 def _readable(inp: Input) -> str | None:
     """Why a local input cannot be read (checked before the pipeline starts), or None."""
-    if inp.source == "-" or "://" in inp.source:
+    if inp.source == "-":
+        try:
+            os.fstat(0)
+        except OSError:  # started with stdin closed (`<&-`, some daemons and cron setups)
+            return "standard input is closed"
+        return None
+    if "://" in inp.source:
         return None
     if not os.path.exists(inp.source):
         return "no such file"

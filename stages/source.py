@@ -296,7 +296,13 @@ async def _download(
                                 f"cannot download {label}: HTTP {resp.status} redirect "
                                 "without a Location header"
                             )
-                        nxt = current.join(URL(location))
+                        try:
+                            nxt = current.join(URL(location))
+                        except ValueError as exc:  # "http://[bad/x", a port of 99999
+                            raise SourceError(
+                                f"cannot download {label}: HTTP {resp.status} redirect to an "
+                                f"invalid URL ({exc})"
+                            ) from None
                         logger.debug(
                             "%s: HTTP %d redirect to %s",
                             label,

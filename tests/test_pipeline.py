@@ -106,6 +106,16 @@ def file_and_url(real_tiny_dir, speech_wav, tmp_path_factory):
     return json.loads((out / "speech.json").read_text()), json.loads((out / "by_url.json").read_text())
 
 
+def test_closed_stdin_is_one_line_not_a_traceback():
+    # "-" with stdin closed (`<&-`, some daemons): a ValueError traceback from the
+    # process start (bad value(s) in fds_to_keep) before.
+    r = subprocess.run([sys.executable, "-m", "pipeline", "-", "--model", "tiny.en"], cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO)),
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+                       preexec_fn=lambda: os.close(0))  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.decode().strip().splitlines() == ["error: <stdin>: standard input is closed"]
+
+
 def test_file_stdin_and_url_give_the_same_transcript(real_tiny_dir, speech_wav, file_and_url):
     with open(speech_wav, "rb") as f:
         by_stdin = cli("-", "--model", real_tiny_dir, "--format", "json", stdin=f)

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from urllib.parse import urlencode
 from aiohttp import web
 
 from stages import source
@@ -87,6 +88,7 @@ class _Server:
         app.router.add_get("/missing", _fixed(b"", status=404))
         app.router.add_get("/redirect/{n}", self._redirect)
         app.router.add_get("/redirect-to", self._redirect_to)
+        app.router.add_get("/redirect-raw", self._redirect_raw)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -145,6 +147,9 @@ class _Server:
 
     async def _redirect_to(self, request):
         raise web.HTTPFound(request.query["url"])
+
+    async def _redirect_raw(self, request):  # a Location header as given, not checked
+        return web.Response(status=302, headers={"Location": request.query["location"]})
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +246,15 @@ def test_time_the_pipeline_holds_a_block_is_not_the_servers_slowness(server):
         got.append(block)
         time.sleep(0.1)
     assert sum(map(len, got)) == 100_000 and len(got) >= 20
+
+
+@pytest.mark.parametrize("location", ["http://[bad/x.wav", "http://example.com:99999/x.wav"])
+def test_a_redirect_to_an_invalid_url_is_the_servers_fault_in_one_line(server, location):
+    # It was "source stage failed: Invalid IPv6 URL", which reads as our crash.
+    url = server.url("/redirect-raw?" + urlencode({"location": location}))
+    with pytest.raises(SourceError) as e:
+        list(iter_source(url))
+    assert str(e.value).startswith(f"cannot download {source_label(url)}: HTTP 302 redirect to an invalid URL ("), str(e.value)
 
 
 def test_connection_refused():
