@@ -475,10 +475,10 @@ def test_a_stage_gone_before_a_job_is_submitted_refuses_it_at_once(tiny_model_di
         p.wait_ready(timeout=120)
         pid = p.pids["decode"]
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30  # a loaded machine may take its time to end it
+        while p.usable and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert not p.usable and "decode stage" in p.unusable_reason
+        assert not p.usable and "decode stage" in p.unusable_reason, p.unusable_reason
         with pytest.raises(StageDied, match="decode stage .* SIGKILL"):
             p.submit(Job(str(speech_wav)))
     finally:
