@@ -252,6 +252,12 @@ class EotVeto:
         n = generated.shape[1]
         if n:
             is_ts = generated >= self.tb
+            # Only after a timestamp. Text after the last one is a segment left open:
+            # end-of-text there says it runs to the window's end, so how far the text got
+            # is unknown, and its opening timestamp is no measure of it (with a prompt,
+            # tiny and base write a whole window as one open segment from <|0.00|>; the
+            # veto then saw 18 s of sound "after" it and made the model go on inventing).
+            wants_eos &= is_ts[:, -1]
             pos = torch.arange(1, n + 1, device=generated.device)
             last_pos = (is_ts * pos).argmax(dim=1, keepdim=True)
             last_val = (generated.gather(1, last_pos).squeeze(1) - self.tb).clamp(min=0).float()

@@ -241,14 +241,16 @@ class SlotSampler:
         if src in self.hot:
             self.hot[dst] = self.hot.pop(src)
 
-    def _veto(self, scores, live, last_val, has_ts) -> tuple[torch.Tensor, torch.Tensor]:
+    def _veto(self, scores, live, last_val, has_ts, last_ts) -> tuple[torch.Tensor, torch.Tensor]:
         """EotVeto: mask end-of-text where the window still has sound after the last
         timestamp. Same arithmetic as ``EotVeto.__call__``, last timestamp from the state.
         Writes ``scores`` in place; returns their argmax before the veto and the rows vetoed."""
         m = scores.shape[0]
         left = self.left[:m]
         best = host_argmax(scores)  # torch.argmax off the CPU
-        wants_eos = (best == self.eos) & live & self.active[:m] & (left > 0)
+        # Only after a timestamp: text after the last one is a segment left open, which
+        # Whisper ends with end-of-text to say it runs to the window's end (see EotVeto).
+        wants_eos = (best == self.eos) & live & self.active[:m] & (left > 0) & last_ts
         last_val = last_val.clamp(min=0).float()
         last_t = torch.where(has_ts, last_val * 0.02, torch.zeros_like(last_val))
         cum = self.cum[:m]
@@ -264,7 +266,7 @@ class SlotSampler:
         """scores: (m, V) processed by ``rules`` (written in place); live: (m,) bool.
         Returns the picked tokens (m,) long and records the live rows' log-probabilities."""
         m = scores.shape[0]
-        best, vetoed = self._veto(scores, live, rules.last_val[:m], rules.has_ts[:m])  # scores in place
+        best, vetoed = self._veto(scores, live, rules.last_val[:m], rules.has_ts[:m], rules.last_ts[:m])  # in place
         logprobs = torch.nn.functional.log_softmax(scores.float(), dim=-1)
         for slot, (t, g) in self.hot.items():
             if slot < m:
