@@ -365,6 +365,10 @@ class Request:
     temperature: float = 0.0
     seed: int = 0
     kind: str = "window"  # "window" | "fallback" | "tail" | "split": for figures and logs
+    # A re-decode's language: the one the window's own decode found, where the job set
+    # none. A few seconds of a tail or a split decoded alone may be taken for another
+    # language ("Genau, ja." at the end of a German reading came out as Chinese, "呀").
+    language: str | None = None
 
 
 @dataclass
@@ -581,7 +585,8 @@ class WindowReview:
         # A seed fixed by where the span is and how hot: the same audio decodes the same
         # way whichever batch it rides in.
         seed = self.index * 1_000_003 + span.start * 31 + int(round(temperature * 10))
-        req = Request(self.index, span.start, span.end, temperature, seed, kind)
+        language = self._first.language if kind != "window" and self._first is not None else None
+        req = Request(self.index, span.start, span.end, temperature, seed, kind, language)
         self._pending.add(req)
         self.counts[kind] += 1
         return req

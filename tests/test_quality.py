@@ -680,6 +680,29 @@ def test_tail_replaces_an_open_last_segment():
     assert not any(s.open_end for s in out.segments)
 
 
+def test_a_re_decode_keeps_the_language_of_its_window():
+    """A tail or split is a few seconds decoded alone: where the job set no language, it is
+    decoded in the language the window's own decode found ("Genau, ja." at the end of a
+    German reading was detected as Chinese on its own and came out "呀")."""
+    audio = speech_like(20.0)
+    first = res(seg(0.0, 5.0, " Guten Tag, wie geht es."), seg(5.0, 30.0, " und so weiter", open_end=True),
+                lang="de")  # fmt: skip
+    tail = res(seg(0.0, 7.0, " Und so weiter und so fort."), seg(7.0, 14.5, " Genau, ja."), lang="de")
+    dec = FakeDecoder(lambda r: first if r.kind == "window" else tail)
+    out = drive(WindowReview(0, audio), dec)
+    assert [(r.kind, r.language) for r in dec.seen] == [("window", None), ("tail", "de")]
+    assert out.language == "de"
+    # What the infer stage hands the engine for each: the job's options, the tail's with
+    # the window's language; a language the job set is never overridden.
+    from pipeline.runtime.infer_loop import request_options
+    from pipeline.types import DecodeOptions
+
+    job = DecodeOptions(task="transcribe")
+    assert [request_options(job, r).language for r in dec.seen] == [None, "de"]
+    assert request_options(DecodeOptions(language="fr"), dec.seen[1]).language == "fr"
+    assert request_options(job, dec.seen[1]).task == "transcribe"
+
+
 def test_no_tail_when_not_needed():
     audio = speech_like(20.0)
 

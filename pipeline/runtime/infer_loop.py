@@ -158,6 +158,16 @@ def put_nowait_quiet(q, item):
         q.put_nowait(item)
 
 
+def request_options(options, request):
+    """The options one decode runs with: the job's, and for a re-decode of part of a window
+    (a tail, a split, a fallback) where the job set no language, the language the window's
+    own decode found (``Request.language``): a few seconds decoded alone may be taken for
+    another language, a stray "呀" at the end of a German transcript."""
+    if request is not None and request.language and options.language is None:
+        return dataclasses.replace(options, language=request.language)
+    return options
+
+
 def _transcribe_batch(backend, items: list, options) -> list:
     """backend.transcribe on items' features (each row with its request's temperature,
     seed and end-of-text veto profile), halving the batch on CUDA out-of-memory instead of
@@ -395,7 +405,8 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             job = running[it.seq]
             try:
                 ctx.maybe_fault(job.stats.items)
-                engine.submit(it, it.features, job.info["options"], temperature=it.request.temperature,
+                engine.submit(it, it.features, request_options(job.info["options"], it.request),
+                              temperature=it.request.temperature,
                               seed=it.request.seed, sound=it.sound,
                               valid_frames=(it.request.end - it.request.start) // HOP_LENGTH)  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - this job's fault alone
