@@ -229,9 +229,6 @@ def _word_cues(words, max_chars: int):
     segment's text says."""
     group: list = []
     length = 0
-    # Where words are written with spaces, one that starts without a space goes on the word
-    # before it ("o" + "'clock,"): a cut there would split what the reader sees as one word.
-    spaced = any(w.word[:1].isspace() for w in words[1:])
 
     def cue(ws):
         return [_to_ms(ws[0].start), _to_ms(ws[-1].end), "".join(w.word for w in ws)]
@@ -240,14 +237,32 @@ def _word_cues(words, max_chars: int):
         if not _cue_text(w.word):
             continue
         piece = w.word if group else w.word.lstrip()
-        glued = spaced and not w.word[:1].isspace()
-        if group and not glued and length + len(piece) > max_chars:
+        if group and not _glued(group[-1].word, w.word) and length + len(piece) > max_chars:
             yield cue(group)
             group, length, piece = [], 0, w.word.lstrip()
         length += len(piece)
         group.append(w)
     if group:
         yield cue(group)
+
+
+# Scripts written without spaces between words (CJK ideographs and punctuation, kana,
+# fullwidth forms, Thai, Lao, Myanmar, Khmer): Whisper's words there carry no leading space.
+_SPACELESS_RANGES = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x2E80, 0x30FF),
+                     (0x3100, 0x9FFF), (0xF900, 0xFAFF), (0xFF00, 0xFFEF), (0x20000, 0x3FFFF))  # fmt: skip
+
+
+def _spaceless(ch: str) -> bool:
+    code = ord(ch)
+    return any(lo <= code <= hi for lo, hi in _SPACELESS_RANGES)
+
+
+def _glued(before: str, word: str) -> bool:
+    """Whether ``word`` goes on ``before`` as one word a reader sees ("o" + "'clock,", "9" +
+    ".30"): it starts without a space and neither side of the join is in a script written
+    without spaces (there, every word starts without one, and a cut between two is fine,
+    as before or after a Latin word inside Chinese text: "用 Python学习")."""
+    return bool(before and word) and not word[0].isspace() and not (_spaceless(before[-1]) or _spaceless(word[0]))
 
 
 def _srt(segments, max_line_chars: int | None = None) -> str:

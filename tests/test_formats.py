@@ -227,6 +227,14 @@ def test_word_cues_read_as_the_segment_text_does():
     assert [c.content for c in cues] == ["At o'clock,", "9.30", "你好世界"]
     assert [c.content for c in srt.parse(format_transcript(t, "srt", max_line_chars=2))] == [
         "At", "o'clock,", "9.30", "你好", "世界"]  # fmt: skip
+    # Chinese with a Latin word in it (ordinary: "用 Python"): still cut between characters.
+    text = "我们今天用 Python学习编程语言和数据分析的基本方法"
+    pieces = ["我", "们", "今", "天", "用", " Python", "学", "习", "编", "程", "语", "言", "和", "数", "据", "分",
+              "析", "的", "基", "本", "方", "法"]  # fmt: skip
+    zh = tuple(Word(i * 0.2, (i + 1) * 0.2, p, 0.9) for i, p in enumerate(pieces))
+    t = make((Segment(0, len(pieces) * 0.2, text, words=zh),), duration=5.0)
+    cues = [c.content for c in srt.parse(format_transcript(t, "srt", max_line_chars=10))]
+    assert "".join(cues) == text.replace(" ", "") and all(len(c) <= 10 for c in cues), cues
 
 
 def test_a_cue_with_no_duration_is_shown_and_never_overlaps():
