@@ -181,6 +181,26 @@ def test_a_dc_offset_costs_no_words(pipe, tmp_path):
     assert s.deletions <= 2 and s.longest_lost_run <= 1 and s.wer < 0.4, (plain.text, offset.text)
 
 
+def test_a_prompt_adds_no_words_that_were_not_spoken(pipe, tmp_path):
+    """With a prompt, tiny.en writes the reading as one segment left open from <|0.00|>;
+    the end-of-text veto took that 0.00 for how far the text got, saw 18 s of sound after
+    it and kept the model going: "The first time we were able to go to the train, ..."
+    twice (38 words that were never said; 20 with a prompt of three words)."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed")
+    text = ("Good morning everyone. Today we are going to talk about the history of the railway. The first "
+            "steam locomotives were built in England at the beginning of the nineteenth century. Soon, railways "
+            "connected many cities and travel became faster and cheaper for ordinary people. Goods could be "
+            "moved across the country in a single day.")  # fmt: skip
+    raw = tmp_path / "raw.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), text], check=True)
+    wav = media.convert(raw, tmp_path / "speech.wav", "-ar", "16000", "-ac", "1")
+    for prompt in ("Good day. Today we talk about the railway in Germany.", "Railway, locomotives, England."):
+        t = pipe.transcribe(Job(str(wav), DecodeOptions(language="en", prompt=prompt)), timeout=300)
+        s = score(text, t.text)
+        assert s.insertions <= 2 and s.wer < 0.1, (prompt, t.text)
+
+
 def test_no_word_lost_where_windows_meet(pipe, tmp_path):
     """A continuous reading (short pauses only) over several windows: at every boundary the
     alignment with the reference deletes no word between the last word of one window and

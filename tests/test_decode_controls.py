@@ -348,12 +348,23 @@ def test_veto_at_most_max_vetoes_per_row():
 
 
 def test_veto_before_any_timestamp():
-    # Nothing generated yet, or text without a timestamp: the last time is 0.
+    # Nothing generated yet: the last time is 0.
     sound = [profile(3.0, (0.0, 3.0)), profile(0.9, (0.0, 0.9))]
     veto = EotVeto(sound, TB, "cpu")
     assert _vetoed(veto, [[], []], eot_scores(2)) == [True, False]  # 0.9 s < min_left_s
-    veto = EotVeto(sound, TB, "cpu")
-    assert _vetoed(veto, [[30, 31], [30, 31]], eot_scores(2)) == [True, False]
+
+
+def test_no_veto_after_text_a_segment_left_open():
+    """End-of-text right after text closes a segment left open: Whisper's way of saying it
+    runs to the window's end. How far the text got is unknown, and its opening timestamp is
+    no measure of it: with a prompt, base wrote an 18 s reading as one open segment from
+    <|0.00|>, the veto saw 18 s of sound "after" 0.00 and made it invent three sentences."""
+    sound = [profile(20.0, (0.0, 20.0))]
+    gen = [[ts(0.0), 30, 31, 32, 33],  # one open segment from 0.00
+           [ts(0.0), 30, ts(5.0), ts(5.0), 31],  # a closed one, then an open one
+           [ts(0.0), 30, ts(5.0)],  # closed at 5.0: sound after it, vetoed as before
+           [30, 31]]  # text with no timestamp at all (timestamps off): nothing to go by  # fmt: skip
+    assert [_vetoed(EotVeto(sound, TB, "cpu"), [g], eot_scores(1)) for g in gen] == [[False], [False], [True], [False]]
 
 
 def test_veto_profiles_of_different_lengths():
