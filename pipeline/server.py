@@ -399,6 +399,12 @@ class Server:
                            param="timestamp_granularities[]")  # fmt: skip
         if grans:
             form.granularities = tuple(g for g in GRANULARITIES if g in grans)
+        if "word" in form.granularities and form.response_format in ("json", "text"):
+            # OpenAI answers json with word granularity with a 400: the body has no place
+            # for words, and taking the field silently would hide the client's mistake.
+            raise ApiError(400, f"timestamp_granularities[]: word timestamps need response_format verbose_json "
+                                f"(or srt/vtt, for cues cut between words), not {form.response_format}",
+                           param="timestamp_granularities[]")  # fmt: skip
         stream = one("stream")
         if stream:
             if stream.lower() not in ("true", "false", "1", "0"):

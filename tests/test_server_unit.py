@@ -181,6 +181,16 @@ def test_max_line_chars_alone_asks_for_word_cues_and_only_in_subtitles(client, f
     assert len(fake.jobs) == asked  # refused before any job
 
 
+def test_word_granularity_with_a_body_that_has_no_words_is_a_400(client, fake):
+    # As OpenAI answers json with timestamp_granularities[]=word (it was accepted silently).
+    for fmt in ("json", "text"):
+        with pytest.raises(openai.BadRequestError) as e:
+            create(client, response_format=fmt, timestamp_granularities=["word"])
+        assert e.value.body["param"] == "timestamp_granularities[]" and "verbose_json" in e.value.body["message"]
+    assert not fake.jobs  # refused before any job
+    assert create(client, response_format="json", timestamp_granularities=["segment"]).text == TEXT
+
+
 def test_stream_puts_windows_that_arrive_out_of_order_in_order(client):
     events = list(create(client, stream=True))
     assert [e.type for e in events] == ["transcript.text.delta", "transcript.text.delta", "transcript.text.done"]
