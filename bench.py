@@ -312,11 +312,11 @@ def ours_rounds(args, model: str, source, options: DecodeOptions, ready: dict | 
             # With --overhead each run is a pair, profiling off then on or on then off in
             # turn, so neither side always gets the first (or the second) slot.
             if args.overhead and i % 2 == 0:
-                off = pipe.run_job(Job(source, options, label="bench", profile=False))
+                off = pipe.run_job(Job(source, options, label=args.label, profile=False))
                 unprofiled.append(profile_from_outcome(off)["wall_s"])
-            out = pipe.run_job(Job(source, options, label="bench", profile=True))
+            out = pipe.run_job(Job(source, options, label=args.label, profile=True))
             if args.overhead and i % 2 == 1:
-                off = pipe.run_job(Job(source, options, label="bench", profile=False))
+                off = pipe.run_job(Job(source, options, label=args.label, profile=False))
                 unprofiled.append(profile_from_outcome(off)["wall_s"])
             p = profile_from_outcome(out)
             log.info("%s run %d/%d: wall %.2f s", who, i + 1, args.runs, p["wall_s"])
@@ -723,6 +723,14 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    # Errors name the input, as the CLI's do ("error: talk.mp3 is empty (no bytes)").
+    args.label = "<stdin>" if args.source == "-" else args.source
+    for flag, path in (("--json", args.json_path), ("--trace", args.trace), ("--plot", args.plot)):
+        # Checked before the run, not after it: a bad path lost the run's figures.
+        folder = Path(path).parent if path else None
+        if path and (Path(path).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK)):
+            print(f"error: {flag} {path}: not a file in a writable folder", file=sys.stderr)
+            return 2
     source = args.source
     if source == "-":
         source = sys.stdin.buffer.read()  # read once: every run (and the baseline) reuses it
@@ -737,6 +745,11 @@ def main(argv=None) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             print(f"error: cannot read --reference {args.reference}: {exc}", file=sys.stderr)
             return 1
+        from pipeline.accuracy import normalize
+
+        if not normalize(reference["text"]).split():  # a WER against nothing means nothing
+            print(f"error: --reference {args.reference} has no words", file=sys.stderr)
+            return 2
 
     tmp = None
     synthetic = None
@@ -753,6 +766,13 @@ def main(argv=None) -> int:
             synthetic = {**synthetic_description(args.synthetic), "build_s": round(time.monotonic() - t0, 2)}
         else:
             args.model_spec = args.model or env_model()
+            weights = _weights_module()
+            if weights is not None and hasattr(weights, "check_model"):
+                try:  # in seconds, as the CLI does, not after the infer stage fails to load it
+                    weights.check_model(args.model_spec)
+                except weights.ModelResolveError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 2
             model = resolve_model_spec(args.model_spec)
             if model != args.model_spec:
                 log.info("model %s resolved to %s", args.model_spec, model)

@@ -200,7 +200,9 @@ def format_profile(p: dict) -> str:
     lines = [
         f"audio {p['audio_s']:.1f} s  wall {p['wall_s']:.2f} s  {p['rtfx'] or 0:.1f}x real time  "
         f"windows {p['windows']}  model load {_f(p['model_load_s'])} s  "
-        f"first result {_f(p['first_result_s'])} s",
+        # A cold start: the job's wall time includes this wait, which no stage's row shows.
+        + (f"waited for the model {_f(p['model_waited_s'])} s  " if p.get("model_waited_s") else "")
+        + f"first result {_f(p['first_result_s'])} s",
         f"{'stage':<9}{'work':>15}{'busy s':>9}{'starved s':>11}{'blocked s':>11}"
         f"{'rate (per busy s)':>20}{'ring':>8}{'mean':>6}{'max':>5}",
     ]

@@ -876,7 +876,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         fresh = args.force or not is_built(name, args.out)
         try:
             wav = build(name, args.out, force=args.force, mp3=args.mp3)
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:  # OSError: --out is a file, no room, no permission
             print(f"error: {name}: {exc}", file=sys.stderr)
             failed += 1
             continue

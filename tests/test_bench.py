@@ -263,6 +263,29 @@ def test_bad_accuracy_arguments_fail_with_one_line(tmp_path):
     wav = write_wav(tmp_path / "a.wav", noise(1.0))
     r = run_bench(wav, "--reference", tmp_path / "missing.txt", timeout=60)
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: cannot read --reference")
+    # A reference with no words scored 1800% after a whole run, with exit code 0.
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    r = run_bench(wav, "--model", "tiny.en", "--reference", tmp_path / "empty.txt", timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"error: --reference {tmp_path / 'empty.txt'} has no words"
+
+
+def test_outputs_and_model_are_checked_before_the_run(tmp_path):
+    """A bad --json path failed after the whole bench (its figures lost); an unknown hub id
+    failed after 9 s in the infer stage, not in the CLI's one line."""
+    wav = write_wav(tmp_path / "a.wav", noise(1.0))
+    for flag in ("--json", "--trace", "--plot"):
+        r = run_bench(wav, "--model", "tiny.en", flag, wav / "x.json", timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == f"error: {flag} {wav / 'x.json'}: not a file in a writable folder"
+    r = run_bench(wav, "--model", "openai/whisper-nonexistent", timeout=60)
+    assert r.returncode == 2 and "not in the local hub cache" in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+def test_errors_name_the_input(tmp_path):
+    empty = tmp_path / "empty.mp3"
+    empty.write_bytes(b"")
+    r = run_bench(empty, "--model", "tiny.en", "--no-warmup", timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == f"error: {empty} is empty (no bytes)", r.stderr
 
 
 # ------------------------------------------------------------------------- accuracy (issue 8)

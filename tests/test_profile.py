@@ -140,6 +140,9 @@ def test_profile_from_outcome(profile):
     table = format_profile(p)
     for name in ("download", "decode", "chunk", "infer", "busiest stage: infer"):
         assert name in table
+    # A job that waited for the model says so (a cold start's wall time, in no stage's row).
+    assert "waited for the model" not in table
+    assert "waited for the model 2.50 s" in format_profile({**p, "model_waited_s": 2.5})
     json.dumps(p)  # JSON-ready
 
 

@@ -305,3 +305,14 @@ def test_cli_builds_and_then_skips(tmp_path, capsys):
     assert "silence:" in first and "built" in first and str(tmp_path / "hum.wav") in first
     assert mt.main(["--only", "silence", "--out", str(tmp_path)]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path):
+    import subprocess
+
+    out = tmp_path / "a-file"
+    out.write_text("not a folder")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_testsets.py"), "--out", str(out), "--only", "silence"],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: silence: "), r.stderr
