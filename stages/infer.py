@@ -208,10 +208,11 @@ class EotVeto:
     with real tiny.en stopped before the window's last sentence in 11 of 23 windows of a
     10-minute reading (a 15-word run lost). openai's sequential decoding recovers such
     text by seeking to the last timestamp and decoding again; here the row is simply not
-    allowed to stop: when end-of-text is about to be chosen, the last timestamp is at
-    least ``min_left_s`` before the end of the window's audio and at least ``min_sound_s``
-    of sound lies after it, end-of-text is masked and the row goes on (a timestamp opens
-    the next segment). At most ``max_vetoes`` times per row. Measured on the same reading:
+    allowed to stop: when end-of-text is about to be chosen right after a timestamp (not
+    after text: a segment left open, which end-of-text says runs to the window's end),
+    that timestamp is at least ``min_left_s`` before the end of the window's audio and at
+    least ``min_sound_s`` of sound lies after it, end-of-text is masked and the row goes
+    on (a timestamp opens the next segment). At most ``max_vetoes`` times per row. Measured on the same reading:
     the same words as decoding the dropped tail again as a window of its own, without a
     second encoder pass or batch.
 

@@ -39,8 +39,8 @@ Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 DEFAULT_BLOCK_SIZE = 256 * 1024  # bytes; one shared-memory slot's worth
 # A body must bring at least this much in every stall timeout of waiting for it: a server
 # that trickles a byte every few seconds never trips the socket's read timeout, and would
-# hold a job (and the worker's slot) for days. 64 KiB in 30 s is 2.2 kB/s, a sixth of the
-# slowest audio bitrate in use; a whole file smaller than this is never too slow.
+# hold a job (and the worker's slot) for days. 64 KiB in 30 s is 2.2 kB/s, a third of what
+# a dial-up modem gave; a whole file smaller than this is never too slow.
 MIN_PROGRESS_BYTES = 64 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 ALLOWED_SCHEMES = ("http", "https")

@@ -342,9 +342,14 @@ class Pipeline:
             return str(self._broken)
         if self._closed:
             return "the pipeline is closed"
+        gone = self._exited_stage()
+        return str(gone) if gone else None
+
+    def _exited_stage(self) -> "StageDied | None":
+        """A StageDied for the first stage process that has exited, else None."""
         for name, p in self._procs.items():
             if p.exitcode is not None:
-                return f"the {name} stage (pid {p.pid}) {describe_exit(p.exitcode)}"
+                return StageDied(f"the {name} stage (pid {p.pid}) {describe_exit(p.exitcode)}", stage=name)
         return None
 
     @property
@@ -521,9 +526,9 @@ class Pipeline:
             raise self._broken
         if self._closed:
             raise PipelineError("the pipeline is closed")
-        for name, p in self._procs.items():  # gone, and the dispatcher has not looked yet
-            if p.exitcode is not None:
-                raise StageDied(f"the {name} stage (pid {p.pid}) {describe_exit(p.exitcode)}", stage=name)
+        gone = self._exited_stage()  # gone, and the dispatcher has not looked yet
+        if gone is not None:
+            raise gone
         if not self._procs:
             self.start()
 
@@ -547,18 +552,18 @@ class Pipeline:
             self._fail(StageDied(f"{stage} stage failed: {message}", stage=stage, traceback=tb))
 
     def _check_stages(self):
-        for name, p in self._procs.items():
-            if p.exitcode is not None:
-                # Prefer the stage's own account of what went wrong, if it sent one.
-                end = time.monotonic() + 0.5
-                while time.monotonic() < end:
-                    try:
-                        msg = self._out.get(timeout=0.1)
-                    except queue.Empty:
-                        continue
-                    if msg[0] in ("fatal", "ready"):
-                        self._handle_control(msg)
-                self._fail(StageDied(f"the {name} stage (pid {p.pid}) {describe_exit(p.exitcode)}", stage=name))
+        gone = self._exited_stage()
+        if gone is not None:
+            # Prefer the stage's own account of what went wrong, if it sent one.
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:
+                try:
+                    msg = self._out.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if msg[0] in ("fatal", "ready"):
+                    self._handle_control(msg)
+            self._fail(gone)
 
     def _fail(self, err: PipelineError):
         if err.traceback:
