@@ -525,6 +525,33 @@ def test_out_of_gpu_memory_halves_the_batch():
         _transcribe_batch(Broken(), items([1, 2]), DecodeOptions())
 
 
+
+def test_generate_batches_decode_each_re_decode_in_its_windows_language():
+    """--engine generate: a batch holding re-decodes whose windows were found to be in
+    different languages (a job with no language) runs one call per language, each row in
+    its own, results in item order; a job's own language wins over the found one."""
+    from pipeline.runtime import _Item, _transcribe_batch
+    from stages.quality import Request
+
+    langs = [None, "de", "fr", "de", None]
+    items = [_Item(1, None, Request(0, 0, 1, language=lang), i, None) for i, lang in enumerate(langs)]
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def transcribe(self, feats, options, temperatures, seeds, sound):
+            self.calls.append((options.language, list(feats)))
+            return [(options.language, f) for f in feats]
+
+    b = Recorder()
+    got = _transcribe_batch(b, items, DecodeOptions())
+    assert got == [(lang, i) for i, lang in enumerate(langs)]
+    assert sorted(b.calls, key=str) == sorted([(None, [0, 4]), ("de", [1, 3]), ("fr", [2])], key=str)
+    b = Recorder()
+    got = _transcribe_batch(b, items, DecodeOptions(language="en"))
+    assert b.calls == [("en", [0, 1, 2, 3, 4])] and [g[1] for g in got] == [0, 1, 2, 3, 4]
+
 def test_progress_counts_each_second_once(tmp_path):
     """Progress rises monotonically to the audio's duration, each second counted once (a
     window's share is its audio and the quiet stretch before it)."""

@@ -171,7 +171,19 @@ def request_options(options, request):
 def _transcribe_batch(backend, items: list, options) -> list:
     """backend.transcribe on items' features (each row with its request's temperature,
     seed and end-of-text veto profile), halving the batch on CUDA out-of-memory instead of
-    failing."""
+    failing. Rows whose options differ (a re-decode in the language its window's decode
+    found, ``request_options``) go in one call per set of options, results in item order:
+    one ``generate`` call takes one language."""
+    by_options: dict = {}
+    for i, it in enumerate(items):
+        by_options.setdefault(request_options(options, it.request), []).append(i)
+    if len(by_options) > 1:
+        out: list = [None] * len(items)
+        for opts, rows in by_options.items():
+            for i, res in zip(rows, _transcribe_batch(backend, [items[i] for i in rows], opts)):
+                out[i] = res
+        return out
+    options = next(iter(by_options), options)
     import torch
 
     try:
