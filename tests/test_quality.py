@@ -237,6 +237,20 @@ def test_loud_frames_and_sound_profile():
     assert not loud_frames(frame_levels(np.zeros(SAMPLE_RATE, np.float32)), CFG).any()
 
 
+def test_loud_frames_over_a_steady_background():
+    """Over a background 8 dB under the speech the rise is half the spread (4 dB), not
+    10 dB: the speech frames are sound. A quiet room's floor keeps the 10 dB rise."""
+    lv = np.full(100, -30.0)
+    lv[20:60] = -22.0  # speech, 8 dB over the noise
+    assert loud_frames(lv, CFG).sum() == 40
+    lv[20:60] = -28.0  # 2 dB: under the 3 dB least rise
+    assert not loud_frames(lv, CFG).any()
+    lv = np.full(100, -80.0)
+    lv[20:60] = -25.0
+    lv[60:70] = -75.0  # breath 5 dB over a silent floor: not sound (the rise is 10 dB)
+    assert loud_frames(lv, CFG).sum() == 40
+
+
 def test_loud_seconds():
     loud = loud_mask(10.0, (2.0, 3.0), (5.0, 5.5))
     assert loud_seconds(loud, 0.0, 10.0) == pytest.approx(1.5)
