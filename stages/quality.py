@@ -89,6 +89,7 @@ class QualityConfig:
     # so a shorter tail is decoded again, measured from the last segment's end, no slack.
     end_tail_min_s: float = 0.25
     end_tail_speech_s: float = 0.1
+    end_tail_context_s: float = 5.0  # ... decoded again with the segments of its last 5 s
     # The mean log-probability test needs this many tokens: over a short decode (a tail of
     # a few words) it is dominated by the uncertain timestamp and end tokens.
     logprob_min_tokens: int = 16
@@ -398,6 +399,9 @@ class _Span:
     temperatures: list = field(default_factory=list)  # the temperature each was asked at
     group: object = None  # a split: the _Split this half belongs to
     tail: bool = False  # decoded again because the span before it left this part untranscribed
+    # An end tail decoded with the segments before it (``WindowReview._tail``): they stand
+    # unless the re-decode says more than they did.
+    replaces: tuple = ()
 
 
 @dataclass
@@ -538,10 +542,15 @@ class WindowReview:
         if span.group is not None:
             return self._half_done(span, segments)
         follow: list[Request] = []
+        if span.replaces and sum(map(text_units, (s.text for s in segments))) <= sum(
+            map(text_units, (s.text for s in span.replaces))
+        ):
+            segments = list(span.replaces)
         tail = self._tail(span, segments)
         if tail is not None:
-            cut, segments = tail
-            follow.append(self._ask(_Span(cut, span.end, span.depth + 1, tail=True), self.temperature, "tail"))
+            cut, segments, replaces = tail
+            follow.append(self._ask(_Span(cut, span.end, span.depth + 1, tail=True, replaces=replaces),
+                                    self.temperature, "tail"))  # fmt: skip
         self._final[(span.start, span.end)] = segments
         if span.depth == 0:
             # The window's own segments join the pace first; the check of each segment
@@ -643,12 +652,21 @@ class WindowReview:
                 self.pace.note(text_units(seg.text), loud_seconds(self.loud, seg.start, seg.end), self.index)
 
     def _tail(self, span: _Span, segments: list[Segment]):
-        """(cut sample, segments kept) when the span's end went untranscribed, else None.
+        """(cut sample, segments kept, segments the re-decode replaces) when the span's end
+        went untranscribed, else None.
 
         A backstop behind the decoder's end-of-text veto (``stages.infer.EotVeto``), for
         a row that used up its vetoes or ended on an open segment. The cut is where the
         last complete segment ends (an open last segment, whose end the model never
-        gave, is dropped and decoded again with the rest)."""
+        gave, is dropped and decoded again with the rest).
+
+        The job's end (``final``, under ``tail_min_s`` left) is decoded again from the
+        start of a segment at least ``end_tail_context_s`` before it, not from the last
+        segment's end: that end is often early, inside the last word, and a tail of half a
+        second, decoded alone before 29 s of padding, came back as Whisper's sign-off
+        ("Thank you.") or a lone "the". With the sentence before it the model hears the last
+        words as words. The segments from the cut on stand unless the re-decode says more
+        (the last word "lines.", 0.44 s after the last segment's end, is found either way)."""
         cfg = self.cfg
         if span.depth >= cfg.max_tail_redecodes:
             return None
@@ -668,10 +686,18 @@ class WindowReview:
             and loud_seconds(self.loud, heard_to, span_end_s) >= cfg.end_tail_speech_s
         ):  # fmt: skip
             return None
+        replaces: tuple = ()
+        if left < cfg.tail_min_s:
+            later = [i for i, seg in enumerate(kept) if seg.start * SAMPLE_RATE > span.start]
+            if not later:  # one segment from the span's start: no sentence to start from
+                return None
+            before = [i for i in later if kept[i].start <= span_end_s - cfg.end_tail_context_s]
+            at = before[-1] if before else later[0]
+            heard_to, replaces, kept = kept[at].start, tuple(kept[at:]), kept[:at]
         cut = int(round(heard_to * SAMPLE_RATE))
         if cut <= span.start:  # nothing was heard: decoding the same span again gains nothing
             return None
-        return cut, kept
+        return cut, kept, replaces
 
     def _split(self, span: _Span, seg: Segment) -> list[Request]:
         """Decode a too-slow segment again as two windows cut at its quietest 100 ms near

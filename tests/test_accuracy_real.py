@@ -219,6 +219,38 @@ def test_speech_over_steady_noise_or_music_keeps_its_words(pipe, tmp_path):
         assert s.deletions <= 3 and s.wer < 0.5, (name, t.text)
 
 
+def test_no_sign_off_invented_after_the_last_word(pipe, tmp_path):
+    """A recording whose speech runs to its end (or a slow last word): the last segment's
+    end is early, inside the last word, and the half second after it, decoded again alone
+    before 29 s of padding, came back as Whisper's sign-off ("Thanks for watching!") or a
+    lone "the" (tiny.en). Now the transcript ends with the words spoken."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed")
+    cases = (
+        ("Our library opens at nine. Children's books are on the second floor. Please return them "
+         "within three weeks.", 160, 0.0),
+        ("The committee met on Tuesday morning to discuss the new budget. Several members asked why the "
+         "library had closed early last winter. The chairman promised a full report before the end of the "
+         "month, and the meeting ended shortly after eleven o'clock. Next week the group will visit the new "
+         "station near the river, where the engineers will explain how the water is cleaned before it "
+         "reaches the city.", 90, 0.5),
+    )  # fmt: skip
+    bad = []
+    for i, (text, speed, after_s) in enumerate(cases):
+        raw = tmp_path / f"raw{i}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(speed), "-w", str(raw), text], check=True)
+        speech = _pcm(media.convert(raw, tmp_path / f"speech{i}.wav", "-ar", "16000", "-ac", "1"))
+        loud = np.flatnonzero(np.abs(speech) > 1e-3)
+        audio = np.concatenate([np.zeros(8000, np.float32), speech[loud[0] : loud[-1] + 1],
+                                np.zeros(int(after_s * 16000), np.float32)])  # fmt: skip
+        wav = media.write_wav(tmp_path / f"end{i}.wav", audio)
+        t = pipe.transcribe(Job(str(wav), DecodeOptions(language="en")), timeout=300)
+        said, heard = normalize(text).split(), normalize(t.text).split()
+        if heard[-2:] != said[-2:] or score(text, t.text).insertions > 1:
+            bad.append((speed, t.text[-60:]))
+    assert not bad
+
+
 def test_a_prompt_adds_no_words_that_were_not_spoken(pipe, tmp_path):
     """With a prompt, tiny.en writes the reading as one segment left open from <|0.00|>;
     the end-of-text veto took that 0.00 for how far the text got, saw 18 s of sound after

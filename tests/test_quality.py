@@ -755,25 +755,54 @@ def test_no_tail_when_not_needed():
 
 def test_a_jobs_last_words_at_its_very_end_are_decoded_again():
     """The job's last window (``final``): a dropped tail shorter than tail_min_s, with
-    sound right after the last segment's end, is decoded again from there (a reading
-    ending in "... on subsequent | lines." lost "lines"); not in other windows, where the
+    sound right after the last segment's end, is decoded again (a reading ending in
+    "... on subsequent | lines." lost "lines"), together with the segments of the last
+    5 s before it, from the start of the first of them; not in other windows, where the
     next window hears it, nor where the end is quiet or too short to hold a word."""
     audio = speech_like(20.0)
 
     def run(first, final, audio=audio):
-        dec = FakeDecoder(lambda r: first if r.kind == "window" else res(seg(0.0, 0.5, " lines.")))
+        dec = FakeDecoder(lambda r: first if r.kind == "window" else res(seg(0.0, 9.9, " on subsequent lines.")))
         out = drive(WindowReview(0, audio, final=final), dec)
         return [(r.kind, r.start) for r in dec.seen], [s.text for s in out.segments]
 
     first = res(seg(0.0, 10.0, " On the same line,"), seg(10.0, 19.56, " on subsequent"))
     kinds, texts = run(first, final=True)
-    assert kinds == [("window", 0), ("tail", int(19.56 * SAMPLE_RATE))]
-    assert texts == [" On the same line,", " on subsequent", " lines."]
+    assert kinds == [("window", 0), ("tail", 10 * SAMPLE_RATE)]
+    assert texts == [" On the same line,", " on subsequent lines."]
+    # The cut: the start of the last segment that starts 5 s or more before the end.
+    three = res(seg(0.0, 10.0, " On the same line,"), seg(10.0, 16.0, " and the next"), seg(16.0, 19.56, " on subsequent"))
+    assert run(three, final=True)[0] == [("window", 0), ("tail", 10 * SAMPLE_RATE)]
     assert run(first, final=False)[0] == [("window", 0)]
     # Under end_tail_min_s left, or the rest quiet: nothing more to hear.
     assert run(res(seg(0.0, 19.8, " All of it.")), final=True)[0] == [("window", 0)]
     quiet_end = from_frames(np.r_[speech_like_amps(19.5), np.full(10, FLOOR_AMP)])
     assert run(res(seg(0.0, 19.5, " All of it.")), final=True, audio=quiet_end)[0] == [("window", 0)]
+
+
+def test_a_jobs_end_decoded_again_says_more_or_leaves_the_words_as_they_were():
+    """The last segment's end is often early, inside the last word. Decoded alone, the
+    half second after it came back as Whisper's sign-off ("Thank you.", "Bye!") or a
+    lone "the" (tiny.en, espeak-ng readings that end mid-word or with a slow last word).
+    The end is decoded with the sentence before it, and that sentence stands unless the
+    re-decode says more; a window of one segment from its start has no sentence to
+    start from, and its end is not decoded again."""
+    audio = speech_like(30.0)
+    first = res(seg(0.0, 25.0, " You may embed this package's interpreter,"), seg(25.0, 29.0, " within an executable"),
+                seg(29.0, 29.5, " by linking."))  # fmt: skip
+
+    def run(first, tail_text):
+        dec = FakeDecoder(lambda r: first if r.kind == "window" else res(seg(0.0, 4.4, tail_text)))
+        out = drive(WindowReview(0, audio, final=True), dec)
+        return [(r.kind, r.start) for r in dec.seen], [s.text for s in out.segments]
+
+    kinds, texts = run(first, " within an executable by linking.")
+    assert kinds == [("window", 0), ("tail", 25 * SAMPLE_RATE)]
+    assert texts == [" You may embed this package's interpreter,", " within an executable", " by linking."]
+    kinds, texts = run(first, " within an executable of yours by linking.")  # says more: taken
+    assert texts == [" You may embed this package's interpreter,", " within an executable of yours by linking."]
+    one = res(seg(0.0, 29.5, " You may embed this package's interpreter within an executable by linking."))
+    assert run(one, " Thank you.") == ([("window", 0)], [one.segments[0].text])
 
 
 def test_a_segment_saying_again_what_came_just_before_is_dropped():
@@ -813,7 +842,7 @@ def test_a_tail_the_model_calls_no_speech_gives_no_words():
         return [s.text for s in drive(WindowReview(0, audio, final=final), dec).segments]
 
     assert run(res(seg(0.0, 0.4, " you"), ns=0.94, lp=-0.97, n=4))[-1] == " on subsequent"
-    assert run(res(seg(0.0, 0.5, " lines."), ns=0.12, lp=-0.65, n=5))[-1] == " lines."
+    assert run(res(seg(0.0, 9.9, " on subsequent lines."), ns=0.12, lp=-0.65, n=5))[-1] == " on subsequent lines."
     # A quiet tail that also looks like a loop is not decoded hotter: it gives nothing anyway.
     loop = res(seg(0.0, 0.4, " you you you you"), ns=0.94, lp=-0.97, cr=3.0, n=20)
     dec = FakeDecoder(lambda r: first if r.kind == "window" else loop)
