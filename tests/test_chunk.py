@@ -33,12 +33,14 @@ PLAN = WindowPlan()
 
 
 def reference_levels(audio: np.ndarray) -> list[float]:
-    """dB level of every whole 10 ms frame (mean square, 1e-12 floor for digital silence)."""
+    """dB level of every whole 10 ms frame's first difference (mean square of the 159
+    steps within the frame, 1e-12 floor for digital silence)."""
     x = np.asarray(audio, dtype=np.float64)
     levels = []
     for k in range(len(x) // FR):
         frame = x[k * FR : (k + 1) * FR]
-        levels.append(10.0 * math.log10(float(np.sum(frame * frame)) / FR + 1e-12))
+        steps = [frame[i] - frame[i - 1] for i in range(1, FR)]
+        levels.append(10.0 * math.log10(sum(d * d for d in steps) / (FR - 1) + 1e-12))
     return levels
 
 
@@ -74,10 +76,13 @@ def reference_windows(audio: np.ndarray, plan: WindowPlan = PLAN) -> list[tuple[
             return out
         local = min(lv[pos : pos + max_f - min_f]) + plan.tolerance_db
         quiet = local if cut_quiet is None else min(cut_quiet, local)
+        #    "Louder" is onset_s of frames in a row over quiet (a lone louder frame of
+        #    noise is not speech resuming).
+        k = max(1, round(plan.onset_s * 100))
         q = pos
-        while q < n and lv[q] <= quiet:
+        while q + k <= n and not all(v > quiet for v in lv[q : q + k]):
             q += 1
-        if q == n:
+        if q + k > n:
             return out
         start = max(pos, q - m)
         # 3. At most max_s left after the start: the last window, to the stream's end.
@@ -250,7 +255,20 @@ def test_frame_levels():
     x = cat(quiet(0.01), square(0.01, 0.1), square(0.01, 1.0), np.ones(159, PCM_DTYPE))
     lv = frame_levels(x)
     assert lv.shape == (3,)  # whole frames only
-    np.testing.assert_allclose(lv, [-120.0, -20.0, 0.0], atol=1e-6)
+    # The level of the frame's first difference: a +-A square (at the Nyquist rate) steps
+    # by 2A every sample.
+    np.testing.assert_allclose(lv, [20 * np.log10(1e-6), 20 * np.log10(0.2), 20 * np.log10(2.0)], atol=1e-4)
+    # What is not speech hardly counts: a DC offset not at all, 50 Hz hum 26 dB under
+    # a 1 kHz tone as loud, pink noise's 10 ms levels within a few dB.
+    t = np.arange(SR) / SR
+    assert frame_levels(np.full(SR, 0.02, PCM_DTYPE)).max() == pytest.approx(-120.0)
+    hum, tone = (frame_levels((0.1 * np.sin(2 * np.pi * f * t)).astype(PCM_DTYPE)).mean() for f in (50, 1000))
+    assert tone - hum > 25
+    rng = np.random.default_rng(0)
+    spectrum = np.fft.rfft(rng.standard_normal(10 * SR))
+    pink = np.fft.irfft(spectrum / np.sqrt(np.maximum(np.arange(len(spectrum)), 1)), 10 * SR)
+    lv = frame_levels((0.01 * pink / pink.std()).astype(PCM_DTYPE))
+    assert lv.max() - lv.min() < 6
     audio = babble(3.0)
     np.testing.assert_allclose(frame_levels(audio), reference_levels(audio), rtol=0, atol=1e-9)
     assert frame_levels(np.zeros(0, PCM_DTYPE)).shape == (0,)
@@ -348,6 +366,26 @@ def test_leading_silence():
     # Under a margin of silence: the window starts at the stream's start, not before.
     z = cat(quiet(0.2), bursts(10.0))
     check_windows(z, [(0, len(z), 0)])
+
+
+def test_a_window_starts_where_speech_resumes_over_a_noise_floor():
+    """A 14 s pause over a steady noise floor, white or pink, 50 dB under the speech: the
+    next window starts a margin before the speech, not where a lone frame of the noise rose
+    over the quietest one (windows began up to 15 s early, and Whisper stamped the first
+    sentence from there). A click of one frame in the pause is not speech either."""
+    rng = np.random.default_rng(3)
+    x = cat(bursts(24.0), quiet(14.0), bursts(10.0))
+    x[n_samples(31.0) : n_samples(31.0) + FR] = LOUD  # a click, one frame
+    spectrum = np.fft.rfft(rng.standard_normal(len(x)))
+    floors = {
+        "white": rng.standard_normal(len(x)),
+        "pink": np.fft.irfft(spectrum / np.sqrt(np.maximum(np.arange(len(spectrum)), 1)), len(x)),
+    }
+    for name, noise in floors.items():
+        y = (x + LOUD * 10 ** (-50 / 20) * noise / noise.std()).astype(PCM_DTYPE)
+        ws = plan_windows(y)
+        assert len(ws) == 2 and ws[1][0] == (3800 - round(PLAN.margin_s * 100)) * FR, (name, ws)
+        check_invariants(x, ws)
 
 
 def test_pause_longer_than_a_window_is_skipped_whole():
