@@ -81,14 +81,25 @@ class DecodeError(UserError):
 
 
 TIMELINE_FILTER = "aresample=async=1:first_pts=0"  # see ffmpeg_command
+# Mono stays mono, stereo stays stereo, more channels are mixed down to stereo by ffmpeg;
+# the last mix to mono is ours (``downmix``).
+LAYOUT_FILTER = "aformat=channel_layouts=mono|stereo"
+# ffmpeg's own stereo -> mono mix is L * 1/sqrt(2) + R * 1/sqrt(2), in float32: ``downmix``
+# computes the same, sample for sample.
+_MIX = np.float32(0.70710677)
+# A block whose side (L - R) carries this many times the energy of its mid (L + R) has
+# channels that cancel in the mix: one of them is phase-inverted.
+_INVERTED_RATIO = 10.0
 
 
 def ffmpeg_command(input_target: str = "pipe:0") -> list[str]:
-    """The ffmpeg command line: ``input_target`` -> raw mono PCM at SAMPLE_RATE on stdout.
+    """The ffmpeg command line: ``input_target`` -> a WAV stream on stdout.
 
-    Output: little-endian float32 (PCM_DTYPE) samples, 1 channel, SAMPLE_RATE Hz; ffmpeg
-    picks the best audio stream and downmixes/resamples it. Video, subtitles and data
-    streams are dropped without being decoded.
+    Output: little-endian float32 (PCM_DTYPE) samples at SAMPLE_RATE Hz, mono for mono
+    input and stereo for anything else (ffmpeg mixes 5.1 and the like down to stereo); the
+    WAV header says which, and ``downmix`` makes the stereo mono. ffmpeg picks the best
+    audio stream and resamples it. Video, subtitles and data streams are dropped without
+    being decoded.
 
     Sample 0 is the media's time 0: raw PCM has no timestamps, so audio that starts after
     the video (an MP4 or MKV whose audio begins 3 s in) or that has a gap in its timestamps
@@ -99,10 +110,9 @@ def ffmpeg_command(input_target: str = "pipe:0") -> list[str]:
     """
     stream = ffmpeg.input(input_target).output(
         "pipe:1",
-        format=_WIRE_FORMAT,
+        format="wav",
         acodec=f"pcm_{_WIRE_FORMAT}",
-        af=TIMELINE_FILTER,
-        ac=1,
+        af=f"{TIMELINE_FILTER},{LAYOUT_FILTER}",
         ar=SAMPLE_RATE,
         vn=None,
         sn=None,
@@ -326,6 +336,68 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+_WAV_HEADER_MAX = 1 << 16  # bytes of chunks before "data" we read through at most
+
+
+def read_wav_header(pipe) -> int | None:
+    """Read ffmpeg's WAV header from ``pipe`` up to the first sample; return its number of
+    channels (1 or 2), or None when the stream ends first (ffmpeg failed: its stderr says
+    why). Chunks other than "fmt " (ffmpeg's "LIST" of tags) are skipped; the sizes of
+    RIFF and "data" are not read, since ffmpeg cannot fill them in on a pipe."""
+
+    def read(n: int) -> bytes | None:
+        buf = bytearray(n)
+        return bytes(buf) if _read_full(pipe, buf) == n else None
+
+    head = read(12)
+    if head is None:
+        return None
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise DecodeError(f"ffmpeg wrote no WAV header ({head[:12]!r})")
+    channels, seen = None, 12
+    while True:
+        chunk = read(8)
+        if chunk is None:
+            return None
+        kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if kind == b"data":
+            if channels is None:
+                raise DecodeError("ffmpeg's WAV output has no format chunk")
+            return channels
+        seen += 8 + size + (size & 1)
+        if seen > _WAV_HEADER_MAX:
+            raise DecodeError("ffmpeg's WAV header is too long")
+        body = read(size + (size & 1))
+        if body is None:
+            return None
+        if kind == b"fmt ":
+            tag, channels, rate = struct.unpack("<HHI", body[:8])
+            bits = struct.unpack("<H", body[14:16])[0]
+            if channels not in (1, 2) or rate != SAMPLE_RATE or bits != PCM_ITEMSIZE * 8 or tag not in (3, 0xFFFE):
+                raise DecodeError(f"ffmpeg wrote {channels} channel(s) of {bits}-bit audio (format {tag:#x}) at "
+                                  f"{rate} Hz, not float mono or stereo at {SAMPLE_RATE} Hz")  # fmt: skip
+
+
+def downmix(frames: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(n, 2) float32 stereo -> ((n,) float32 mono, whether the channels cancel).
+
+    Normally the mid, ``L/sqrt(2) + R/sqrt(2)``: what ffmpeg's own mix gives, sample for
+    sample. Where one channel is the other turned upside down (a phase-inverted mic lead,
+    a "wide" effect), the mid is near silence and the side (``L/sqrt(2) - R/sqrt(2)``)
+    holds the speech: a block whose side carries 10 times the mid's energy is mixed as the
+    side. ffmpeg, openai/whisper and faster-whisper all mix such audio to silence; the
+    transcript was empty, with no error. Channels that are merely different (two speakers,
+    one per side) have a side no louder than their mid and are mixed as before."""
+    left, right = frames[:, 0] * _MIX, frames[:, 1] * _MIX
+    mid = left + right
+    side = left - right
+    m = float(np.dot(mid.astype(np.float64), mid))
+    d = float(np.dot(side.astype(np.float64), side))
+    if d > _INVERTED_RATIO * m:
+        return side, True
+    return mid, False
+
+
 def decode_stream(
     blocks: Iterable[bytes],
     *,
@@ -431,19 +503,27 @@ def decode_stream(
             del head
             feeder.start()
 
-        frame_bytes = block_samples * PCM_ITEMSIZE
+        channels = read_wav_header(proc.stdout) or 1  # None: ffmpeg failed; said below
+        frame_bytes = block_samples * PCM_ITEMSIZE * channels
         total = 0
+        inverted = False
         while True:
             buf = bytearray(frame_bytes)
             got = _read_full(proc.stdout, buf)
             if feeder is not None and feeder.error is not None:
                 break
-            n = got // PCM_ITEMSIZE
+            n = got // (PCM_ITEMSIZE * channels)
             if n:
-                pcm = np.frombuffer(buf, dtype=_WIRE_DTYPE, count=n)
+                pcm = np.frombuffer(buf, dtype=_WIRE_DTYPE, count=n * channels)
                 if _WIRE_DTYPE != PCM_DTYPE:
                     pcm = pcm.astype(PCM_DTYPE)
-                elif n < block_samples:
+                if channels == 2:
+                    pcm, cancel = downmix(pcm.reshape(n, 2))
+                    if cancel and not inverted:
+                        inverted = True
+                        logger.warning("%s: its two channels cancel out when mixed (one is phase-inverted); "
+                                       "transcribing their difference", name)  # fmt: skip
+                elif n < block_samples and _WIRE_DTYPE == PCM_DTYPE:
                     pcm = (
                         pcm.copy()
                     )  # don't pin a whole block's buffer for a short tail

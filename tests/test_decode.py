@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -20,9 +21,12 @@ import pytest
 from pipeline.constants import PCM_DTYPE, SAMPLE_RATE
 from stages.decode import (
     SNIFF_LIMIT,
+    TIMELINE_FILTER,
     DecodeError,
     decode_stream,
+    downmix,
     ffmpeg_command,
+    read_wav_header,
     sniff_layout,
 )
 from tests import media
@@ -202,6 +206,56 @@ def test_stereo_downmix(tmp_path):
     hz = np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE)
     top2 = sorted(hz[np.argsort(spectrum)[-2:]])
     assert abs(top2[0] - 440) < 2 and abs(top2[1] - 1500) < 2  # both channels are in
+
+
+def test_phase_inverted_stereo_is_not_mixed_to_silence(tmp_path, caplog):
+    """One channel the other upside down (a phase-inverted mic lead): ffmpeg's mix, like
+    openai/whisper's and faster-whisper's, is silence, and the transcript was empty with
+    no error. Mixed as the side (L - R) instead, with a warning; ordinary stereo and mono
+    come out as ffmpeg mixes them, sample for sample."""
+    x = media.babble(6.0, rate=44100, amp=0.3)
+    path = media.write_wav(tmp_path / "inv.wav", np.stack([x, -x], axis=1), 44100)
+    caplog.set_level(logging.WARNING, logger="stages.decode")
+    y = decode_file(path)
+    mono = decode_file(media.write_wav(tmp_path / "mono.wav", x, 44100))
+    assert len(y) == len(mono)
+    # The side of (x, -x) is sqrt(2) x, as loud as the mid of (x, x) is.
+    np.testing.assert_allclose(y, np.clip(mono * np.float32(2 * 0.70710677), -1, 1), atol=1e-5)
+    assert "cancel out" in caplog.text
+    caplog.clear()
+    same = decode_file(media.write_wav(tmp_path / "same.wav", np.stack([x, x], axis=1), 44100))
+    assert np.abs(same).max() > 0.2 and "cancel" not in caplog.text
+    # Two different voices, one per side: the mid, as ffmpeg mixes it (no switching).
+    z = media.babble(6.0, rate=44100, amp=0.3, seed=1)
+    two = media.write_wav(tmp_path / "two.wav", np.stack([x, z], axis=1), 44100)
+    got = decode_file(two)
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(two), "-af", TIMELINE_FILTER, "-ac", "1", "-ar",
+                          str(SAMPLE_RATE), "-f", "f32le", "-"], capture_output=True, check=True).stdout  # fmt: skip
+    np.testing.assert_array_equal(got, np.clip(np.frombuffer(out, np.float32), -1, 1))
+    assert "cancel" not in caplog.text
+
+
+def test_downmix_and_wav_header():
+    left = np.array([0.5, -0.25, 0.0, 1.0], np.float32)
+    mono, cancel = downmix(np.stack([left, left], 1))
+    assert not cancel and mono.dtype == np.float32
+    np.testing.assert_array_equal(mono, left * np.float32(0.70710677) + left * np.float32(0.70710677))
+    side, cancel = downmix(np.stack([left, -left], 1))
+    assert cancel and side.max() > 0
+    assert downmix(np.zeros((8, 2), np.float32))[1] is False  # silence: the mid
+    # The header: ffmpeg's tags skipped, the channels read; an early end is None.
+    fmt = struct.pack("<HHIIHH", 3, 2, SAMPLE_RATE, SAMPLE_RATE * 8, 8, 32)
+    head = b"RIFF\xff\xff\xff\xffWAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    head += b"LIST" + struct.pack("<I", 5) + b"INFOx\x00" + b"data\xff\xff\xff\xff"
+    pipe = io.BytesIO(head + b"\x00" * 16)
+    assert read_wav_header(pipe) == 2 and pipe.read() == b"\x00" * 16
+    assert read_wav_header(io.BytesIO(head[:30])) is None
+    assert read_wav_header(io.BytesIO(b"")) is None
+    with pytest.raises(DecodeError, match="no WAV header"):
+        read_wav_header(io.BytesIO(b"\x00" * 64))
+    bad = head.replace(struct.pack("<I", SAMPLE_RATE), struct.pack("<I", 8000), 1)
+    with pytest.raises(DecodeError, match="8000 Hz"):
+        read_wav_header(io.BytesIO(bad))
 
 
 def test_5_1_downmix(tmp_path):
@@ -428,13 +482,14 @@ def test_ffmpeg_command():
     assert cmd[cmd.index("-i") + 1] == "pipe:0"
     joined = " ".join(cmd)
     for part in (
-        "-f f32le",
+        "-f wav",
         "-acodec pcm_f32le",
-        "-ac 1",
+        "aformat=channel_layouts=mono|stereo",
         f"-ar {SAMPLE_RATE}",
         "-nostdin",
     ):
         assert part in joined
+    assert "-ac" not in cmd  # the mix to mono is ours (stages.decode.downmix)
     assert "quiet" not in cmd
     assert cmd.index("-nostdin") < cmd.index("-i")  # global options before the input
     assert ffmpeg_command("file:/tmp/x.mp4")[cmd.index("-i") + 1] == "file:/tmp/x.mp4"
