@@ -276,6 +276,11 @@ def _words(result: WindowResult) -> tuple[str, ...]:
 # -------------------------------------------------------------------------------- pace
 
 
+def _token(word: str) -> str:
+    """A whitespace token of a transcript, lower case, without punctuation (for anchoring)."""
+    return re.sub(r"[^\w']", "", word.lower())
+
+
 def text_units(text: str) -> int:
     """How much a text says, in any script: its letters and digits (an English word is
     about 4.5 of them; scripts written without spaces count the same way)."""
@@ -399,8 +404,8 @@ class _Span:
     temperatures: list = field(default_factory=list)  # the temperature each was asked at
     group: object = None  # a split: the _Split this half belongs to
     tail: bool = False  # decoded again because the span before it left this part untranscribed
-    # An end tail decoded with the segments before it (``WindowReview._tail``): they stand
-    # unless the re-decode says more than they did.
+    # An end tail decoded with the segments before it (``WindowReview._tail``): they stand,
+    # and only the words the re-decode says after their last words are added.
     replaces: tuple = ()
 
 
@@ -542,10 +547,8 @@ class WindowReview:
         if span.group is not None:
             return self._half_done(span, segments)
         follow: list[Request] = []
-        if span.replaces and sum(map(text_units, (s.text for s in segments))) <= sum(
-            map(text_units, (s.text for s in span.replaces))
-        ):
-            segments = list(span.replaces)
+        if span.replaces:
+            segments = self._went_on(span, segments)
         tail = self._tail(span, segments)
         if tail is not None:
             cut, segments, replaces = tail
@@ -665,8 +668,7 @@ class WindowReview:
         segment's end: that end is often early, inside the last word, and a tail of half a
         second, decoded alone before 29 s of padding, came back as Whisper's sign-off
         ("Thank you.") or a lone "the". With the sentence before it the model hears the last
-        words as words. The segments from the cut on stand unless the re-decode says more
-        (the last word "lines.", 0.44 s after the last segment's end, is found either way)."""
+        words as words (``_went_on``)."""
         cfg = self.cfg
         if span.depth >= cfg.max_tail_redecodes:
             return None
@@ -698,6 +700,36 @@ class WindowReview:
         if cut <= span.start:  # nothing was heard: decoding the same span again gains nothing
             return None
         return cut, kept, replaces
+
+    def _went_on(self, span: _Span, segments: list[Segment]) -> list[Segment]:
+        """An end tail decoded with the segments before it (``span.replaces``): those
+        segments stand as they were, and the words the re-decode says after their last
+        words are added as one segment. A decode of a few seconds alone may hear some words
+        differently ("A suite" as "Us week"), so it is not taken whole; what it adds is
+        found by the old segments' last words (two at least, up to eight) in its text. No
+        such anchor, or nothing after it: the old segments alone. The added words pass the
+        pace and repeat checks of any segment."""
+        old = list(span.replaces)
+        old_tokens = " ".join(s.text for s in old).split()
+        new_tokens = " ".join(s.text for s in segments).split()
+        key = [_token(t) for t in old_tokens]
+        got = [_token(t) for t in new_tokens]
+        extra = None
+        for k in range(min(8, len(key), len(got)), 1, -1):
+            hits = [p for p in range(len(got) - k + 1) if got[p : p + k] == key[-k:]]
+            if hits:
+                extra = hits[-1] + k
+                break
+        if extra is None or extra >= len(new_tokens):
+            return old
+        words = [w for s in segments for w in s.words]
+        start, end = old[-1].end, max(old[-1].end, segments[-1].end)
+        seg = Segment(start, end, " " + " ".join(new_tokens[extra:]),
+                      words=tuple(words[extra:]) if len(words) == len(new_tokens) else ())  # fmt: skip
+        before = [w for s in self._kept_before(span.start) + old for w in plain_words(s.text)]
+        if too_fast(seg, self.loud, self.cfg) or repeats(plain_words(seg.text), before, self.cfg):
+            return old
+        return old + [seg]
 
     def _split(self, span: _Span, seg: Segment) -> list[Request]:
         """Decode a too-slow segment again as two windows cut at its quietest 100 ms near

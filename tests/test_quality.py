@@ -769,7 +769,7 @@ def test_a_jobs_last_words_at_its_very_end_are_decoded_again():
     first = res(seg(0.0, 10.0, " On the same line,"), seg(10.0, 19.56, " on subsequent"))
     kinds, texts = run(first, final=True)
     assert kinds == [("window", 0), ("tail", 10 * SAMPLE_RATE)]
-    assert texts == [" On the same line,", " on subsequent lines."]
+    assert texts == [" On the same line,", " on subsequent", " lines."]
     # The cut: the start of the last segment that starts 5 s or more before the end.
     three = res(seg(0.0, 10.0, " On the same line,"), seg(10.0, 16.0, " and the next"), seg(16.0, 19.56, " on subsequent"))
     assert run(three, final=True)[0] == [("window", 0), ("tail", 10 * SAMPLE_RATE)]
@@ -780,13 +780,14 @@ def test_a_jobs_last_words_at_its_very_end_are_decoded_again():
     assert run(res(seg(0.0, 19.5, " All of it.")), final=True, audio=quiet_end)[0] == [("window", 0)]
 
 
-def test_a_jobs_end_decoded_again_says_more_or_leaves_the_words_as_they_were():
+def test_a_jobs_end_decoded_again_adds_only_what_comes_after_the_last_words():
     """The last segment's end is often early, inside the last word. Decoded alone, the
     half second after it came back as Whisper's sign-off ("Thank you.", "Bye!") or a
     lone "the" (tiny.en, espeak-ng readings that end mid-word or with a slow last word).
-    The end is decoded with the sentence before it, and that sentence stands unless the
-    re-decode says more; a window of one segment from its start has no sentence to
-    start from, and its end is not decoded again."""
+    The end is decoded with the sentences of its last 5 s; those stand as they were (a
+    few seconds decoded alone heard "A suite" as "Us week"), and what the re-decode says
+    after their last words is added. A window of one segment from its start has no
+    sentence to start from, and its end is not decoded again."""
     audio = speech_like(30.0)
     first = res(seg(0.0, 25.0, " You may embed this package's interpreter,"), seg(25.0, 29.0, " within an executable"),
                 seg(29.0, 29.5, " by linking."))  # fmt: skip
@@ -799,8 +800,14 @@ def test_a_jobs_end_decoded_again_says_more_or_leaves_the_words_as_they_were():
     kinds, texts = run(first, " within an executable by linking.")
     assert kinds == [("window", 0), ("tail", 25 * SAMPLE_RATE)]
     assert texts == [" You may embed this package's interpreter,", " within an executable", " by linking."]
-    kinds, texts = run(first, " within an executable of yours by linking.")  # says more: taken
-    assert texts == [" You may embed this package's interpreter,", " within an executable of yours by linking."]
+    # Other words inside: the old ones stand; words after the last old ones are added.
+    kinds, texts = run(first, " with an executable of yours by linking.")
+    assert texts == [" You may embed this package's interpreter,", " within an executable", " by linking."]
+    kinds, texts = run(first, " with an executable by linking, statically.")
+    assert texts[-2:] == [" by linking.", " statically."]
+    # No anchor (the last words heard otherwise), or a repeat of what came before: nothing.
+    assert run(first, " within an executable by link. Statically.")[1][-1] == " by linking."
+    assert run(first, " within an executable by linking. Within an executable by linking.")[1][-1] == " by linking."
     one = res(seg(0.0, 29.5, " You may embed this package's interpreter within an executable by linking."))
     assert run(one, " Thank you.") == ([("window", 0)], [one.segments[0].text])
 
@@ -842,7 +849,7 @@ def test_a_tail_the_model_calls_no_speech_gives_no_words():
         return [s.text for s in drive(WindowReview(0, audio, final=final), dec).segments]
 
     assert run(res(seg(0.0, 0.4, " you"), ns=0.94, lp=-0.97, n=4))[-1] == " on subsequent"
-    assert run(res(seg(0.0, 9.9, " on subsequent lines."), ns=0.12, lp=-0.65, n=5))[-1] == " on subsequent lines."
+    assert run(res(seg(0.0, 9.9, " on subsequent lines."), ns=0.12, lp=-0.65, n=5))[-1] == " lines."
     # A quiet tail that also looks like a loop is not decoded hotter: it gives nothing anyway.
     loop = res(seg(0.0, 0.4, " you you you you"), ns=0.94, lp=-0.97, cr=3.0, n=20)
     dec = FakeDecoder(lambda r: first if r.kind == "window" else loop)
