@@ -65,11 +65,13 @@ def babble(seconds: float, rate: int = 16000, amp: float = 0.2, seed: int = 0) -
     return (amp * env * rng.standard_normal(n)).astype(np.float32)
 
 
-def speech(path, text: str, rate: int = 16000, voice: str = "en") -> Path:
-    """espeak-ng speech saved as a WAV at ``rate`` Hz (espeak's own 22050 Hz resampled)."""
+def speech(path, text: str, rate: int = 16000, voice: str = "en", speed: int | None = None) -> Path:
+    """espeak-ng speech saved as a WAV at ``rate`` Hz (espeak's own 22050 Hz resampled);
+    ``speed``: words a minute (espeak's default 175)."""
     path = Path(path)
     raw = path.with_suffix(".espeak.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True)
+    subprocess.run(["espeak-ng", "-v", voice, *(["-s", str(speed)] if speed else []), "-w", str(raw), text],
+                   check=True)  # fmt: skip
     convert(raw, path, "-ar", str(rate), "-ac", "1")
     raw.unlink()
     return path

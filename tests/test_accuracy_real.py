@@ -75,6 +75,11 @@ def _pcm(path) -> np.ndarray:
     return media.read_audio(path)
 
 
+def _espeak(tmp_path: Path, text: str, name: str = "speech", speed: int = 160) -> Path:
+    """``text`` read by espeak-ng (en-us, ``speed`` words a minute) as a 16 kHz mono WAV."""
+    return media.speech(tmp_path / f"{name}.wav", text, voice="en-us", speed=speed)
+
+
 def sequential_text(model_dir: str, audio: np.ndarray) -> str:
     """transformers' sequential long-form generate (greedy, no fallback, no prompt)."""
     import torch
@@ -143,9 +148,7 @@ def test_noise_after_the_last_words_gives_no_words(pipe, tmp_path):
         pytest.skip("espeak-ng is not installed")
     text = ("The committee approved the budget for next year. Work on the new bridge begins in "
             "the spring, and the mayor will open it.")  # fmt: skip
-    raw = tmp_path / "raw.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), text], check=True)
-    speech = _pcm(media.convert(raw, tmp_path / "speech.wav", "-ar", "16000", "-ac", "1"))
+    speech = _pcm(_espeak(tmp_path, text))
     rng = np.random.default_rng(1)
     for seconds, amp in ((0.6, 0.2), (0.9, 0.3)):
         walk = np.cumsum(rng.standard_normal(int(seconds * 16000)))  # brown noise, its drift removed
@@ -166,9 +169,7 @@ def test_a_dc_offset_costs_no_words(pipe, tmp_path):
     if not shutil.which("espeak-ng"):
         pytest.skip("espeak-ng is not installed")
     text = "The quick brown fox jumps over the lazy dog. Please call Stella and ask her to bring these things."
-    raw = tmp_path / "raw.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), text], check=True)
-    speech = _pcm(media.convert(raw, tmp_path / "speech.wav", "-ar", "16000", "-ac", "1"))
+    speech = _pcm(_espeak(tmp_path, text))
     quiet = 0.3 * speech / np.abs(speech).max() * 0.5
     plain = pipe.transcribe(Job(str(media.write_wav(tmp_path / "q.wav", quiet)), DecodeOptions(language="en")), timeout=300)
     offset = pipe.transcribe(Job(str(media.write_wav(tmp_path / "dc.wav", quiet + 0.02)), DecodeOptions(language="en")),
@@ -204,9 +205,7 @@ def test_speech_over_steady_noise_or_music_keeps_its_words(pipe, tmp_path):
     text = ("The committee met on Tuesday morning to discuss the new budget. Several members asked why "
             "the library had closed early last winter. The chairman promised a full report before the "
             "end of the month, and the meeting ended shortly after eleven o'clock.")  # fmt: skip
-    raw = tmp_path / "raw.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), text], check=True)
-    speech = _pcm(media.convert(raw, tmp_path / "speech.wav", "-ar", "16000", "-ac", "1")).astype(np.float64)
+    speech = _pcm(_espeak(tmp_path, text)).astype(np.float64)
     speech = np.concatenate([np.zeros(48000), speech, np.zeros(48000)])  # 3 s of background alone each side
     power = np.mean(speech**2) * len(speech) / np.count_nonzero(speech)
     rng = np.random.default_rng(1)
@@ -237,9 +236,7 @@ def test_no_sign_off_invented_after_the_last_word(pipe, tmp_path):
     )  # fmt: skip
     bad = []
     for i, (text, speed, after_s) in enumerate(cases):
-        raw = tmp_path / f"raw{i}.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(speed), "-w", str(raw), text], check=True)
-        speech = _pcm(media.convert(raw, tmp_path / f"speech{i}.wav", "-ar", "16000", "-ac", "1"))
+        speech = _pcm(_espeak(tmp_path, text, f"speech{i}", speed))
         loud = np.flatnonzero(np.abs(speech) > 1e-3)
         audio = np.concatenate([np.zeros(8000, np.float32), speech[loud[0] : loud[-1] + 1],
                                 np.zeros(int(after_s * 16000), np.float32)])  # fmt: skip
@@ -263,9 +260,7 @@ def test_sentences_after_long_pauses_over_a_noise_floor_keep_their_times(pipe, t
                  "Everyone was glad when it opened again in June.", "Our library opens at nine every morning.")  # fmt: skip
     parts, onsets, at = [], [], 0
     for i, (text, pause_s) in enumerate(zip(sentences, (3.0, 12.0, 6.0, 15.0))):
-        raw = tmp_path / f"raw{i}.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), text], check=True)
-        x = _pcm(media.convert(raw, tmp_path / f"s{i}.wav", "-ar", "16000", "-ac", "1"))
+        x = _pcm(_espeak(tmp_path, text, f"s{i}"))
         loud = np.flatnonzero(np.abs(x) > 1e-3)
         parts += [np.zeros(int(pause_s * 16000)), 0.5 * x[loud[0] : loud[-1] + 1]]
         at += int(pause_s * 16000)
@@ -290,9 +285,7 @@ def test_phase_inverted_stereo_keeps_its_words(pipe, tmp_path):
     if not shutil.which("espeak-ng"):
         pytest.skip("espeak-ng is not installed")
     text = "The quick brown fox jumps over the lazy dog. Please call Stella and ask her to bring these things."
-    raw = tmp_path / "raw.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), text], check=True)
-    x = _pcm(media.convert(raw, tmp_path / "speech.wav", "-ar", "16000", "-ac", "1"))
+    x = _pcm(_espeak(tmp_path, text))
     wav = media.write_wav(tmp_path / "inverted.wav", np.stack([0.5 * x, -0.5 * x], axis=1))
     t = pipe.transcribe(Job(str(wav), DecodeOptions(language="en")), timeout=300)
     s = score(text, t.text)
@@ -310,9 +303,7 @@ def test_a_prompt_adds_no_words_that_were_not_spoken(pipe, tmp_path):
             "steam locomotives were built in England at the beginning of the nineteenth century. Soon, railways "
             "connected many cities and travel became faster and cheaper for ordinary people. Goods could be "
             "moved across the country in a single day.")  # fmt: skip
-    raw = tmp_path / "raw.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), text], check=True)
-    wav = media.convert(raw, tmp_path / "speech.wav", "-ar", "16000", "-ac", "1")
+    wav = _espeak(tmp_path, text)
     for prompt in ("Good day. Today we talk about the railway in Germany.", "Railway, locomotives, England."):
         t = pipe.transcribe(Job(str(wav), DecodeOptions(language="en", prompt=prompt)), timeout=300)
         s = score(text, t.text)
