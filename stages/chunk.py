@@ -14,14 +14,15 @@ first difference (``frame_levels``: DC, hum and rumble hardly count):
 
 1. A window starts where sound resumes: from the current position, quiet frames are
    skipped and the window starts ``margin_s`` before the first of ``onset_s`` (50 ms) of
-   louder frames in a row (never before the current position). A lone louder frame is
-   the noise of a pause, not speech: over a -60 dBFS noise floor, single frames rose over
-   the threshold at random, windows began up to 15 s before the speech, and Whisper
-   stamped the first sentence from the window's start, 15 s early. Quiet here is at or below the lowest frame level of the coming
-   ``max_s - min_s`` plus ``tolerance_db``, and at or below the previous cut's own
-   threshold (2.) when there was one. Whisper reads its first segment's start from the first 1 s of a
-   window; speech that begins after seconds of silence was skipped entirely in one window
-   of a test reading. (Audio shorter than one frame is a window of its own.)
+   louder frames in a row (never before the current position). Quiet here is at or below
+   the lowest frame level of the coming ``max_s - min_s`` plus ``tolerance_db``, and at
+   or below the previous cut's own threshold (2.) when there was one. Whisper reads its
+   first segment's start from the first 1 s of a window; speech that begins after seconds
+   of silence was skipped entirely in one window of a test reading. A lone louder frame
+   is the noise of a pause, not speech: over a -60 dBFS noise floor single frames rose
+   over the threshold at random, windows began up to 15 s before the speech, and Whisper
+   stamped its first sentence from there. (Audio shorter than one frame is a window of
+   its own.)
 2. It ends at the longest quiet run that starts within ``[start + min_s, start + max_s]``:
    ``quiet`` is the range's lowest frame level plus ``tolerance_db``, a run is a stretch
    of frames at or below it (lengths compared within the range only; the chosen run is
