@@ -277,8 +277,9 @@ def _words(result: WindowResult) -> tuple[str, ...]:
 
 
 def _token(word: str) -> str:
-    """A whitespace token of a transcript, lower case, without punctuation (for anchoring)."""
-    return re.sub(r"[^\w']", "", word.lower())
+    """A whitespace token of a transcript as ``plain_words`` reads it, in one piece (for
+    anchoring: "semicolon-separated" -> "semicolonseparated")."""
+    return "".join(plain_words(word))
 
 
 def text_units(text: str) -> int:

@@ -76,7 +76,10 @@ def _pcm(path) -> np.ndarray:
 
 
 def _espeak(tmp_path: Path, text: str, name: str = "speech", speed: int = 160) -> Path:
-    """``text`` read by espeak-ng (en-us, ``speed`` words a minute) as a 16 kHz mono WAV."""
+    """``text`` read by espeak-ng (en-us, ``speed`` words a minute) as a 16 kHz mono WAV;
+    the test is skipped where espeak-ng is not installed (CI installs it)."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed")
     return media.speech(tmp_path / f"{name}.wav", text, voice="en-us", speed=speed)
 
 
@@ -144,8 +147,6 @@ def test_noise_after_the_last_words_gives_no_words(pipe, tmp_path):
     going by the end-of-text veto, once wrote the last sentence again over the noise
     ("And the mayor will open it. The Mayor will open it.") and then "you" on the job's
     final tail. Now the transcript ends with the last words spoken, once."""
-    if not shutil.which("espeak-ng"):
-        pytest.skip("espeak-ng is not installed")
     text = ("The committee approved the budget for next year. Work on the new bridge begins in "
             "the spring, and the mayor will open it.")  # fmt: skip
     speech = _pcm(_espeak(tmp_path, text))
@@ -166,8 +167,6 @@ def test_a_dc_offset_costs_no_words(pipe, tmp_path):
     every frame was measured with the offset in it, so hardly any frame held "sound", the
     pace check took every segment for words said over silence, and the transcript came
     back empty, with exit code 0."""
-    if not shutil.which("espeak-ng"):
-        pytest.skip("espeak-ng is not installed")
     text = "The quick brown fox jumps over the lazy dog. Please call Stella and ask her to bring these things."
     speech = _pcm(_espeak(tmp_path, text))
     quiet = 0.3 * speech / np.abs(speech).max() * 0.5
@@ -200,8 +199,6 @@ def test_speech_over_steady_noise_or_music_keeps_its_words(pipe, tmp_path):
     dB over the background, so with a fixed 10 dB rise hardly a frame counted as sound,
     the pace check took every segment for words said over silence, and the transcript
     came back empty (exit code 0) where sequential decoding got 70-80% of the words."""
-    if not shutil.which("espeak-ng"):
-        pytest.skip("espeak-ng is not installed")
     text = ("The committee met on Tuesday morning to discuss the new budget. Several members asked why "
             "the library had closed early last winter. The chairman promised a full report before the "
             "end of the month, and the meeting ended shortly after eleven o'clock.")  # fmt: skip
@@ -223,8 +220,6 @@ def test_no_sign_off_invented_after_the_last_word(pipe, tmp_path):
     end is early, inside the last word, and the half second after it, decoded again alone
     before 29 s of padding, came back as Whisper's sign-off ("Thanks for watching!") or a
     lone "the" (tiny.en). Now the transcript ends with the words spoken."""
-    if not shutil.which("espeak-ng"):
-        pytest.skip("espeak-ng is not installed")
     cases = (
         ("Our library opens at nine. Children's books are on the second floor. Please return them "
          "within three weeks.", 160, 0.0),
@@ -254,8 +249,6 @@ def test_sentences_after_long_pauses_over_a_noise_floor_keep_their_times(pipe, t
     the speech, and Whisper stamped the sentence from the window's start ("Our library
     opens ..." at 29.2 s for speech at 43.7 s). Every sentence now starts within 1 s of
     its speech."""
-    if not shutil.which("espeak-ng"):
-        pytest.skip("espeak-ng is not installed")
     sentences = ("The bridge was closed for repairs in the spring.", "Traffic moved slowly through the town for weeks.",
                  "Everyone was glad when it opened again in June.", "Our library opens at nine every morning.")  # fmt: skip
     parts, onsets, at = [], [], 0
@@ -282,8 +275,6 @@ def test_sentences_after_long_pauses_over_a_noise_floor_keep_their_times(pipe, t
 def test_phase_inverted_stereo_keeps_its_words(pipe, tmp_path):
     """Stereo whose right channel is the left upside down: mixed to mono it was silence,
     and the transcript came back empty, exit code 0, with no warning."""
-    if not shutil.which("espeak-ng"):
-        pytest.skip("espeak-ng is not installed")
     text = "The quick brown fox jumps over the lazy dog. Please call Stella and ask her to bring these things."
     x = _pcm(_espeak(tmp_path, text))
     wav = media.write_wav(tmp_path / "inverted.wav", np.stack([0.5 * x, -0.5 * x], axis=1))
@@ -297,8 +288,6 @@ def test_a_prompt_adds_no_words_that_were_not_spoken(pipe, tmp_path):
     the end-of-text veto took that 0.00 for how far the text got, saw 18 s of sound after
     it and kept the model going: "The first time we were able to go to the train, ..."
     twice (38 words that were never said; 20 with a prompt of three words)."""
-    if not shutil.which("espeak-ng"):
-        pytest.skip("espeak-ng is not installed")
     text = ("Good morning everyone. Today we are going to talk about the history of the railway. The first "
             "steam locomotives were built in England at the beginning of the nineteenth century. Soon, railways "
             "connected many cities and travel became faster and cheaper for ordinary people. Goods could be "
