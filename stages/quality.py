@@ -282,6 +282,22 @@ def _token(word: str) -> str:
     return "".join(plain_words(word))
 
 
+def _last_words(words: list, tokens: list[str]) -> tuple:
+    """The last of a decode's timed words that spell ``tokens`` (its last whitespace
+    tokens), letter for letter; () when they do not. Timed words are not whitespace
+    tokens: OpenAI's word grouping joins a lone opening mark to the word after it (" -",
+    a quote), and a language written without spaces has a word per token or character,
+    so they are matched by their letters, from the end."""
+    want, got = "".join(_token(t) for t in tokens), ""
+    for i in range(len(words) - 1, -1, -1):
+        got = _token(words[i].word) + got
+        if got == want and want:
+            return tuple(words[i:])
+        if len(got) > len(want):
+            break
+    return ()
+
+
 def text_units(text: str) -> int:
     """How much a text says, in any script: its letters and digits (an English word is
     about 4.5 of them; scripts written without spaces count the same way)."""
@@ -723,10 +739,9 @@ class WindowReview:
                 break
         if extra is None or extra >= len(new_tokens):
             return old
-        words = [w for s in segments for w in s.words]
         start, end = old[-1].end, max(old[-1].end, segments[-1].end)
         seg = Segment(start, end, " " + " ".join(new_tokens[extra:]),
-                      words=tuple(words[extra:]) if len(words) == len(new_tokens) else ())  # fmt: skip
+                      words=_last_words([w for s in segments for w in s.words], new_tokens[extra:]))  # fmt: skip
         before = [w for s in self._kept_before(span.start) + old for w in plain_words(s.text)]
         if too_fast(seg, self.loud, self.cfg) or repeats(plain_words(seg.text), before, self.cfg):
             return old

@@ -812,6 +812,32 @@ def test_a_jobs_end_decoded_again_adds_only_what_comes_after_the_last_words():
     assert run(one, " Thank you.") == ([("window", 0)], [one.segments[0].text])
 
 
+def test_words_added_at_a_jobs_end_keep_their_times():
+    """With word timestamps, the words a job's end adds keep theirs, found by their
+    letters: timed words are not whitespace tokens (OpenAI's grouping joins a lone " -" to
+    the word after it), and the added segment had no words at all when the counts
+    differed."""
+    from pipeline.types import Word
+
+    def timed(start, end, text):
+        toks = text.replace(" - ", " -").split(" ")[1:]  # " -" joins the next word
+        step = (end - start) / len(toks)
+        words = tuple(Word(start + i * step, start + (i + 1) * step, " " + t.replace("-", "- "), 0.9)
+                      for i, t in enumerate(toks))  # fmt: skip
+        return Segment(start=start, end=end, text=text, words=words)
+
+    audio = speech_like(30.0)
+    first = res(timed(0.0, 25.0, " You may embed this package's interpreter,"), timed(25.0, 29.0, " within an executable"),
+                timed(29.0, 29.5, " by linking"))  # fmt: skip
+    tail = timed(25.0, 29.9, " within an executable by linking - statically.")
+    assert len(tail.words) == len(tail.text.split()) - 1
+    dec = FakeDecoder(lambda r: first if r.kind == "window" else res(replace(tail, start=0.0, end=4.9, words=tuple(
+        replace(w, start=w.start - 25.0, end=w.end - 25.0) for w in tail.words))))  # fmt: skip
+    out = drive(WindowReview(0, audio, final=True), dec)
+    assert [s.text for s in out.segments][-1] == " - statically."
+    assert [(w.word, round(w.start, 3)) for w in out.segments[-1].words] == [(" - statically.", round(25.0 + 5 * 4.9 / 6, 3))]
+
+
 def test_a_segment_saying_again_what_came_just_before_is_dropped():
     """Whisper re-reading its context into noise: "And the mayor will open it." then
     "The Mayor will open it." where only noise follows the speech (a recording that ends
