@@ -81,8 +81,15 @@ def _window_segments(w: TimedWindow, prev_end: float | None, duration: float = 0
     for seg in sorted(w.result.segments, key=lambda s: (s.start, s.end)):
         if not seg.text.strip():
             continue
-        start = min(max(w.start + seg.start, lo), hi)
-        end = min(max(w.start + seg.end, start), hi)
+        # With word timestamps a segment runs from its first word's start to its last
+        # word's end (openai/whisper and faster-whisper do the same). The timestamp tokens
+        # alone can miss the words by seconds: "Yes." said at 11.32-11.74 s came in a
+        # segment stamped 10.11-11.11 s, its cue gone before the word was said. The
+        # review judged the timestamp tokens' times, before this (its decisions do not
+        # depend on whether words were asked for).
+        a, b = (seg.words[0].start, seg.words[-1].end) if seg.words else (seg.start, seg.end)
+        start = min(max(w.start + a, lo), hi)
+        end = min(max(w.start + b, start), hi)
         last = out[-1].end if out else prev_end
         if last is not None and start < last:
             start = last

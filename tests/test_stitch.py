@@ -369,3 +369,24 @@ def test_tone_speech_with_other_window_plans():
     backend = ToneBackend(model="tone:word")
     segments = stitch(timed(transcribe(backend, windows, audio, batch=5)), len(audio) / SR)
     check_clean(segments, truth, "word", len(audio) / SR)
+
+
+def test_a_segment_with_words_runs_from_its_first_word_to_its_last():
+    """With word timestamps, a segment's times are its words' (openai/whisper and
+    faster-whisper do the same): the timestamp tokens alone stamped "Yes.", said at
+    11.32-11.74 s, 10.11-11.11 s, and its subtitle cue was gone before the word was said
+    (the word itself pinned to 11.11-11.11). Order and the window still bound them; a
+    segment without words keeps its timestamp tokens' times."""
+    from pipeline.types import Word
+
+    yes = Segment(10.11, 11.11, " Yes.", words=(Word(11.33, 11.59, " Yes.", 0.9),))
+    early = Segment(1.0, 4.0, " We met.", words=(Word(0.5, 0.9, " We", 0.9), Word(0.9, 1.6, " met.", 0.9)))
+    late = Segment(4.0, 6.0, " Then", words=(Word(1.2, 5.0, " Then", 0.9),))  # before "met." ends
+    plain = Segment(6.0, 8.0, " it rained.")
+    out = stitch([TimedWindow(0, 20.0, 12.0, WindowResult((early, late, plain, yes)))])
+    assert [(s.start, s.end) for s in out] == [(20.5, 21.6), (21.6, 25.0), (26.0, 28.0), (31.33, 31.59)]
+    assert [(w.start, w.end) for s in out for w in s.words] == [(20.5, 20.9), (20.9, 21.6), (21.6, 25.0),
+                                                                (31.33, 31.59)]  # fmt: skip
+    # A word past the window's audio stays inside it.
+    (cut,) = stitch([TimedWindow(0, 0.0, 11.2, WindowResult((yes,)))])
+    assert (cut.start, cut.end) == (11.2, 11.2) and (cut.words[0].start, cut.words[0].end) == (11.2, 11.2)
