@@ -263,13 +263,26 @@ def sequential_rounds(args, shared: SharedBackend, source, options: DecodeOption
     features of all of it (``truncation=False, padding="longest", return_attention_mask=True``;
     audio of 30 s or less is padded to one 30 s window, as short-form requires). A rounds
     generator."""
+    quiet_transformers(args)
+    backend, load_s = shared.get()
+    gen = sequential_generate_kwargs(backend, options)
+    transcribe = sequential_transcriber(backend, gen, device)
+    runs = yield from timed_rounds(args, source, device, "sequential baseline", transcribe)
+    return timed_result(
+        runs,
+        model_load_s=round(load_s, 3),
+        method="transformers generate, sequential long-form (batch 1)",
+        generate_kwargs=gen,
+    )
+
+
+def sequential_transcriber(backend, gen: dict, device: str):
+    """``transcribe(audio) -> text``: sequential long-form ``generate`` with the keyword
+    arguments ``gen`` (``sequential_generate_kwargs``) on 16 kHz float32 audio."""
     import torch
 
     from pipeline.constants import N_SAMPLES
 
-    quiet_transformers(args)
-    backend, load_s = shared.get()
-    gen = sequential_generate_kwargs(backend, options)
     fe = backend.feature_extractor
 
     @torch.inference_mode()
@@ -283,13 +296,7 @@ def sequential_rounds(args, shared: SharedBackend, source, options: DecodeOption
         seqs = seqs["sequences"] if isinstance(seqs, dict) else seqs
         return backend.tokenizer.batch_decode(seqs, skip_special_tokens=True)[0]
 
-    runs = yield from timed_rounds(args, source, device, "sequential baseline", transcribe)
-    return timed_result(
-        runs,
-        model_load_s=round(load_s, 3),
-        method="transformers generate, sequential long-form (batch 1)",
-        generate_kwargs=gen,
-    )
+    return transcribe
 
 
 def faster_whisper_rounds(args, ct2_dir: str, source, options: DecodeOptions, device: str, dtype: str):

@@ -206,13 +206,17 @@ def test_speech_over_steady_noise_or_music_keeps_its_words(pipe, tmp_path):
     speech = np.concatenate([np.zeros(48000), speech, np.zeros(48000)])  # 3 s of background alone each side
     power = np.mean(speech**2) * len(speech) / np.count_nonzero(speech)
     rng = np.random.default_rng(1)
-    for name, noise, snr_db in (("white", rng.standard_normal(len(speech)), 6.0), ("music", _music(len(speech)), 0.0)):
+    # Speech 3 dB over white noise: the whole band's level hardly moves, the voice band's
+    # does (``stages.quality.window_levels``). Empty before; now 60% WER, sequential 50%.
+    cases = (("white", rng.standard_normal(len(speech)), 6.0, 0.5), ("music", _music(len(speech)), 0.0, 0.5),
+             ("white3", rng.standard_normal(len(speech)), 3.0, 0.75))  # fmt: skip
+    for name, noise, snr_db, max_wer in cases:
         mix = speech + noise * np.sqrt(power / np.mean(noise**2) / 10 ** (snr_db / 10))
         mix *= 0.9 / np.abs(mix).max()
         wav = media.write_wav(tmp_path / f"{name}.wav", mix.astype(np.float32))
         t = pipe.transcribe(Job(str(wav), DecodeOptions(language="en")), timeout=300)
         s = score(text, t.text)
-        assert s.deletions <= 3 and s.wer < 0.5, (name, t.text)
+        assert s.deletions <= 3 and s.wer < max_wer, (name, t.text)
 
 
 def test_no_sign_off_invented_after_the_last_word(pipe, tmp_path):
