@@ -86,6 +86,12 @@ class QualityConfig:
     speech_rise_db: float = 10.0
     min_speech_rise_db: float = 3.0
     tail_speech_s: float = 0.3  # ... and a tail needs this much of it to be re-decoded
+    # A last segment spanning a pause this long, with this much sound after the pause
+    # inside it, may have swallowed a sentence: what follows the pause is decoded again,
+    # from this long before the sound resumes.
+    inner_pause_s: float = 2.0
+    inner_sound_s: float = 1.0
+    inner_margin_s: float = 0.4
     max_tail_redecodes: int = 1  # per window (a backstop behind the decoder's veto)
     # The end of a job's last window: nothing comes after it to hear a dropped last word,
     # so a shorter tail is decoded again, measured from the last segment's end, no slack.
@@ -732,6 +738,14 @@ class WindowReview:
         kept = list(segments)
         if kept and kept[-1].open_end:
             kept.pop()
+        pause = self._inner_pause(kept[-1], span_end_s) if kept else None
+        if pause is not None:
+            p0, p1 = pause
+            end = round(min(kept[-1].end, p0 + cfg.timing_slack_s), 3)
+            words = tuple(replace(w, start=min(w.start, end), end=min(w.end, end)) for w in kept[-1].words)
+            kept[-1] = replace(kept[-1], end=end, words=words)
+            cut = int(round(max(end, p1 - cfg.inner_margin_s) * SAMPLE_RATE))
+            return cut, kept, ()
         heard_to = kept[-1].end if kept else span_start_s
         left = span_end_s - heard_to
         if left >= cfg.tail_min_s:
@@ -756,6 +770,38 @@ class WindowReview:
         if cut <= span.start:  # nothing was heard: decoding the same span again gains nothing
             return None
         return cut, kept, replaces
+
+    def _inner_pause(self, seg: Segment, end_s: float) -> tuple[float, float] | None:
+        """(start, end) in window seconds of the longest pause inside ``seg`` (quiet 50 ms
+        frames in a row, ``inner_pause_s`` at least) when sound comes before it in the
+        segment and ``inner_sound_s`` of sound after it, up to the segment's end (or
+        ``end_s``); else None.
+
+        Whisper sometimes stamps a window's last sentence across a long pause to the
+        window's end and stops, and the sentence after the pause is never written: a
+        window holding a sentence, 13 s of silence and another sentence gave one segment
+        of 19.6 s with only the first (an audit's readings, tiny.en; sequential decoding
+        kept that one). Sound before the pause is asked for: a segment whose start is
+        early (stamped from the window's start) says what comes after the pause."""
+        cfg = self.cfg
+        a = max(0, int(seg.start * 20))
+        b = min(len(self.loud), int(np.ceil(min(seg.end, end_s) * 20)))
+        if b - a < cfg.inner_pause_s * 20:
+            return None
+        quiet = np.concatenate([[0], (~self.loud[a:b]).astype(np.int8), [0]])
+        edges = np.flatnonzero(np.diff(quiet))
+        starts, ends = edges[0::2], edges[1::2]
+        if len(starts) == 0:
+            return None
+        k = int(np.argmax(ends - starts))
+        if ends[k] - starts[k] < cfg.inner_pause_s * 20:
+            return None
+        p0, p1 = (a + starts[k]) / 20.0, (a + ends[k]) / 20.0
+        if loud_seconds(self.loud, seg.start, p0) < cfg.tail_speech_s:
+            return None
+        if loud_seconds(self.loud, p1, min(seg.end, end_s)) < cfg.inner_sound_s:
+            return None
+        return p0, p1
 
     def _went_on(self, span: _Span, segments: list[Segment]) -> list[Segment]:
         """An end tail decoded with the segments before it (``span.replaces``): those
