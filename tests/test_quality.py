@@ -234,18 +234,18 @@ def test_speech_as_loud_as_broadband_noise_is_heard_in_the_voice_band():
         noise = noise * 0.1 / np.sqrt(np.mean(noise**2)) / 10 ** (snr_db / 20)
         alone = noise.astype(np.float32)
         assert gate(frame_levels(alone), CFG) == "steady", name
-        assert window_levels(alone, CFG)[1] == "steady", name  # nothing to hear in either
+        assert window_levels(alone, CFG)[1:] == ("steady", False), name  # nothing to hear in either
         mix = (speech + noise).astype(np.float32)
         assert gate(frame_levels(mix), CFG) == "steady", name
-        levels, why = window_levels(mix, CFG)
-        assert why is None, name
+        levels, why, noisy = window_levels(mix, CFG)
+        assert why is None and noisy, name
         np.testing.assert_array_equal(levels, voice_levels(mix))
         on = ((np.arange(len(levels)) * FRAME / SAMPLE_RATE + 0.025) % 0.45) < 0.3
-        loud = loud_frames(levels, CFG)
+        loud = loud_frames(levels, CFG, noisy)
         assert loud[on].mean() > 0.6 and loud[~on].mean() < 0.2, name
     clean = speech_like(20.0)
-    levels, why = window_levels(clean, CFG)
-    assert why is None
+    levels, why, noisy = window_levels(clean, CFG)
+    assert why is None and not noisy
     np.testing.assert_array_equal(levels, frame_levels(clean))
 
 
