@@ -881,6 +881,39 @@ def test_words_added_at_a_jobs_end_keep_their_times():
     assert [(w.word, round(w.start, 3)) for w in out.segments[-1].words] == [(" - statically.", round(25.0 + 5 * 4.9 / 6, 3))]
 
 
+def test_a_last_segment_stamped_across_a_pause_has_what_follows_decoded_again():
+    """Whisper stamped a window's last sentence across 13 s of silence to the window's end
+    and stopped, and the sentence after the silence was never written (an audit's
+    readings, tiny.en: one 19.6 s segment). The segment ends where the pause starts, and
+    what follows the pause is decoded again from 0.4 s before the sound resumes. Not for
+    a short pause, little sound after it, or a segment with no sound before the pause
+    (its start is early: it says what comes after)."""
+
+    def window(before_s, pause_s, after_s):
+        amps = np.r_[speech_like_amps(before_s), np.zeros(int(pause_s * FPS)), speech_like_amps(after_s),
+                     np.zeros(int(0.5 * FPS))]  # fmt: skip
+        return from_frames(amps), before_s + pause_s
+
+    def run(audio, first):
+        dec = FakeDecoder(lambda r: first if r.kind == "window" else res(seg(0.0, 4.0, " Please switch off your phones.")))
+        out = drive(WindowReview(0, audio), dec)
+        return [(r.kind, r.start) for r in dec.seen], [(s.start, s.end, s.text) for s in out.segments]
+
+    audio, resume = window(4.0, 12.0, 3.5)
+    stretched = seg(0.0, 19.5, " The orchestra rehearsed the final movement.")
+    kinds, segs = run(audio, res(stretched))
+    assert kinds == [("window", 0), ("tail", int(round((resume - 0.4) * SAMPLE_RATE)))]
+    assert segs == [(0.0, 4.3, stretched.text), (resume - 0.4, resume + 3.6, " Please switch off your phones.")]
+    # A pause under 2 s, or under 1 s of sound after it: the segment stands.
+    audio, _ = window(4.0, 1.5, 3.5)
+    assert run(audio, res(seg(0.0, 9.0, stretched.text)))[0] == [("window", 0)]
+    audio, _ = window(4.0, 12.0, 0.6)
+    assert run(audio, res(seg(0.0, 16.6, stretched.text)))[0] == [("window", 0)]
+    # Sound only after the pause: the segment's start is early, its words come after.
+    audio, _ = window(0.0, 12.0, 3.5)
+    assert run(audio, res(seg(0.0, 15.5, " Please switch off your phones.")))[0] == [("window", 0)]
+
+
 def test_a_segment_saying_again_what_came_just_before_is_dropped():
     """Whisper re-reading its context into noise: "And the mayor will open it." then
     "The Mayor will open it." where only noise follows the speech (a recording that ends
