@@ -820,8 +820,9 @@ class WindowReview:
         words are added as one segment. A decode of a few seconds alone may hear some words
         differently ("A suite" as "Us week"), so it is not taken whole; what it adds is
         found by the old segments' last words (two at least, up to eight) in its text. No
-        such anchor, or nothing after it: the old segments alone. The added words pass the
-        pace and repeat checks of any segment."""
+        such anchor: the old segments alone; nothing after it: the old segments, the last
+        one ending where the re-decode ends its last words if that is later. The added
+        words pass the pace and repeat checks of any segment."""
         old = list(span.replaces)
         old_tokens = " ".join(s.text for s in old).split()
         new_tokens = " ".join(s.text for s in segments).split()
@@ -833,8 +834,14 @@ class WindowReview:
             if hits:
                 extra = hits[-1] + k
                 break
-        if extra is None or extra >= len(new_tokens):
+        if extra is None:
             return old
+        if extra >= len(new_tokens):
+            # The same last words, nothing after them: the re-decode, which heard them
+            # with the sound after, may time their end later ("Yes." said at 11.32-11.74 s
+            # in a segment stamped to 11.11 s, decoded again to 11.75 s).
+            end = min(segments[-1].end, span.end / SAMPLE_RATE)
+            return old[:-1] + [replace(old[-1], end=end)] if end > old[-1].end else old
         start, end = old[-1].end, max(old[-1].end, segments[-1].end)
         seg = Segment(start, end, " " + " ".join(new_tokens[extra:]),
                       words=_last_words([w for s in segments for w in s.words], new_tokens[extra:]))  # fmt: skip

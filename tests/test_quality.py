@@ -855,6 +855,29 @@ def test_a_jobs_end_decoded_again_adds_only_what_comes_after_the_last_words():
     assert run(one, " Thank you.") == ([("window", 0)], [one.segments[0].text])
 
 
+def test_a_jobs_end_decoded_again_times_the_same_last_words_later():
+    """The job's end decoded again says the same last words and nothing after them: the
+    last segment ends where the re-decode ends them, if later ("Yes." said at 11.32-11.74 s
+    was in a segment stamped 10.11-11.11 s, its subtitle gone before the word was said;
+    decoded again with the sentence before it, 10.75-11.75 s). Never earlier."""
+    audio = speech_like(12.0)
+    first = res(seg(0.0, 4.0, " We asked him twice."), seg(4.0, 8.5, " He thought about it."), seg(10.11, 11.11, " Yes."))
+
+    def run(tail):
+        dec = FakeDecoder(lambda r: first if r.kind == "window" else tail)
+        out = drive(WindowReview(0, audio, final=True), dec)
+        return [(r.kind, r.start) for r in dec.seen], [(s.start, s.end, s.text) for s in out.segments]
+
+    kinds, segs = run(res(seg(0.0, 4.5, " He thought about it."), seg(6.75, 7.75, " Yes.")))
+    assert kinds == [("window", 0), ("tail", 4 * SAMPLE_RATE)]
+    assert segs[-1] == (10.11, 11.75, " Yes.") and segs[:-1] == [(0.0, 4.0, " We asked him twice."),
+                                                                 (4.0, 8.5, " He thought about it.")]  # fmt: skip
+    _, segs = run(res(seg(0.0, 4.5, " He thought about it."), seg(6.0, 6.9, " Yes.")))  # earlier: kept
+    assert segs[-1] == (10.11, 11.11, " Yes.")
+    _, segs = run(res(seg(0.0, 4.5, " He thought about it."), seg(6.75, 9.0, " Yes.")))  # past the audio
+    assert segs[-1] == (10.11, 12.0, " Yes.")
+
+
 def test_words_added_at_a_jobs_end_keep_their_times():
     """With word timestamps, the words a job's end adds keep theirs, found by their
     letters: timed words are not whitespace tokens (OpenAI's grouping joins a lone " -" to
