@@ -164,7 +164,8 @@ def profile_from_outcome(outcome) -> dict:
         "first_result_s": round(outcome.t_first_result - t0, 4) if outcome.t_first_result else None,
         "windows": len(outcome.windows),
         # Decodes the infer stage ran, by kind (stages/quality.py): "window" (each window's
-        # first), "fallback" (a hotter temperature), "tail", "split" (re-decodes).
+        # first), "fallback" (a hotter temperature), "tail", "split" (re-decodes),
+        # "language" (a window decoded again in its job's language: stages/language.py).
         "decodes": dict((outcome.stages.get("infer") or {}).get("decodes") or {}),
         # The decoder's figures (issue 9): engine ("slots" or "generate"), slots, steps,
         # row_steps_used / row_steps_computed (their ratio: "utilisation"), encoder_s,

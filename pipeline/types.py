@@ -49,6 +49,10 @@ class WindowResult:
     no_speech_prob: float | None = None
     compression_ratio: float | None = None
     temperature: float = 0.0  # 0: greedy; above: a fallback decode sampled at this temperature
+    # Language detection on this window (multilingual models, no language given): the most
+    # likely languages and their probabilities (softmax over the language tokens at
+    # <|startoftranscript|>, as openai/whisper's detect_language), most likely first.
+    language_probs: tuple[tuple[str, float], ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,8 @@ class _Slot:
     # (V,) float32: the logits of the prompt's last position, from the one-pass prefill;
     # the first step uses these instead of its own for this slot (then None)
     first_logits: torch.Tensor | None = None
+    # Language detection at admission (multilingual models): WindowResult.language_probs
+    language_probs: tuple | None = None
 
 
 # The encoder's batch on a CPU, when not given: per window, tiny.en's encoder took 232-300
@@ -348,6 +350,7 @@ class SlotEngine:
             logits = self._forward(idx, sot, zeros, 1)
             no_speech = logits.softmax(dim=-1)[:, self.backend.no_speech_id].tolist()
             detected = self._lang_ids[logits[:, self._lang_ids].argmax(dim=-1)].tolist()
+            lang_probs = self.backend.language_probs(logits[:, self._lang_ids])
             langs = [
                 self._language_token(w.options.language) if w.options.language else detected[i]
                 for i, w in enumerate(windows)
@@ -356,6 +359,7 @@ class SlotEngine:
             prompts = [prev + [self.sot, lang, task] for prev, lang, task in zip(prevs, langs, starts)]
         else:
             no_speech = [None] * take
+            lang_probs = [None] * take
             prompts = [prev + [self.sot] for prev in prevs]
         # The whole prompt in one pass from 0 (see the module docstring), where it is more
         # than <|startoftranscript|>; with previous text, no-speech is read at
@@ -378,10 +382,11 @@ class SlotEngine:
         self.max_new[idx] = torch.tensor([hi for _, hi in limits], device=self.device)
         self.rules.reset(idx, torch.tensor([lo for lo, _ in limits], device=self.device))
         self.live[idx] = True
-        for s, w, prompt, ns, first in zip(rows, windows, prompts, no_speech, first_logits):
+        for s, w, prompt, ns, first, lp in zip(rows, windows, prompts, no_speech, first_logits, lang_probs):
             self.sampler.reset(s, w.temperature, w.seed, w.sound)
             self._running[s] = _Slot(w, prompt, pos=len(prompt) - 1, no_speech=ns, fresh=ns is None,
-                                     first_logits=first)  # fmt: skip
+                                     first_logits=first,
+                                     language_probs=None if w.options.language else lp)  # fmt: skip
 
     def _prefill(self, idx: torch.Tensor, feeds: list[tuple[int, list[int]]], read: list[int]) -> tuple[list, list]:
         """Prompt tokens into the self-attention caches of slots ``idx`` (n,), all rows in
@@ -587,6 +592,8 @@ class SlotEngine:
             (result,) = self.backend._results(
                 [row], w.options, [avg[i]], [no_speech], [w.temperature]
             )
+            if slot.language_probs is not None:
+                result = dataclasses.replace(result, language_probs=slot.language_probs)
             if w.options.word_timestamps and result.segments:
                 align.append((len(out), s, gen[i][: counts[i]]))
             out.append((w.key, result))

@@ -26,6 +26,7 @@ generate kwargs (tests/test_infer.py checks this on random weights).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import time
@@ -503,7 +504,7 @@ class WhisperBackend:
         t0 = time.perf_counter()
         batch = torch.stack(features).to(self._torch_dtype)  # (B, n_mels, 3000)
         encoder_outputs = self.model.get_encoder()(batch)
-        no_speech, languages = self._first_step(encoder_outputs.last_hidden_state, options)
+        no_speech, languages, probs = self._first_step(encoder_outputs.last_hidden_state, options)
         t1 = time.perf_counter()  # the first step's .tolist() waited for the encoder
         if languages is not None:
             kwargs["language"] = [f"<|{code}|>" for code in languages]
@@ -519,7 +520,10 @@ class WhisperBackend:
         # (encoder + first step, the rest of decoding) seconds: the decode figures of
         # ``--engine generate`` (pipeline/runtime/infer_loop.py), beside the slot engine's.
         self.last_timing = (t1 - t0, time.perf_counter() - t1)
-        return self._results(rows, options, recorder.avg_logprobs(), no_speech, temperatures)
+        results = self._results(rows, options, recorder.avg_logprobs(), no_speech, temperatures)
+        if probs is not None:
+            results = [dataclasses.replace(r, language_probs=lp) for r, lp in zip(results, probs)]
+        return results
 
     @torch.inference_mode()
     def _first_step(self, encoder_hidden: torch.Tensor, options: DecodeOptions):
@@ -534,7 +538,8 @@ class WhisperBackend:
         decoding reads it (``probs_at_sot``); the language is still detected from
         <|startoftranscript|> alone, as ``generate``'s ``detect_language`` does.
 
-        encoder_hidden: (B, 1500, d_model). Returns (B floats, B language codes or None).
+        encoder_hidden: (B, 1500, d_model). Returns (B floats, B language codes or None,
+        B ``language_probs`` or None).
         """
         n = encoder_hidden.shape[0]
         dev = encoder_hidden.device
@@ -551,12 +556,26 @@ class WhisperBackend:
         logits = logits_after([self.sot]) if detect or not prompt else None
         after_prompt = logits_after(prompt + [self.sot]) if prompt else logits
         no_speech = after_prompt.softmax(dim=-1)[:, self.no_speech_id].tolist()
-        languages = None
+        languages = probs = None
         if detect:
             lang_ids = torch.tensor(self._lang_ids, device=logits.device)
             best = logits[:, lang_ids].argmax(dim=-1).tolist()
             languages = [self._id_to_lang[self._lang_ids[i]] for i in best]
-        return no_speech, languages
+            probs = self.language_probs(logits[:, lang_ids])
+        return no_speech, languages, probs
+
+    def language_probs(self, lang_logits: torch.Tensor, top: int = 8) -> list[tuple]:
+        """(B, languages) logits at <|startoftranscript|>, columns in ``_lang_ids`` order ->
+        per row the ``top`` most likely languages with their probabilities (softmax over the
+        language tokens alone, as openai/whisper's detect_language), most likely first:
+        ``WindowResult.language_probs``, which a job's language vote reads
+        (``stages.language``)."""
+        p = lang_logits.float().softmax(dim=-1)
+        values, index = p.topk(min(top, p.shape[-1]), dim=-1)
+        return [
+            tuple((self._id_to_lang[self._lang_ids[i]], round(v, 4)) for v, i in zip(vs, ix))
+            for vs, ix in zip(values.tolist(), index.tolist())
+        ]
 
     def _results(
         self,

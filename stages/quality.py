@@ -460,7 +460,7 @@ class Request:
     end: int
     temperature: float = 0.0
     seed: int = 0
-    kind: str = "window"  # "window" | "fallback" | "tail" | "split": for figures and logs
+    kind: str = "window"  # "window" | "fallback" | "tail" | "split" | "language": figures, logs
     # A re-decode's language: the one the window's own decode found, where the job set
     # none. A few seconds of a tail or a split decoded alone may be taken for another
     # language ("Genau, ja." at the end of a German reading came out as Chinese, "呀").
@@ -492,7 +492,7 @@ class _Split:
     halves: dict = field(default_factory=dict)  # half start -> segments, once decoded
 
 
-KINDS = ("window", "fallback", "tail", "split")
+KINDS = ("window", "fallback", "tail", "split", "language")
 
 
 class WindowReview:
@@ -516,6 +516,7 @@ class WindowReview:
         pace: Pace | None = None,
         temperature: float = 0.0,
         final: bool = False,
+        language: str | None = None,
     ):
         if len(audio) > N_SAMPLES:
             raise ValueError(f"a window holds at most {N_SAMPLES} samples, not {len(audio)}")
@@ -539,7 +540,13 @@ class WindowReview:
         self.decided = False
         self._check: tuple | None = None
         self._checked = pace is None
-        if pace is not None:
+        # A window decoded again in its job's language (``stages.language``), once every
+        # window of the job was decided: every decode in ``language``; its skip check reads
+        # the job's pace as it stands, and adds nothing to it (the window's first review
+        # already did), so no other window's check depends on when this one ends.
+        self.language = language
+        self._again = language is not None
+        if pace is not None and not self._again:
             pace.register(self)
 
     # -- protocol ------------------------------------------------------------------------
@@ -551,9 +558,10 @@ class WindowReview:
             # Nothing to decode, nothing to check: decided, and let go by ``Pace.release``
             # (the caller's: this may run on another thread than the feeds).
             self.decided = True
-            self._checked = self._checked or self.pace is None
+            self._checked = self._checked or self.pace is None or self._again
             return []
-        return [self._ask(_Span(0, len(self.audio), 0), self.temperature, "window")]
+        kind = "language" if self._again else "window"  # a window decoded again in another language
+        return [self._ask(_Span(0, len(self.audio), 0), self.temperature, kind)]
 
     @property
     def done(self) -> bool:
@@ -641,7 +649,7 @@ class WindowReview:
         decided, else when the last of them is. Returns this review's requests from it;
         other reviews it let go wait in ``pace.take_released()``."""
         self.decided, self._check = True, check
-        if self.pace is None:
+        if self.pace is None or self._again:
             return self.check_pace()
         own: list[Request] = []
         for review, reqs in self.pace.release():
@@ -676,6 +684,8 @@ class WindowReview:
             segments.extend(self._final[start])
         segments.sort(key=lambda s: (s.start, s.end))
         kept = self._kept or self._first or WindowResult(())
+        if kept.language_probs is None and self._first is not None:  # a fallback detects none
+            kept = replace(kept, language_probs=self._first.language_probs)
         n_tokens = sum(a.n_tokens for s in self._spans.values() for a in s.attempts)
         return replace(kept, segments=tuple(segments), n_tokens=n_tokens)
 
@@ -686,7 +696,9 @@ class WindowReview:
         # A seed fixed by where the span is and how hot: the same audio decodes the same
         # way whichever batch it rides in.
         seed = self.index * 1_000_003 + span.start * 31 + int(round(temperature * 10))
-        language = self._first.language if kind != "window" and self._first is not None else None
+        language = self.language
+        if language is None and kind != "window" and self._first is not None:
+            language = self._first.language
         req = Request(self.index, span.start, span.end, temperature, seed, kind, language)
         self._pending.add(req)
         self.counts[kind] += 1
@@ -723,7 +735,7 @@ class WindowReview:
         return sorted(kept, key=lambda seg: seg.start)
 
     def _note_pace(self, segments: list[Segment]) -> None:
-        if self.pace is not None:
+        if self.pace is not None and not self._again:
             for seg in segments:
                 self.pace.note(text_units(seg.text), loud_seconds(self.loud, seg.start, seg.end), self.index)
 

@@ -469,7 +469,7 @@ def test_first_step_no_speech(tiny_en, jfk):
     feats = torch.stack([b.prepare(_window(np.zeros(0))), b.prepare(_window(jfk))])
     with torch.inference_mode():
         enc = b.model.get_encoder()(feats).last_hidden_state
-        no_speech, languages = b._first_step(enc, DecodeOptions())
+        no_speech, languages, _ = b._first_step(enc, DecodeOptions())
         # Independently: the full model on <|startoftranscript|>, the token looked up by name.
         sot = b.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
         logits = b.model(encoder_outputs=(enc,), decoder_input_ids=torch.full((2, 1), sot)).logits
@@ -488,13 +488,19 @@ def test_first_step_detects_language_with_base(jfk):
     feats = torch.stack([b.prepare(_window(jfk))])
     with torch.inference_mode():
         enc = b.model.get_encoder()(feats)
-        no_speech, languages = b._first_step(enc.last_hidden_state, DecodeOptions())
+        no_speech, languages, probs = b._first_step(enc.last_hidden_state, DecodeOptions())
         given = b._first_step(enc.last_hidden_state, DecodeOptions(language="de"))
         ref = b.model.detect_language(encoder_outputs=enc)
     assert languages == ["en"]
     assert b.tokenizer.convert_ids_to_tokens(ref.tolist()) == ["<|en|>"]
-    assert given[1] is None and given[0] == pytest.approx(no_speech)
+    assert given[1] is None and given[2] is None and given[0] == pytest.approx(no_speech)
     assert no_speech[0] < 0.2
+    # The probabilities a job's language vote reads: most likely first, English on top,
+    # as openai/whisper's detect_language (softmax over the language tokens alone).
+    (top,) = probs
+    assert top[0][0] == "en" and top[0][1] > 0.9
+    assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+    assert sum(p for _, p in top) <= 1.0 + 1e-3
 
 
 # ------------------------------------------------------- the veto on real speech

@@ -491,7 +491,7 @@ def test_clean_window_one_request():
     assert req == Request(2, 0, len(audio), 0.0, req.seed, "window")
     assert [s.text for s in out.segments] == [" Hello there, how are you?", " Fine."]
     assert out.language == "en" and out.n_tokens == 24
-    assert review.counts == {"window": 1, "fallback": 0, "tail": 0, "split": 0}
+    assert review.counts == {"window": 1, "fallback": 0, "tail": 0, "split": 0, "language": 0}
 
 
 def test_window_audio_and_sound():
@@ -1075,7 +1075,7 @@ def test_disabled_review_is_a_pass_through():
     out = review.result()
     assert [s.text for s in out.segments] == [s.text for s in looped.segments]
     assert out.segments[-1] == seg(1.2, 20.0, " to benefit," * 20, open_end=True)  # still clamped
-    assert review.counts == {"window": 1, "fallback": 0, "tail": 0, "split": 0}
+    assert review.counts == {"window": 1, "fallback": 0, "tail": 0, "split": 0, "language": 0}
 
 
 def test_segment_times_clamped_inside_the_span():

@@ -215,7 +215,14 @@ class _InferJob:
         self.open = 0  # reviews whose window result has not gone out
         self.ended: dict | None = None  # the reader's "end" info, once it came
         self.failed = False
-        self.decodes = dict.fromkeys(("window", "fallback", "tail", "split"), 0)
+        from stages.quality import KINDS
+
+        self.decodes = dict.fromkeys(KINDS, 0)
+        # Language detection (no language asked, a multilingual model: stages/language.py):
+        # each window's kept result, for the job's vote; reviews whose detection was unsure,
+        # held back (counted in ``open``) until every other window of the job is decided.
+        self.detections: dict = {}
+        self.held: dict = {}
         self.engine_at: dict | None = None  # the engine's counters when the job started
         # The per-batch generate path's figures (the engine keeps its own).
         self.batches = dict(steps=0, row_steps_used=0, row_steps_computed=0, encoder_s=0.0,
@@ -260,6 +267,8 @@ class _InferJob:
 
 def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
     from stages.infer import load_backend
+    from stages.language import is_sure, job_languages, redecode_language
+    from stages.quality import WindowReview
 
     cfg = ctx.config
     import transformers
@@ -310,7 +319,10 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         if job.ended is None:
             return
         dead = job.failed or ctx.cancelled(job.seq)
-        if not dead and (job.open or in_engine[job.seq] or any(it.seq == job.seq for it in work)):
+        busy = in_engine[job.seq] or any(it.seq == job.seq for it in work)
+        if not dead and job.held and job.open == len(job.held) and not busy and resolve_languages(job):
+            return
+        if not dead and (job.open or busy):
             return
         for it in [it for it in work if it.seq == job.seq]:
             work.remove(it)
@@ -332,14 +344,49 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             jobs[job.seq]["failed"] = True
         ctx.fail_job(job.seq, exc)
 
-    def report(job: _InferJob, review) -> None:
+    def report(job: _InferJob, review, hold: bool = True) -> None:
+        result = review.result()
+        if hold and review.language is None and result.language_probs is not None:
+            job.detections[review.index] = result
+            if not is_sure(result):  # decided with the job's vote (resolve_languages)
+                job.held[review.index] = review
+                return
         start, valid, covered_from = review.place
         with job.stats.wait("blocked"):
             ctx.report(
                 "result", job.seq, review.index, start / SAMPLE_RATE, valid / SAMPLE_RATE,
-                covered_from / SAMPLE_RATE, review.result(),
+                covered_from / SAMPLE_RATE, result,
             )
         job.open -= 1
+
+    def resolve_languages(job: _InferJob) -> bool:
+        """Every window of the job is decided: the held (unsure) windows whose language is
+        not the job's are decoded again in it (a new review of the window, in the work
+        queue); the others go out as they are. True if any was sent to decode again."""
+        votes = job_languages(job.detections[i] for i in sorted(job.detections))
+        held, job.held = job.held, {}
+        again: list = []
+        for index in sorted(held):
+            review = held[index]
+            result = review.result()
+            target = redecode_language(result, votes)
+            if target is None:
+                report(job, review, hold=False)
+                continue
+            log.info(
+                "window %d: language %s (%.2f) is not the job's (%s): decoding it again in %s",
+                index, result.language, result.language_probs[0][1], ",".join(sorted(votes.accepted)), target,
+            )  # fmt: skip
+            redo = WindowReview(index, review.audio, review.cfg, review.pace, temperature=review.temperature,
+                                final=review.final, language=target)  # fmt: skip
+            redo.place = review.place
+            items = _prepare_items(backend, job.seq, redo, redo.requests(), redo.cfg.enabled)
+            if items[0].request is None:  # cannot happen (its audio was decoded): report it
+                report(job, redo, hold=False)
+                continue
+            again.extend(items)
+        work.extendleft(reversed(again))
+        return bool(again)
 
     def take_result(job: _InferJob, it: _Item, res, again: list) -> None:
         """A decode's result goes to its window's review; follow-up decodes (fallback,
