@@ -163,3 +163,15 @@ def test_sure_windows_are_never_decoded_again(tmp_path):
         out = p.run_job(Job(str(wav)), timeout=120)
     assert _languages_by_window(out) == [{"de"}, {"en"}]
     assert out.stages["infer"]["decodes"]["language"] == 0
+
+
+def test_plain_decoding_keeps_each_windows_own_language(language_wav):
+    """--plain (the review off): each window decoded once, in what it was detected as,
+    and nothing waits for the job's end."""
+    from stages.quality import QualityConfig
+
+    cfg = PipelineConfig(model="tone:phrase", backend=LANG_TONE, batch_size=2, quality=QualityConfig(enabled=False))
+    with Pipeline(cfg) as p:
+        out = p.run_job(Job(str(language_wav)), timeout=120)
+    assert _languages_by_window(out) == [{"cy"}, {"de"}, {"en"}, {"de"}]
+    assert out.stages["infer"]["decodes"]["language"] == 0

@@ -346,7 +346,8 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
 
     def report(job: _InferJob, review, hold: bool = True) -> None:
         result = review.result()
-        if hold and review.language is None and result.language_probs is not None:
+        # Not with the review off (--plain, a forced decode length): each window decoded once.
+        if hold and review.cfg.enabled and review.language is None and result.language_probs is not None:
             job.detections[review.index] = result
             if not is_sure(result):  # decided with the job's vote (resolve_languages)
                 job.held[review.index] = review
