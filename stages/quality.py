@@ -517,6 +517,7 @@ class WindowReview:
         temperature: float = 0.0,
         final: bool = False,
         language: str | None = None,
+        hold_if=None,
     ):
         if len(audio) > N_SAMPLES:
             raise ValueError(f"a window holds at most {N_SAMPLES} samples, not {len(audio)}")
@@ -540,13 +541,19 @@ class WindowReview:
         self.decided = False
         self._check: tuple | None = None
         self._checked = pace is None
-        # A window decoded again in its job's language (``stages.language``), once every
-        # window of the job was decided: every decode in ``language``; its skip check reads
-        # the job's pace as it stands, and adds nothing to it (the window's first review
-        # already did), so no other window's check depends on when this one ends.
+        # A job's language (``stages.language``), when the request gave none: ``hold_if``
+        # (a predicate on the window's first decode; None: never) holds the window right
+        # after its first decode, before any fallback or re-decode, until the job's vote:
+        # then ``resume()`` goes on from that decode, or the window is decoded again in the
+        # job's language by a new review with ``language`` (every decode in it). A held
+        # window counts as decided, with nothing added to the job's pace, for the windows
+        # after it; once resumed (or decoded again) its skip check reads the pace as it
+        # stands and adds nothing to it, so no other window's check depends on when it ends.
         self.language = language
-        self._again = language is not None
-        if pace is not None and not self._again:
+        self._hold_if = hold_if
+        self._held: tuple | None = None  # (request, result) of the held first decode
+        self._outside_pace = language is not None
+        if pace is not None and not self._outside_pace:
             pace.register(self)
 
     # -- protocol ------------------------------------------------------------------------
@@ -558,15 +565,29 @@ class WindowReview:
             # Nothing to decode, nothing to check: decided, and let go by ``Pace.release``
             # (the caller's: this may run on another thread than the feeds).
             self.decided = True
-            self._checked = self._checked or self.pace is None or self._again
+            self._checked = self._checked or self.pace is None or self._outside_pace
             return []
-        kind = "language" if self._again else "window"  # a window decoded again in another language
+        kind = "language" if self.language is not None else "window"  # decoded again in the job's language
         return [self._ask(_Span(0, len(self.audio), 0), self.temperature, kind)]
 
     @property
     def done(self) -> bool:
         """True once ``requests()`` was called and every decode it led to was fed."""
-        return self._asked and not self._pending and self._checked
+        return self._asked and not self._pending and self._checked and self._held is None
+
+    @property
+    def held(self) -> WindowResult | None:
+        """The first decode a held window waits with (see ``hold_if``), else None."""
+        return self._held[1] if self._held is not None else None
+
+    def resume(self) -> list[Request]:
+        """Go on from the held first decode as ``feed`` would have; returns its requests."""
+        if self._held is None:
+            raise RuntimeError(f"window {self.index} is not held")
+        request, result = self._held
+        self._held, self._outside_pace = None, True
+        self._spans[(request.start, request.end)].attempts.pop()  # feed appends it again
+        return self.feed(request, result)
 
     def window_audio(self, request: Request) -> np.ndarray:
         """The (480000,) float32 input of a request: its span, zero-padded in the audio
@@ -590,6 +611,10 @@ class WindowReview:
         if self._first is None:
             self._first = result
         cfg = self.cfg
+        if self._hold_if is not None and span.depth == 0 and len(span.attempts) == 1 and self._hold_if(result):
+            self._hold_if = None
+            self._held = (request, result)
+            return self._decide(None)
         if not cfg.enabled:
             self._final[(span.start, span.end)] = [self._place(s, span) for s in result.segments]
             if span.depth == 0:
@@ -649,7 +674,7 @@ class WindowReview:
         decided, else when the last of them is. Returns this review's requests from it;
         other reviews it let go wait in ``pace.take_released()``."""
         self.decided, self._check = True, check
-        if self.pace is None or self._again:
+        if self.pace is None or self._outside_pace:
             return self.check_pace()
         own: list[Request] = []
         for review, reqs in self.pace.release():
@@ -735,7 +760,7 @@ class WindowReview:
         return sorted(kept, key=lambda seg: seg.start)
 
     def _note_pace(self, segments: list[Segment]) -> None:
-        if self.pace is not None and not self._again:
+        if self.pace is not None and not self._outside_pace:
             for seg in segments:
                 self.pace.note(text_units(seg.text), loud_seconds(self.loud, seg.start, seg.end), self.index)
 

@@ -7,6 +7,8 @@ tests/test_accuracy_real.py decodes a German reading with multilingual base."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -106,6 +108,63 @@ def test_the_vote_does_not_depend_on_the_order_windows_came_in():
         assert job_languages([rs[i] for i in order]) == first
     assert first.leader == "de"  # an exact tie goes to the code that sorts first
     assert SURE == pytest.approx(0.9)
+
+
+# ----------------------------------------------------------------- the window review
+
+
+def _loop_in(lang, probs=None, T=0.0):
+    """A decode that fails the fallback's compression test (a repetition loop)."""
+    from tests.test_quality import res, seg
+
+    return dataclasses.replace(res(seg(0.0, 19.6, " to benefit," * 30), T=T, cr=3.5, lp=-0.2, n=120, lang=lang),
+                               language_probs=probs)  # fmt: skip
+
+
+def test_an_unsure_window_is_held_before_its_fallbacks_and_resumed_from_its_first_decode():
+    """Held right after its first decode: no fallback is decoded in a language the job's
+    vote may overrule (base wrote ten fallbacks of Welsh-looking nonsense for a German
+    window before deciding). Resumed, it goes on exactly as it would have."""
+    from stages.quality import Pace, WindowReview
+    from tests.test_quality import FakeDecoder, drive, res, seg, speech_like
+
+    audio = speech_like(20.0)
+    good = res(seg(0.0, 19.6, " To benefit the people of the town."), lp=-0.5, n=30)
+    unsure = (("cy", 0.75), ("de", 0.05))
+
+    def script(r):
+        return good if r.temperature >= 0.4 else _loop_in("cy", unsure if r.kind == "window" else None)
+
+    # The same window without holding, for what it should end with.
+    plain = drive(WindowReview(4, audio), FakeDecoder(script))
+    pace = Pace()
+    review = WindowReview(4, audio, pace=pace, hold_if=lambda r: not is_sure(r))
+    dec = FakeDecoder(script)
+    (req,) = review.requests()
+    assert review.feed(req, dec(req)) == []
+    assert review.held is not None and review.held.language_probs == unsure
+    assert not review.done and review.decided  # the windows after it need not wait
+    follow = review.resume()
+    assert [(r.kind, r.temperature, r.language) for r in follow] == [("fallback", 0.2, "cy")]
+    queue = follow
+    while queue:
+        r = queue.pop(0)
+        queue.extend(review.feed(r, dec(r)))
+    assert review.done and review.held is None
+    assert review.result().segments == plain.segments
+    assert review.result().language_probs == unsure  # the vote's evidence, from the first decode
+
+
+def test_a_window_decoded_again_in_the_jobs_language():
+    from stages.quality import WindowReview
+    from tests.test_quality import FakeDecoder, drive, res, seg, speech_like
+
+    audio = speech_like(12.0)
+    dec = FakeDecoder(lambda r: res(seg(0.0, 11.0, " Der kleine Ort am Rande des Waldes."), lang=r.language))
+    review = WindowReview(2, audio, language="de")
+    out = drive(review, dec)
+    assert dec.seen[0].kind == "language" and {r.language for r in dec.seen} == {"de"}  # its tail too
+    assert out.language == "de" and review.counts["language"] == 1
 
 
 # ------------------------------------------------------------------- through the pipeline

@@ -64,7 +64,11 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
     batch, then busy long after decode had finished): a partial batch goes to the main
     thread as soon as that thread is idle (``idle`` set, nothing queued) instead of
     waiting to fill up. Batches grow by themselves while the model is the bottleneck."""
+    from stages.language import is_sure
     from stages.quality import Pace, WindowReview
+
+    def unsure(result) -> bool:  # a window the job's language vote decides (stages/language.py)
+        return not is_sure(result)
 
     def put(item):
         wait_put(local, item, ctx.alive, POLL_S)
@@ -123,8 +127,11 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
                 finally:
                     ring_in.release(slot)
                 try:
+                    options, review_on = jobs[seq]["info"]["options"], jobs[seq]["quality"].enabled
                     review = WindowReview(index, audio, jobs[seq]["quality"], jobs[seq]["pace"],
-                                          temperature=jobs[seq]["info"]["options"].temperature, final=final)
+                                          temperature=options.temperature, final=final,
+                                          # Not with the review off (--plain): each window decoded once.
+                                          hold_if=unsure if options.language is None and review_on else None)  # fmt: skip
                     review.place = (start, valid, covered_from)
                     items = _prepare_items(backend, seq, review, review.requests(), review.cfg.enabled)
                 except Exception as exc:  # noqa: BLE001
@@ -219,8 +226,9 @@ class _InferJob:
 
         self.decodes = dict.fromkeys(KINDS, 0)
         # Language detection (no language asked, a multilingual model: stages/language.py):
-        # each window's kept result, for the job's vote; reviews whose detection was unsure,
-        # held back (counted in ``open``) until every other window of the job is decided.
+        # each window's first decode, for the job's vote; reviews unsure of their window's
+        # language, held after that decode (counted in ``open``) until every other window
+        # of the job is decided or held (``resolve_languages``).
         self.detections: dict = {}
         self.held: dict = {}
         self.engine_at: dict | None = None  # the engine's counters when the job started
@@ -267,7 +275,7 @@ class _InferJob:
 
 def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
     from stages.infer import load_backend
-    from stages.language import is_sure, job_languages, redecode_language
+    from stages.language import job_languages, redecode_language
     from stages.quality import WindowReview
 
     cfg = ctx.config
@@ -344,14 +352,10 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             jobs[job.seq]["failed"] = True
         ctx.fail_job(job.seq, exc)
 
-    def report(job: _InferJob, review, hold: bool = True) -> None:
+    def report(job: _InferJob, review) -> None:
         result = review.result()
-        # Not with the review off (--plain, a forced decode length): each window decoded once.
-        if hold and review.cfg.enabled and review.language is None and result.language_probs is not None:
-            job.detections[review.index] = result
-            if not is_sure(result):  # decided with the job's vote (resolve_languages)
-                job.held[review.index] = review
-                return
+        if review.language is None and result.language_probs is not None:
+            job.detections.setdefault(review.index, result)  # for the vote
         start, valid, covered_from = review.place
         with job.stats.wait("blocked"):
             ctx.report(
@@ -361,18 +365,23 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         job.open -= 1
 
     def resolve_languages(job: _InferJob) -> bool:
-        """Every window of the job is decided: the held (unsure) windows whose language is
-        not the job's are decoded again in it (a new review of the window, in the work
-        queue); the others go out as they are. True if any was sent to decode again."""
+        """Every window of the job is decided or held (unsure of its language, after its
+        first decode): a held window whose language is not the job's is decoded again in
+        it (a new review of the window), the others go on from their first decode (their
+        fallbacks and re-decodes). True if any decode was queued."""
         votes = job_languages(job.detections[i] for i in sorted(job.detections))
         held, job.held = job.held, {}
         again: list = []
         for index in sorted(held):
             review = held[index]
-            result = review.result()
+            result = review.held
             target = redecode_language(result, votes)
             if target is None:
-                report(job, review, hold=False)
+                follow = review.resume()
+                if follow:
+                    again.extend(_prepare_items(backend, job.seq, review, follow, review.cfg.enabled))
+                elif review.done:
+                    report(job, review)
                 continue
             log.info(
                 "window %d: language %s (%.2f) is not the job's (%s): decoding it again in %s",
@@ -383,7 +392,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             redo.place = review.place
             items = _prepare_items(backend, job.seq, redo, redo.requests(), redo.cfg.enabled)
             if items[0].request is None:  # cannot happen (its audio was decoded): report it
-                report(job, redo, hold=False)
+                report(job, redo)
                 continue
             again.extend(items)
         work.extendleft(reversed(again))
@@ -394,6 +403,9 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         split, tail) are prepared at once and go to the front of the work queue."""
         job.decodes[it.request.kind] += 1
         follow = it.review.feed(it.request, res)
+        if it.review.held is not None:  # unsure of its language: waits for the job's vote
+            job.held[it.review.index] = it.review
+            job.detections[it.review.index] = it.review.held
         if follow:
             again.extend(_prepare_items(backend, job.seq, it.review, follow, it.review.cfg.enabled))
         if it.review.done:
