@@ -406,6 +406,8 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         if it.review.held is not None:  # unsure of its language: waits for the job's vote
             job.held[it.review.index] = it.review
             job.detections[it.review.index] = it.review.held
+            top, p = it.review.held.language_probs[0]
+            log.info("window %d: unsure of its language (%s %.2f): it waits for the job's vote", it.review.index, top, p)
         if follow:
             again.extend(_prepare_items(backend, job.seq, it.review, follow, it.review.cfg.enabled))
         if it.review.done:
