@@ -234,3 +234,18 @@ def test_plain_decoding_keeps_each_windows_own_language(language_wav):
         out = p.run_job(Job(str(language_wav)), timeout=120)
     assert _languages_by_window(out) == [{"cy"}, {"de"}, {"en"}, {"de"}]
     assert out.stages["infer"]["decodes"]["language"] == 0
+
+
+def test_a_vote_that_fails_fails_its_job_alone(language_wav, tmp_path):
+    """An error while the job's vote sends a window to be decoded again fails that job
+    with its reason, at once (no wait), and the pipeline goes on with the next job."""
+    from pipeline.errors import JobError
+
+    rng = np.random.default_rng(5)
+    other = media.write_wav(tmp_path / "two.wav", np.concatenate([_tone_stretch(b, 24.0, rng) for b in (2, 1)]))
+    with Pipeline(PipelineConfig(model="tone:phrase", backend="tests.tone_backend:RedoFailsBackend", batch_size=2)) as p:
+        with pytest.raises(JobError, match="injected: cannot prepare the window again") as err:
+            p.run_job(Job(str(language_wav)), timeout=120)
+        assert err.value.stage == "infer"
+        out = p.run_job(Job(str(other)), timeout=120)
+    assert _languages_by_window(out) == [{"de"}, {"en"}]

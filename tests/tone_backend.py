@@ -327,3 +327,18 @@ class LanguageToneBackend(ToneBackend):
             results.append(WindowResult(tuple(segments), language=language, n_tokens=len(words),
                                         language_probs=probs))  # fmt: skip
         return results
+
+
+class RedoFailsBackend(LanguageToneBackend):
+    """``LanguageToneBackend`` whose features cannot be prepared again for a window of
+    w0-w9 words (the unsure one) on the infer stage's main thread, where a window decoded
+    again in its job's language is prepared: the job's vote fails that job."""
+
+    def prepare(self, audio):
+        import threading
+
+        out = super().prepare(audio)
+        words = detect_words(out)
+        if threading.current_thread() is threading.main_thread() and words and all(int(w[0][1:]) < 10 for w in words):
+            raise ValueError("injected: cannot prepare the window again")
+        return out

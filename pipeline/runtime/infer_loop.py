@@ -328,8 +328,13 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             return
         dead = job.failed or ctx.cancelled(job.seq)
         busy = in_engine[job.seq] or any(it.seq == job.seq for it in work)
-        if not dead and job.held and job.open == len(job.held) and not busy and resolve_languages(job):
-            return
+        if not dead and job.held and job.open == len(job.held) and not busy:
+            try:
+                if resolve_languages(job):
+                    return
+            except Exception as exc:  # noqa: BLE001 - this job's fault alone
+                fail(job, exc)
+                dead = True
         if not dead and (job.open or busy):
             return
         for it in [it for it in work if it.seq == job.seq]:
@@ -382,6 +387,8 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
                     again.extend(_prepare_items(backend, job.seq, review, follow, review.cfg.enabled))
                 elif review.done:
                     report(job, review)
+                else:  # nothing to decode and not done: it would wait forever
+                    raise RuntimeError(f"window {index}: resumed with nothing to decode, yet not done")
                 continue
             log.info(
                 "window %d: language %s (%.2f) is not the job's (%s): decoding it again in %s",
