@@ -34,9 +34,10 @@ another language says.
 
 So a German reading whose first window looked Welsh is German throughout; a talk that
 changes from English to German keeps both wherever Whisper was sure, and an unsure
-window goes to whichever of the two it leaned to. The unsure windows wait for the job's
-last window (the vote needs them all): only they, and only when they are unsure, delay
-the stream (``pipeline.stitch.StreamStitcher`` releases text in order).
+window goes to whichever of the two it leaned to. An unsure window waits, right after
+its first decode and before any fallback (``WindowReview``'s ``hold_if``), for the job's
+last window (the vote needs them all): only such windows delay the stream
+(``pipeline.stitch.StreamStitcher`` releases text in order).
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ from pipeline.types import WindowResult
 from stages.quality import text_units
 
 # A window's own detection is trusted from this probability on. Measured with
-# multilingual base on espeak-ng readings (/tmp-style audits, see the README): the wrong
+# multilingual base on espeak-ng readings (scripts/language_readings.py): the wrong
 # detections were cy 0.75, cy 0.84, la 0.45-0.73; windows of one clear language were
-# 0.85-1.00. 0.9 keeps a wrong 0.84 out of the job's languages; an unsure window whose
-# language is the job's anyway costs nothing (it is not decoded again).
+# 0.85-1.00. 0.9 keeps a wrong 0.84 out of the job's languages. An unsure window whose
+# language is the job's anyway costs no decode: it waits after its first decode, then
+# goes on from it (its text reaches the stream later, nothing more).
 SURE = 0.9
 
 

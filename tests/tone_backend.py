@@ -293,11 +293,9 @@ class LanguageToneBackend(ToneBackend):
     Welsh (cy 0.6, de 0.3, en 0.1: a synthetic German voice taken for Welsh). Anything
     else, unsure between English and German by which band has more words. A word's text
     carries the language it was decoded in (" w3.de"), so a test reads which language
-    each window was decoded in. Calls are recorded (``calls``, per process) as (language
-    asked, number of windows)."""
+    each window was decoded in."""
 
     multilingual = True
-    calls: list = []
 
     @staticmethod
     def detect(words) -> tuple:
@@ -314,7 +312,6 @@ class LanguageToneBackend(ToneBackend):
         return (("en", 0.6), ("de", 0.4)) if en >= de else (("de", 0.6), ("en", 0.4))
 
     def transcribe(self, prepared: list, options: DecodeOptions, **_per_row) -> list[WindowResult]:
-        LanguageToneBackend.calls.append((options.language, len(prepared)))
         results = []
         for audio in prepared:
             words = detect_words(audio)
