@@ -35,9 +35,13 @@ another language says.
 So a German reading whose first window looked Welsh is German throughout; a talk that
 changes from English to German keeps both wherever Whisper was sure, and an unsure
 window goes to whichever of the two it leaned to. An unsure window waits, right after
-its first decode and before any fallback (``WindowReview``'s ``hold_if``), for the job's
-last window (the vote needs them all): only such windows delay the stream
-(``pipeline.stitch.StreamStitcher`` releases text in order).
+its first decode and before any fallback (``WindowReview``'s ``hold_if``), for the vote.
+The job's languages only grow as windows are decided, so the vote on a window whose own
+language some sure window already found is known before the job ends
+(``settled_early``): it goes on at once, and the stream
+(``pipeline.stitch.StreamStitcher`` releases text in order) waits on it for a batch or
+two. Only a window in none of the sure windows' languages waits for the job's last
+window (the leader needs them all).
 """
 
 from __future__ import annotations
@@ -90,10 +94,30 @@ class JobLanguages:
         return self.leader
 
 
+def _voters(results: Iterable[WindowResult]) -> list[dict]:
+    return [dict(r.language_probs) for r in results if r.language_probs and text_units(text_of(r))]
+
+
+def sure_languages(results: Iterable[WindowResult], sure: float = SURE) -> set:
+    """The languages some window with text is sure of: part of the job's languages
+    whatever its other windows say."""
+    return {max(v, key=v.get) for v in _voters(results) if max(v.values()) >= sure}
+
+
+def settled_early(result: WindowResult, sure_found: set) -> bool:
+    """Whether the vote on an unsure window is known before the job's end: its own most
+    likely language (the one it was decoded in) is among ``sure_found``, the languages
+    of the sure windows decided so far. Those only grow, so whatever the job's other
+    windows say, ``redecode_language`` will keep its decode."""
+    probs = result.language_probs
+    return bool(probs) and probs[0][0] == result.language and result.language in sure_found
+
+
 def job_languages(results: Iterable[WindowResult], sure: float = SURE) -> JobLanguages:
     """The vote over a job's windows (their own first decodes, in any order)."""
-    voters = [dict(r.language_probs) for r in results if r.language_probs and text_units(text_of(r))]
-    accepted = {max(v, key=v.get) for v in voters if max(v.values()) >= sure}
+    results = list(results)
+    voters = _voters(results)
+    accepted = sure_languages(results, sure)
     candidates = sorted({lang for v in voters for lang in v})
     if not candidates:
         return JobLanguages(frozenset(accepted), None)

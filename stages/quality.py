@@ -580,6 +580,13 @@ class WindowReview:
         """The first decode a held window waits with (see ``hold_if``), else None."""
         return self._held[1] if self._held is not None else None
 
+    @property
+    def earlier_decided(self) -> bool:
+        """True once every earlier window of the job was decided (``Pace``; at once without
+        a pace): the pace this window's skip check reads is then what it would read at
+        the job's end, so a held window resumed from here on decodes the same."""
+        return self._checked
+
     def resume(self) -> list[Request]:
         """Go on from the held first decode as ``feed`` would have; returns its requests."""
         if self._held is None:

@@ -97,6 +97,24 @@ def test_what_the_vote_ignores():
     assert redecode_language(_result(" Hm", ("cy", 0.5)), job_languages([])) is None
 
 
+def test_a_window_in_a_language_sure_windows_found_is_settled_before_the_vote():
+    from stages.language import settled_early, sure_languages
+
+    en = _result(" The railway station was built long ago.", ("en", 0.99))
+    quiet = _result("", ("de", 0.99))  # no text: not a voter
+    leaning_en = _result(" The bells.", ("en", 0.7), ("de", 0.3))
+    leaning_de = _result(" Die Glocken.", ("de", 0.7), ("en", 0.3))
+    found = sure_languages([en, quiet, leaning_en])
+    assert found == {"en"}
+    assert settled_early(leaning_en, found) and not settled_early(leaning_de, found)
+    # What it settles is what the vote says once every window is in, whatever they say.
+    for more in ([], [leaning_de], [_result(" Der Ort.", ("de", 0.95))]):
+        votes = job_languages([en, leaning_en, leaning_de, *more])
+        assert redecode_language(leaning_en, votes) is None
+    # Decoded in another language than its most likely one (a fallback's): not settled.
+    assert not settled_early(dataclasses.replace(leaning_en, language="de"), found)
+
+
 def test_the_vote_does_not_depend_on_the_order_windows_came_in():
     rs = [
         _result(" one two three", ("de", 0.5), ("en", 0.49), ("cy", 0.01)),
@@ -170,14 +188,17 @@ def test_a_window_decoded_again_in_the_jobs_language():
 # ------------------------------------------------------------------- through the pipeline
 
 
-def _tone_stretch(band: int, seconds: float, rng) -> np.ndarray:
-    """Tone words of one band (w{10*band}..w{10*band+9}) for ``seconds``, then 3 s of silence."""
+def _tone_stretch(band, seconds: float, rng) -> np.ndarray:
+    """Tone words of one band (w{10*band}..w{10*band+9}) for ``seconds``, then 3 s of
+    silence; ``band`` a tuple: each word's band drawn from it (a mixed window)."""
     from tests.tone_backend import tone_word
 
+    bands = band if isinstance(band, tuple) else (band,)
     parts, t = [np.zeros(int(0.3 * SAMPLE_RATE), np.float32)], 0.3
     while t < seconds:
         d, gap = float(rng.uniform(0.25, 0.5)), float(rng.uniform(0.12, 0.3))
-        parts += [tone_word(10 * band + int(rng.integers(10)), int(d * SAMPLE_RATE)), np.zeros(int(gap * SAMPLE_RATE), np.float32)]
+        b = bands[int(rng.integers(len(bands)))]
+        parts += [tone_word(10 * b + int(rng.integers(10)), int(d * SAMPLE_RATE)), np.zeros(int(gap * SAMPLE_RATE), np.float32)]
         t += d + gap
     parts.append(np.zeros(3 * SAMPLE_RATE, np.float32))
     return np.concatenate(parts)
@@ -212,6 +233,29 @@ def test_an_unsure_window_is_decoded_again_in_the_jobs_language(language_wav, ba
     # A language given: nothing detected, nothing decoded again.
     assert _languages_by_window(given) == [{"en"}] * 4
     assert given.stages["infer"]["decodes"]["language"] == 0
+
+
+def test_an_unsure_window_in_a_language_a_sure_window_found_goes_on_before_the_jobs_end(tmp_path):
+    """The vote on an unsure window whose language a sure window already found is known
+    (the job's languages only grow): it goes on then, and the stream does not wait for
+    the job's end; one in no sure window's language still waits for the vote."""
+    rng = np.random.default_rng(7)
+    bands = [(1, 1, 2), 1, 0, 1, 1, 1, 1]  # unsure, leaning English; English; "Welsh"; English...
+    wav = media.write_wav(tmp_path / "seven.wav", np.concatenate([_tone_stretch(b, 24.0, rng) for b in bands]))
+    last, texts = len(bands) - 1, []
+    for batch_size in (1, 3):
+        arrived: list = []
+        with Pipeline(PipelineConfig(model="tone:phrase", backend=LANG_TONE, batch_size=batch_size)) as p:
+            out = p.wait(p.submit(Job(str(wav)), on_window=lambda tw: arrived.append(tw.index)), timeout=120)
+        assert len(out.windows) == len(bands) and sorted(arrived) == list(range(len(bands)))
+        assert arrived.index(0) < arrived.index(last), arrived  # went on once window 1 was sure of English
+        assert arrived[-1] == 2, arrived  # the "Welsh" window waited for the vote...
+        assert _languages_by_window(out) == [{"en"}] * len(bands)  # ...and was decoded again in English
+        assert out.stages["infer"]["decodes"]["language"] == 1
+        texts.append(out.transcript.text)
+    # Window 0 goes on once its earlier windows (none) were decided: the same transcript
+    # whichever windows shared its batch.
+    assert texts[0] == texts[1]
 
 
 def test_sure_windows_are_never_decoded_again(tmp_path):

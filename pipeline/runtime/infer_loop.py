@@ -275,7 +275,7 @@ class _InferJob:
 
 def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
     from stages.infer import load_backend
-    from stages.language import job_languages, redecode_language
+    from stages.language import job_languages, redecode_language, settled_early, sure_languages
     from stages.quality import WindowReview
 
     cfg = ctx.config
@@ -382,13 +382,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             result = review.held
             target = redecode_language(result, votes)
             if target is None:
-                follow = review.resume()
-                if follow:
-                    again.extend(_prepare_items(backend, job.seq, review, follow, review.cfg.enabled))
-                elif review.done:
-                    report(job, review)
-                else:  # nothing to decode and not done: it would wait forever
-                    raise RuntimeError(f"window {index}: resumed with nothing to decode, yet not done")
+                go_on(job, review, again)
                 continue
             log.info(
                 "window %d: language %s (%.2f) is not the job's (%s): decoding it again in %s",
@@ -405,6 +399,35 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         work.extendleft(reversed(again))
         return bool(again)
 
+    def go_on(job: _InferJob, review, again: list) -> None:
+        """A held window keeps its language: it goes on from its first decode."""
+        follow = review.resume()
+        if follow:
+            again.extend(_prepare_items(backend, job.seq, review, follow, review.cfg.enabled))
+        elif review.done:
+            report(job, review)
+        else:  # nothing to decode and not done: it would wait forever
+            raise RuntimeError(f"window {review.index}: resumed with nothing to decode, yet not done")
+
+    def resume_settled(job: _InferJob, again: list) -> None:
+        """Held windows whose vote is known before the job's end (``settled_early``: a
+        sure window found their language) go on now, once every earlier window was
+        decided (then they decode as they would at the job's end), so the stream waits
+        on them for a batch or two, not for the whole job."""
+        if not job.held or job.failed:
+            return
+        found = sure_languages(job.detections.values())
+        for index in sorted(job.held):
+            review = job.held[index]
+            if review.earlier_decided and settled_early(review.held, found):
+                del job.held[index]
+                log.info("window %d: language %s is one the job's sure windows found: it goes on", index, review.held.language)
+                try:
+                    go_on(job, review, again)
+                except Exception as exc:  # noqa: BLE001 - this job's fault alone
+                    fail(job, exc)
+                    return
+
     def take_result(job: _InferJob, it: _Item, res, again: list) -> None:
         """A decode's result goes to its window's review; follow-up decodes (fallback,
         split, tail) are prepared at once and go to the front of the work queue."""
@@ -420,6 +443,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         if it.review.done:
             report(job, it.review)
         settle(job, it.review.pace, again)
+        resume_settled(job, again)
 
     def settle(job: _InferJob, pace, again: list, release: bool = False) -> None:
         """Later windows that waited for an earlier one to be decided (stages.quality.Pace):
@@ -568,10 +592,11 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             if gated:  # reported once every earlier window was decided (Pace)
                 again: list = []
                 settle(job, gated[0].pace, again, release=True)
-                work.extendleft(reversed(again))
                 for review in gated:
                     if review.pace is None and review.done:
                         report(job, review)
+                resume_settled(job, again)
+                work.extendleft(reversed(again))
         elif kind == "end":
             seq, end_info = msg[1], msg[2]
             job = running.get(seq)
