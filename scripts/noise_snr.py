@@ -34,19 +34,6 @@ TEXT = (
 KINDS = ("white", "pink", "brown")
 
 
-def noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n,) float64 noise of unit mean power: white, pink (1/f power) or brown (1/f^2)."""
-    x = rng.standard_normal(n)
-    if kind != "white":
-        # Shaped from 20 Hz up, nothing below (as a microphone and converter record it):
-        # 1/f from a fraction of a hertz puts half the power in a slow drift.
-        spectrum = np.fft.rfft(x)
-        hz = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
-        shape = np.where(hz >= 20.0, 1.0 / np.maximum(hz, 20.0) ** (0.5 if kind == "pink" else 1.0), 0.0)
-        x = np.fft.irfft(spectrum * shape, n)
-    return x / np.sqrt(np.mean(x**2))
-
-
 def _case(text: str) -> tuple[str, float]:
     kind, _, snr = text.partition(":")
     if kind not in KINDS:
@@ -83,23 +70,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         try:
-            speech = media.read_audio(media.speech(tmp / "speech.wav", TEXT)).astype(np.float64)
+            speech = media.read_audio(media.speech(tmp / "speech.wav", TEXT))
         except (OSError, subprocess.CalledProcessError) as exc:
             print(f"error: espeak-ng and ffmpeg are needed: {exc}", file=sys.stderr)
             return 0
-        loud = np.flatnonzero(np.abs(speech) > 1e-4)
-        speech = speech[loud[0] : loud[-1] + 1]
-        power = np.mean(speech**2)
-        pad = np.zeros(3 * SAMPLE_RATE)
-        speech = np.concatenate([pad, speech, pad])
         files = []
         for kind, snr in args.cases:
-            mix = speech + noise(kind, len(speech), rng) * np.sqrt(power / 10 ** (snr / 10))
-            mix *= min(1.0, 0.9 / np.abs(mix).max())
-            files.append((f"{kind}, {snr:g} dB", media.write_wav(tmp / f"{kind}_{snr:g}.wav", mix.astype(np.float32))))
+            mix = media.speech_over_noise(speech, kind, snr, rng)
+            files.append((f"{kind}, {snr:g} dB", media.write_wav(tmp / f"{kind}_{snr:g}.wav", mix)))
         alone = []
         for kind in KINDS if args.alone_s > 0 else ():
-            x = noise(kind, int(args.alone_s * SAMPLE_RATE), rng)
+            x = media.colored_noise(kind, int(args.alone_s * SAMPLE_RATE), rng)
             for dbfs in (-20, -40):
                 y = (x * 10 ** (dbfs / 20)).astype(np.float32)
                 alone.append((f"{kind} alone, {dbfs} dBFS", media.write_wav(tmp / f"alone_{kind}{dbfs}.wav", y)))

@@ -227,6 +227,39 @@ def loud_frames(levels: np.ndarray, cfg: QualityConfig, noisy: bool = False) -> 
     return levels > max(floor_db + rise, cfg.silence_dbfs)
 
 
+def heard_frames(audio: np.ndarray, levels: np.ndarray, loud: np.ndarray, cfg: QualityConfig,
+                 noisy: bool = False) -> np.ndarray:  # fmt: skip
+    """Frames that may hold speech, for the one check that drops words as said over no
+    sound (``too_fast``): ``loud``, and over a background (a whole-band level spread
+    under twice ``speech_rise_db``: every window of the test readings spreads more) also
+    the frames ``min_speech_rise_db`` over the voice band's floor.
+
+    Each check errs on its safe side. Speech 5-6 dB over white noise is not steady (the
+    whole band's levels are kept), yet it rises only 3-8 dB over them: half its frames
+    counted as sound, and ``too_fast`` dropped its sentences (the first of three, 12 of
+    42 words; JFK's last words 5 dB over white noise, which sequential decoding kept).
+    In the voice band, where broadband noise has less of its power, the speech shows; so
+    do a few frames of the noise alone (it spreads 3-5 dB there). That is the safe side
+    for a check that drops words, not for those that add text (the end-of-text veto,
+    which keeps a decoder going while sound is left; tails; the pace's re-decodes): they
+    keep ``loud``. The cost: a garbled segment the old count dropped by luck now stays
+    ("shortly after the November of the month." over noise, where the dropped segment's
+    tail, decoded again, said "shortly after 11 o'clock.")."""
+    if noisy or len(levels) == 0 or _spread(levels) >= 2 * cfg.speech_rise_db:
+        return loud
+    voice = loud_frames(voice_levels(audio), cfg, noisy=True)
+    n = min(len(loud), len(voice))
+    out = loud.copy()
+    out[:n] |= voice[:n]
+    return out
+
+
+def _spread(levels: np.ndarray) -> float:
+    """95th - 10th percentile of frame levels, dB."""
+    p10, p95 = np.percentile(levels, (10, 95))
+    return float(p95 - p10)
+
+
 def sound_profile(loud: np.ndarray) -> np.ndarray:
     """Cumulative seconds of sound at each 50 ms frame boundary: (F + 1,) float32, from
     ``loud_frames``. The decoder's end-of-text veto reads it (``stages.infer.EotVeto``)."""
@@ -263,7 +296,8 @@ def too_fast(seg: Segment, loud: np.ndarray, cfg: QualityConfig) -> bool:
     times). Whisper writes such segments into silence (a sentence repeated after speech
     ended, "Thank you." in a pause); no speaker says 14 words in 0.3 s.
 
-    seg: window seconds; loud: ``loud_frames`` of the window."""
+    seg: window seconds; loud: the window's frames with sound (``WindowReview`` passes
+    ``heard_frames``: this check drops words, so it counts sound generously)."""
     words = len(seg.text.split())
     a = max(0, int((seg.start - cfg.timing_slack_s) * 20))
     b = max(a, int(np.ceil((seg.end + cfg.timing_slack_s) * 20)))
@@ -529,6 +563,8 @@ class WindowReview:
         self.final = final  # the job's last window: its audio runs to the job's end
         self.levels, self.gated, noisy = window_levels(audio, cfg)
         self.loud = loud_frames(self.levels, cfg, noisy)
+        # What ``too_fast`` reads (the rest reads ``loud``): see ``heard_frames``.
+        self.heard = self.loud if not cfg.enabled or self.gated else heard_frames(audio, self.levels, self.loud, cfg, noisy)
         self._pending: set[Request] = set()
         self._spans: dict[tuple[int, int], _Span] = {}  # by (start, end) sample
         self._final: dict[tuple[int, int], list[Segment]] = {}  # span -> its kept segments
@@ -650,7 +686,7 @@ class WindowReview:
             )
             before = [w for seg in self._kept_before(span.start) for w in plain_words(seg.text)]
             for seg in placed:
-                if too_fast(seg, self.loud, cfg):
+                if too_fast(seg, self.heard, cfg):
                     continue
                 words = plain_words(seg.text)
                 if repeats(words, before, cfg):
@@ -890,7 +926,7 @@ class WindowReview:
         seg = Segment(start, end, " " + " ".join(new_tokens[extra:]),
                       words=_last_words([w for s in segments for w in s.words], new_tokens[extra:]))  # fmt: skip
         before = [w for s in self._kept_before(span.start) + old for w in plain_words(s.text)]
-        if too_fast(seg, self.loud, self.cfg) or repeats(plain_words(seg.text), before, self.cfg):
+        if too_fast(seg, self.heard, self.cfg) or repeats(plain_words(seg.text), before, self.cfg):
             return old
         return old + [seg]
 

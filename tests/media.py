@@ -47,6 +47,35 @@ def noise(seconds: float, rate: int = 16000, amp: float = 0.1, seed: int = 0) ->
     return (amp * rng.standard_normal(int(round(seconds * rate)))).astype(np.float32)
 
 
+def colored_noise(kind: str, n: int, rng: np.random.Generator, rate: int = 16000) -> np.ndarray:
+    """(n,) float64 noise of unit mean power: "white", "pink" (1/f power) or "brown" (1/f^2)."""
+    x = rng.standard_normal(n)
+    if kind != "white":
+        # Shaped from 20 Hz up, nothing below (as a microphone and converter record it):
+        # 1/f from a fraction of a hertz puts half the power in a slow drift.
+        spectrum = np.fft.rfft(x)
+        hz = np.fft.rfftfreq(n, 1.0 / rate)
+        shape = np.where(hz >= 20.0, 1.0 / np.maximum(hz, 20.0) ** (0.5 if kind == "pink" else 1.0), 0.0)
+        x = np.fft.irfft(spectrum * shape, n)
+    return x / np.sqrt(np.mean(x**2))
+
+
+def speech_over_noise(speech: np.ndarray, kind: str, snr_db: float, rng: np.random.Generator,
+                      pad_s: float = 3.0, rate: int = 16000) -> np.ndarray:  # fmt: skip
+    """``speech`` (its silence before and after cut) with ``pad_s`` of silence each side,
+    over ``kind`` noise (``colored_noise``) ``snr_db`` under the speech's mean power (its
+    pauses included), scaled to peak at 0.9 at most: float32."""
+    speech = np.asarray(speech, dtype=np.float64)
+    loud = np.flatnonzero(np.abs(speech) > 1e-4)
+    speech = speech[loud[0] : loud[-1] + 1]
+    power = np.mean(speech**2)
+    pad = np.zeros(int(pad_s * rate))
+    speech = np.concatenate([pad, speech, pad])
+    mix = speech + colored_noise(kind, len(speech), rng, rate) * np.sqrt(power / 10 ** (snr_db / 10))
+    mix *= min(1.0, 0.9 / np.abs(mix).max())
+    return mix.astype(np.float32)
+
+
 def babble(seconds: float, rate: int = 16000, amp: float = 0.2, seed: int = 0) -> np.ndarray:
     """Noise in bursts like syllables (80-300 ms on, 40-200 ms off, a longer pause now and
     then): level changes like speech, so the chunker finds pauses and windows in it, and a

@@ -23,6 +23,7 @@ from stages.quality import (
     WindowReview,
     best_attempt,
     frame_levels,
+    heard_frames,
     plain_words,
     repeats,
     gate,
@@ -247,6 +248,44 @@ def test_speech_as_loud_as_broadband_noise_is_heard_in_the_voice_band():
     levels, why, noisy = window_levels(clean, CFG)
     assert why is None and not noisy
     np.testing.assert_array_equal(levels, frame_levels(clean))
+
+
+def test_speech_over_a_background_is_not_taken_for_words_said_over_silence():
+    """Speech 6 dB over white noise is not steady: the whole band's levels are kept, and
+    its weaker syllables rise less than half the spread over the floor. They did not count
+    as sound, and ``too_fast`` dropped real sentences as words said over silence (the
+    first of three 6 dB over white noise, tiny.en; sequential decoding kept it). The check
+    that drops words reads ``heard`` (the voice band too); the checks that add text (the
+    end-of-text veto, tails, the pace) still read ``loud``."""
+    x = voiced(12.0).astype(np.float64)
+    t = np.arange(len(x)) / SAMPLE_RATE
+    speech = x * np.array([1.0, 0.5, 0.25, 0.7, 0.35])[(t // 0.45).astype(int) % 5]  # syllables 0 to -12 dB
+    noise = np.random.default_rng(3).standard_normal(len(speech))
+    noise *= np.sqrt(np.mean(speech[speech != 0] ** 2) / np.mean(noise**2)) / 10 ** (6 / 20)
+    mix = (speech + noise).astype(np.float32)
+    levels, why, noisy = window_levels(mix, CFG)
+    assert why is None and not noisy  # not steady: the whole band's levels
+    loud = loud_frames(levels, CFG, noisy)
+    heard = heard_frames(mix, levels, loud, CFG, noisy)
+    on = ((np.arange(len(levels)) * FRAME / SAMPLE_RATE + 0.025) % 0.45) < 0.3
+    assert loud[on].mean() < 0.7  # the weaker syllables missed
+    assert heard[on].mean() > 0.95 and heard[~on].mean() < 0.05 and np.all(heard[loud])
+
+    # 36 words over the first 6 s (6 a second): more than ``loud`` holds at 10 a second.
+    said = seg(0.0, 6.0, " " + " ".join(["budget"] * 36) + ".")
+    rest = seg(6.0, 11.8, " The chairman promised a full report before the end of the month.")
+    assert too_fast(said, loud, CFG) and not too_fast(said, heard, CFG)
+    review = WindowReview(0, mix)
+    out = drive(review, FakeDecoder(lambda r: res(said, rest)))
+    assert [s.text for s in out.segments] == [said.text, rest.text]
+    req = Request(0, 0, len(mix), 0.0, 0, "window")
+    np.testing.assert_array_equal(review.sound(req)[1], sound_profile(review.loud))  # the veto: ``loud``
+
+    # Clean speech (no background): nothing changes.
+    clean = speech.astype(np.float32)
+    lv, _, nz = window_levels(clean, CFG)
+    lo = loud_frames(lv, CFG, nz)
+    np.testing.assert_array_equal(heard_frames(clean, lv, lo, CFG, nz), lo)
 
 
 def test_gate_edges_are_strict():
