@@ -218,7 +218,7 @@ class EotVeto:
     second encoder pass or batch.
 
     ``sound``: per row None (no veto) or (valid_s, cum) with ``cum`` (F + 1,) float, the
-    cumulative seconds of sound over 50 ms frames (``stages.quality.sound_profile``).
+    cumulative seconds of sound over 50 ms frames (``stages.levels.sound_profile``).
     """
 
     FRAME_S = 0.05

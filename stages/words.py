@@ -436,7 +436,7 @@ class AlignInput:
 
 def first_sound(sound) -> float | None:
     """Seconds to the first loud 50 ms frame of a window, from the end-of-text veto's
-    sound profile ``(valid_s, cum)`` (``stages.quality.sound_profile``), or None."""
+    sound profile ``(valid_s, cum)`` (``stages.levels.sound_profile``), or None."""
     if sound is None:
         return None
     steps = np.flatnonzero(np.diff(np.asarray(sound[1])) > 0)

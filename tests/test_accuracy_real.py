@@ -207,7 +207,7 @@ def test_speech_over_steady_noise_or_music_keeps_its_words(pipe, tmp_path):
     power = np.mean(speech**2) * len(speech) / np.count_nonzero(speech)
     rng = np.random.default_rng(1)
     # Speech 3 dB over white noise: the whole band's level hardly moves, the voice band's
-    # does (``stages.quality.window_levels``). Empty before; now 60% WER, sequential 50%.
+    # does (``stages.levels.window_levels``). Empty before; now 60% WER, sequential 50%.
     cases = (("white", rng.standard_normal(len(speech)), 6.0, 0.5), ("music", _music(len(speech)), 0.0, 0.5),
              ("white3", rng.standard_normal(len(speech)), 3.0, 0.75))  # fmt: skip
     for name, noise, snr_db, max_wer in cases:
@@ -224,7 +224,7 @@ def test_speech_a_few_db_over_broadband_noise_keeps_its_sentences(pipe, tmp_path
     kept, and its weaker syllables hardly rise over them: half a sentence counted as
     sound, and the check for words said over silence dropped whole sentences (21-22
     words of 42 lost on these mixes, the same as ``scripts/noise_snr.py``'s). It now
-    reads the voice band too (``stages.quality.heard_frames``): 0-2 lost."""
+    reads the voice band too (``stages.levels.heard_frames``): 0-2 lost."""
     if not shutil.which("espeak-ng"):
         pytest.skip("espeak-ng is not installed")
     text = ("The committee met on Tuesday morning to discuss the new budget. Several members asked why "

@@ -25,7 +25,7 @@ import torch
 from pipeline.constants import SAMPLE_RATE
 from pipeline.types import DecodeOptions
 from stages.infer import EotVeto, StepRecorder, WhisperBackend, compression_ratio
-from stages.quality import sound_profile
+from stages.levels import sound_profile
 from tests import media
 from tests.media import window as _window
 

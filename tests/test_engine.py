@@ -21,7 +21,7 @@ from pipeline.constants import SAMPLE_RATE
 from pipeline.types import DecodeOptions
 from stages.engine import SlotEngine
 from stages.infer import BatchedTimestampRules, StepRecorder, WhisperBackend
-from stages.quality import sound_profile
+from stages.levels import sound_profile
 from stages.rules import SlotRules, SlotSampler, host_argmax
 from tests import media
 from tests.media import speech

@@ -15,29 +15,31 @@ import pytest
 
 from pipeline.constants import N_SAMPLES, SAMPLE_RATE
 from pipeline.types import Segment, WindowResult
-from stages.quality import (
+from stages.levels import (
     FRAME,
+    frame_levels,
+    gate,
+    heard_frames,
+    loud_frames,
+    loud_seconds,
+    sound_profile,
+    voice_levels,
+    window_levels,
+)
+from stages.quality import (
     Pace,
     QualityConfig,
     Request,
     WindowReview,
     best_attempt,
-    frame_levels,
-    heard_frames,
     plain_words,
     repeats,
-    gate,
     is_junk,
     is_no_speech,
-    loud_frames,
-    loud_seconds,
     needs_fallback,
-    sound_profile,
     text_units,
     too_fast,
     too_slow,
-    voice_levels,
-    window_levels,
 )
 
 CFG = QualityConfig()

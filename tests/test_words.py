@@ -188,7 +188,7 @@ def test_words_go_back_to_their_segments():
 
 
 def test_first_word_starts_at_the_first_sound():
-    from stages.quality import sound_profile
+    from stages.levels import sound_profile
 
     loud = np.zeros(100, dtype=bool)
     loud[8:30] = True  # sound from 0.4 s
