@@ -77,7 +77,14 @@ class QualityConfig:
     logprob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
     temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)  # after the greedy decode
-    silence_dbfs: float = -60.0  # loudest 50 ms frame below this: a silent window
+    # Loudest 50 ms frame below this: a silent window (digital silence measures -100 to
+    # -120, 16-bit dither about -93). Whisper hears speech far below everyday levels
+    # (jfk.flac turned down 60 dB, its loudest frame at -68 dBFS, word for word).
+    silence_dbfs: float = -80.0
+    # A frame under this is no sound (a word's fading end, a breath at -70), unless the
+    # window is quiet all over: then a frame ``sound_range_db`` under its loudest is none.
+    quiet_dbfs: float = -60.0
+    sound_range_db: float = 40.0
     steady_spread_db: float = 10.0  # 95th - 10th percentile frame level below this, and
     steady_peak_db: float = 12.0  # loudest frame - median below this: a steady window
     tail_min_s: float = 1.0  # a dropped tail shorter than this is not decoded again
@@ -121,6 +128,8 @@ class QualityConfig:
             raise ValueError("max_tail_redecodes must be >= 0 and tail_min_s positive")
         if not 0 < self.end_tail_min_s <= self.tail_min_s or self.end_tail_speech_s < 0:
             raise ValueError("end_tail_min_s must be positive and at most tail_min_s; end_tail_speech_s >= 0")
+        if not self.silence_dbfs <= self.quiet_dbfs or self.sound_range_db <= 0:
+            raise ValueError("silence_dbfs must be at most quiet_dbfs, and sound_range_db positive")
         if self.repeat_min_words < 0:
             raise ValueError("repeat_min_words must be >= 0 (0: never drop a repeat)")
 
@@ -640,13 +649,22 @@ class WindowReview:
 
     def _no_speech(self, span: _Span, result: WindowResult) -> bool:
         """The no-speech rule, for the fallback as for what is kept. A tail is a short
-        stretch after the last words heard: there the model's no-speech probability alone
-        decides (its mean log-probability, over a few tokens, says little: "you" over a
-        noise tail scored -0.97 with no-speech 0.94), and a quiet tail is not decoded hotter."""
+        stretch after the last words heard, and a decode of under ``logprob_min_tokens``
+        tokens says little: there the model's no-speech probability alone decides (the
+        mean log-probability of a few tokens says little: "you" over a noise tail scored
+        -0.97 with no-speech 0.94; "Thank you. Thank you." over 3 s of a quiet room's
+        knocks -0.98 with 0.90), and such a decode is not decoded hotter."""
         if is_no_speech(result, self.cfg):
             return True
         ns = result.no_speech_prob
-        return span.tail and ns is not None and ns > self.cfg.no_speech_threshold
+        if ns is None or ns <= self.cfg.no_speech_threshold:
+            return False
+        if span.tail:
+            return True
+        if result.n_tokens < self.cfg.logprob_min_tokens:
+            logger.debug("window %d: a decode of %d tokens, no-speech %.2f: no speech", self.index, result.n_tokens, ns)
+            return True
+        return False
 
     def _kept_before(self, start: int) -> list[Segment]:
         """The window's segments already decided that end where ``start`` (a sample)

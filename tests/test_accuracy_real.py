@@ -241,6 +241,22 @@ def test_speech_a_few_db_over_broadband_noise_keeps_its_sentences(pipe, tmp_path
     assert all(d <= 5 and run < 8 for d, run, _ in lost.values()), lost
 
 
+def test_a_quiet_recording_is_transcribed(pipe, tmp_path):
+    """Speech whose loudest sample is at -55 dBFS (espeak-ng's is near 0): Whisper
+    hears it as well as at full level. A fixed -60 dBFS line for sound counted hardly a
+    frame of it, every word was dropped as said over silence, and the transcript was
+    empty, exit code 0 (jfk.flac turned down 50 dB too; 60 dB down, the gate called it
+    silent)."""
+    text = ("The committee met on Tuesday morning to discuss the new budget. Several members asked why "
+            "the library had closed early last winter.")  # fmt: skip
+    speech = _pcm(_espeak(tmp_path, text)).astype(np.float64)
+    quiet = speech * 10 ** (-55 / 20) / np.abs(speech).max()
+    wav = media.write_wav(tmp_path / "quiet.wav", quiet.astype(np.float32))
+    t = pipe.transcribe(Job(str(wav), DecodeOptions(language="en")), timeout=300)
+    s = score(text, t.text)
+    assert s.deletions <= 2 and s.wer < 0.3, t.text
+
+
 def test_no_sign_off_invented_after_the_last_word(pipe, tmp_path):
     """A recording whose speech runs to its end (or a slow last word): the last segment's
     end is early, inside the last word, and the half second after it, decoded again alone

@@ -22,6 +22,7 @@ from stages.levels import (
     heard_frames,
     loud_frames,
     loud_seconds,
+    quiet_level,
     sound_profile,
     voice_levels,
     window_levels,
@@ -292,10 +293,10 @@ def test_speech_over_a_background_is_not_taken_for_words_said_over_silence():
 
 def test_gate_edges_are_strict():
     # Loudest frame exactly at the silence level is not silent (strictly below is).
-    lv = np.full(100, -80.0)
-    lv[0] = -60.0
+    lv = np.full(100, -100.0)
+    lv[0] = CFG.silence_dbfs
     assert gate(lv, CFG) != "silent"
-    lv[0] = -60.001
+    lv[0] = CFG.silence_dbfs - 0.001
     assert gate(lv, CFG) == "silent"
     # A steady level with one frame 12 dB up: not steady (the peak test is strict).
     lv = np.full(100, -40.0)
@@ -315,7 +316,7 @@ def test_loud_frames_and_sound_profile():
     assert np.all(np.diff(prof) >= 0)
     assert prof[8] == pytest.approx(0.4) and prof[10] == pytest.approx(0.4)
     # Above the floor but below the silence level: not sound.
-    quiet = frame_levels(from_frames(np.r_[np.full(30, 1e-6), np.full(10, 1e-4)]))
+    quiet = frame_levels(from_frames(np.r_[np.full(30, 1e-7), np.full(10, 10 ** ((CFG.silence_dbfs - 3) / 20))]))
     assert not loud_frames(quiet, CFG).any()
     # Digital silence everywhere: no sound, no crash.
     assert not loud_frames(frame_levels(np.zeros(SAMPLE_RATE, np.float32)), CFG).any()
@@ -720,6 +721,43 @@ def test_no_speech_gives_no_segments():
     ]
 
 
+def test_a_decode_of_a_few_tokens_is_judged_by_its_no_speech_probability():
+    """Over a few tokens the mean log-probability says little: "Thank you. Thank you."
+    over 3 s of a quiet room's knocks scored -0.98 with no-speech 0.90 (base), and
+    openai's rule (no-speech over 0.6 and log-probability under -1) kept it."""
+    audio = speech_like(3.4)
+    thanks = (seg(0.0, 2.0, " Thank you."), seg(2.0, 3.4, " Thank you."))
+    dec = FakeDecoder(lambda r: res(*thanks, ns=0.9, lp=-0.98, n=8))
+    review = WindowReview(0, audio)
+    assert drive(review, dec).segments == () and len(dec.seen) == 1  # nor decoded hotter
+    # Sixteen tokens or more: openai's rule, as before; a low no-speech probability keeps
+    # a short decode.
+    assert len(drive(WindowReview(0, audio), FakeDecoder(lambda r: res(*thanks, ns=0.9, lp=-0.98, n=16))).segments) == 2
+    assert len(drive(WindowReview(0, audio), FakeDecoder(lambda r: res(*thanks, ns=0.5, lp=-0.98, n=8))).segments) == 2
+
+
+def test_a_quiet_recording_is_sound():
+    """Speech turned down 50 dB (its loudest frame at -70 dBFS) is sound: Whisper writes
+    jfk.flac turned down 60 dB word for word. A fixed -60 dBFS line called such a window
+    silent, or (turned down less) counted under half a second of its speech as sound,
+    and every word was dropped as said over silence: an empty transcript, exit code 0."""
+    loud_audio = speech_like(10.0)
+    quiet = (loud_audio * 10 ** (-50 / 20)).astype(np.float32)
+    levels, why, noisy = window_levels(quiet, CFG)
+    assert why is None and levels.max() == pytest.approx(-70.0, abs=1.0)
+    on = np.resize(np.r_[np.ones(8, bool), np.zeros(2, bool)], len(levels))
+    np.testing.assert_array_equal(loud_frames(levels, CFG, noisy), on)
+    review = WindowReview(0, quiet)
+    out = drive(review, FakeDecoder(lambda r: res(seg(0.0, 9.8, " " + words(30)))))
+    assert len(out.segments) == 1  # 30 words over 8 s of sound
+    # A window at everyday levels: frames under -60 dBFS are no sound, as before.
+    assert quiet_level(frame_levels(loud_audio), CFG) == CFG.quiet_dbfs == -60.0
+    # Digital silence, and 16-bit dither, stay silent.
+    assert gate(frame_levels(np.zeros(16000, np.float32)), CFG) == "silent"
+    dither = (np.random.default_rng(0).uniform(-1, 1, (2, 16000)).sum(axis=0) / 32768).astype(np.float32)
+    assert gate(frame_levels(dither), CFG) == "silent"
+
+
 def test_junk_and_too_fast_segments_are_dropped():
     amps = np.full(200, FLOOR_AMP)  # 10 s, one 0.3 s burst at 2.0 s
     amps[40:46] = LOUD_AMP
@@ -1006,7 +1044,8 @@ def test_a_segment_saying_again_what_came_just_before_is_dropped():
 def test_a_tail_the_model_calls_no_speech_gives_no_words():
     """A tail's decode: its no-speech probability decides alone ("you" over a noise tail
     had no-speech 0.94 and a mean log-probability of -0.97, which openai/whisper's rule,
-    made for whole windows, keeps). A whole window's decode keeps that rule."""
+    made for whole windows, keeps). So does a decode of under 16 tokens; a longer one
+    keeps openai's rule."""
     audio = speech_like(20.0)
     first = res(seg(0.0, 10.0, " On the same line,"), seg(10.0, 19.56, " on subsequent"))
 
@@ -1022,7 +1061,9 @@ def test_a_tail_the_model_calls_no_speech_gives_no_words():
     out = drive(WindowReview(0, audio, final=True), dec)
     assert [r.kind for r in dec.seen] == ["window", "tail"] and out.segments[-1].text == " on subsequent"
     window = res(seg(0.0, 5.0, " Yes."), ns=0.94, lp=-0.97, n=4)
-    assert [s.text for s in drive(WindowReview(0, audio), FakeDecoder(lambda r: window)).segments][0] == " Yes."
+    assert drive(WindowReview(0, audio), FakeDecoder(lambda r: window)).segments == ()
+    window = res(seg(0.0, 19.5, " Yes, " + words(14)), ns=0.94, lp=-0.97, n=16)
+    assert [s.text for s in drive(WindowReview(0, audio), FakeDecoder(lambda r: window)).segments][0].startswith(" Yes,")
 
 
 def _split_audio():
