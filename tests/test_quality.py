@@ -721,19 +721,16 @@ def test_no_speech_gives_no_segments():
     ]
 
 
-def test_a_decode_of_a_few_tokens_is_judged_by_its_no_speech_probability():
-    """Over a few tokens the mean log-probability says little: "Thank you. Thank you."
-    over 3 s of a quiet room's knocks scored -0.98 with no-speech 0.90 (base), and
-    openai's rule (no-speech over 0.6 and log-probability under -1) kept it."""
-    audio = speech_like(3.4)
-    thanks = (seg(0.0, 2.0, " Thank you."), seg(2.0, 3.4, " Thank you."))
-    dec = FakeDecoder(lambda r: res(*thanks, ns=0.9, lp=-0.98, n=8))
-    review = WindowReview(0, audio)
-    assert drive(review, dec).segments == () and len(dec.seen) == 1  # nor decoded hotter
-    # Sixteen tokens or more: openai's rule, as before; a low no-speech probability keeps
-    # a short decode.
-    assert len(drive(WindowReview(0, audio), FakeDecoder(lambda r: res(*thanks, ns=0.9, lp=-0.98, n=16))).segments) == 2
-    assert len(drive(WindowReview(0, audio), FakeDecoder(lambda r: res(*thanks, ns=0.5, lp=-0.98, n=8))).segments) == 2
+def test_a_short_confident_decode_is_kept_whatever_its_no_speech_probability():
+    """openai's rule for a whole window: no-speech over 0.6 *and* a mean log-probability
+    under -1. A rule that judged decodes of under 16 tokens by their no-speech
+    probability alone (as tails are) dropped real quiet one-word answers ("Right." 40 dB
+    down, tiny.en: 5 tokens, no-speech 0.65) that ``--plain`` and the code before wrote."""
+    audio = speech_like(1.2)
+    right = res(seg(0.0, 1.1, " Right."), ns=0.65, lp=-0.6, n=5)
+    assert [s.text for s in drive(WindowReview(0, audio), FakeDecoder(lambda r: right)).segments] == [" Right."]
+    unlikely = res(seg(0.0, 1.1, " Right."), ns=0.65, lp=-1.2, n=5)
+    assert drive(WindowReview(0, audio), FakeDecoder(lambda r: unlikely)).segments == ()
 
 
 def test_a_quiet_recording_is_sound():
@@ -1044,8 +1041,7 @@ def test_a_segment_saying_again_what_came_just_before_is_dropped():
 def test_a_tail_the_model_calls_no_speech_gives_no_words():
     """A tail's decode: its no-speech probability decides alone ("you" over a noise tail
     had no-speech 0.94 and a mean log-probability of -0.97, which openai/whisper's rule,
-    made for whole windows, keeps). So does a decode of under 16 tokens; a longer one
-    keeps openai's rule."""
+    made for whole windows, keeps). A whole window's decode keeps that rule."""
     audio = speech_like(20.0)
     first = res(seg(0.0, 10.0, " On the same line,"), seg(10.0, 19.56, " on subsequent"))
 
@@ -1061,9 +1057,7 @@ def test_a_tail_the_model_calls_no_speech_gives_no_words():
     out = drive(WindowReview(0, audio, final=True), dec)
     assert [r.kind for r in dec.seen] == ["window", "tail"] and out.segments[-1].text == " on subsequent"
     window = res(seg(0.0, 5.0, " Yes."), ns=0.94, lp=-0.97, n=4)
-    assert drive(WindowReview(0, audio), FakeDecoder(lambda r: window)).segments == ()
-    window = res(seg(0.0, 19.5, " Yes, " + words(14)), ns=0.94, lp=-0.97, n=16)
-    assert [s.text for s in drive(WindowReview(0, audio), FakeDecoder(lambda r: window)).segments][0].startswith(" Yes,")
+    assert [s.text for s in drive(WindowReview(0, audio), FakeDecoder(lambda r: window)).segments][0] == " Yes."
 
 
 def _split_audio():
