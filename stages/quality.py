@@ -653,11 +653,11 @@ class WindowReview:
         decides (its mean log-probability, over a few tokens, says little: "you" over a
         noise tail scored -0.97 with no-speech 0.94), and a quiet tail is not decoded hotter.
 
-        A whole window keeps openai's rule, however few its tokens: judged by its
-        no-speech probability alone, a decode of under 16 tokens lost "Thank you. Thank
-        you." over a quiet room's knocks (no-speech 0.90), and also real one-word answers
-        said quietly ("Right." 40 dB down: 5 tokens, no-speech 0.65, log-probability
-        above -1)."""
+        A whole window keeps openai's rule, however few its tokens. Judging a decode of
+        under 16 tokens by its no-speech probability alone removed "Thank you. Thank
+        you." invented over a quiet room's knocks (no-speech 0.90), but it also removed
+        real one-word answers said quietly ("Right." 40 dB down: 5 tokens, no-speech
+        0.65, log-probability above -1), so it was taken out again."""
         if is_no_speech(result, self.cfg):
             return True
         ns = result.no_speech_prob
