@@ -206,3 +206,27 @@ def test_next_for_engine_takes_turns():
     assert work[next_for_engine(work, Counter({1: 0, 2: 0}), {1: 0, 2: 8}.get)].seq == 2
     assert next_for_engine(work, Counter({1: 2, 2: 2}), {1: 2, 2: 2}.get) is None
     assert next_for_engine([], Counter(), caps.get) is None
+
+
+def test_the_infer_stages_lines_name_the_job_they_are_about(tone_files, capfd):
+    """With jobs sharing the infer stage, each of its log lines about a job carries that
+    job's id (it once carried the id of whichever job had started last): the windows the
+    lines of a job say were decoded add up to that job's own decodes."""
+    import re
+
+    files, bad = tone_files
+    cfg = PipelineConfig(model="tone:word", backend=TONE, batch_size=2, window_slots=4, log_level="DEBUG")
+    capfd.readouterr()
+    with Pipeline(cfg) as p:
+        outs = p.run_jobs([Job(str(files[0][0]), job_id="job-a"), Job(str(files[1][0]), job_id="job-b"),
+                           Job(str(bad), job_id="job-c")])  # fmt: skip
+    err = capfd.readouterr().err
+    decoded = {}
+    for m in re.finditer(r"\[infer job=(\S+)\] \S+: decoded (\d+) ", err):
+        decoded[m.group(1)] = decoded.get(m.group(1), 0) + int(m.group(2))
+    for job_id, o in zip(("job-a", "job-b"), outs):
+        assert not isinstance(o, Exception), o
+        assert decoded.get(job_id) == sum(o.stages["infer"]["decodes"].values()), (job_id, decoded)
+    assert set(decoded) == {"job-a", "job-b"}, decoded
+    # The failed job's line in the stage that refused it names it.
+    assert re.search(r"\[\w+ job=job-c\] .*page\.mp3", err), err[-2000:]

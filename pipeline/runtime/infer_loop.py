@@ -136,7 +136,8 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
                     items = _prepare_items(backend, seq, review, review.requests(), review.cfg.enabled)
                 except Exception as exc:  # noqa: BLE001
                     jobs[seq]["failed"] = True
-                    ctx.fail_job(seq, exc)
+                    with logs.thread_job(jobs[seq]["info"].get("job_id") or seq):
+                        ctx.fail_job(seq, exc)
                     continue
                 batches[seq].items.extend(items)
                 flush_at = time.monotonic() + cfg.batch_wait_s  # no window for this long: flush
@@ -213,12 +214,26 @@ def _transcribe_batch(backend, items: list, options) -> list:
         )
 
 
+def _about_job(fn):
+    """``fn(job, ...)``'s log lines carry that job's id. Jobs share this stage, so a
+    process-wide id (``logs.set_job``) named whichever job had started (or ended) last."""
+    import functools
+
+    @functools.wraps(fn)
+    def tagged(job, *args, **kwargs):
+        with logs.thread_job(job.log_id):
+            return fn(job, *args, **kwargs)
+
+    return tagged
+
+
 class _InferJob:
     """The main thread's view of one job: reviews not yet decided, whether the reader has
     sent everything, figures for the profile."""
 
     def __init__(self, seq, info, stats):
         self.seq, self.info, self.stats = seq, info, stats
+        self.log_id = info.get("job_id") or seq  # on its log lines
         self.open = 0  # reviews whose window result has not gone out
         self.ended: dict | None = None  # the reader's "end" info, once it came
         self.failed = False
@@ -323,6 +338,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
     engine = _make_engine(backend, cfg)
     in_engine: dict[int, int] = collections.Counter()  # seq -> windows inside the engine
 
+    @_about_job
     def finish_if_done(job: _InferJob) -> None:
         if job.ended is None:
             return
@@ -349,14 +365,15 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         stats["decodes"] = dict(job.decodes)
         stats["decode"] = job.decode_figures(engine)
         ctx.report("stats", job.seq, "infer", stats)
-        logs.set_job(None)
 
+    @_about_job
     def fail(job: _InferJob, exc: BaseException) -> None:
         job.failed = True
         if job.seq in jobs:
             jobs[job.seq]["failed"] = True
         ctx.fail_job(job.seq, exc)
 
+    @_about_job
     def report(job: _InferJob, review) -> None:
         result = review.result()
         if review.language is None and result.language_probs is not None:
@@ -369,6 +386,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             )
         job.open -= 1
 
+    @_about_job
     def resolve_languages(job: _InferJob) -> bool:
         """Every window of the job is decided or held (unsure of its language, after its
         first decode): a held window whose language is not the job's is decoded again in
@@ -399,6 +417,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         work.extendleft(reversed(again))
         return bool(again)
 
+    @_about_job
     def go_on(job: _InferJob, review, again: list) -> None:
         """A held window keeps its language: it goes on from its first decode."""
         follow = review.resume()
@@ -409,6 +428,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         else:  # nothing to decode and not done: it would wait forever
             raise RuntimeError(f"window {review.index}: resumed with nothing to decode, yet not done")
 
+    @_about_job
     def resume_settled(job: _InferJob, again: list) -> None:
         """Held windows whose vote is known before the job's end (``settled_early``: a
         sure window found their language) go on now, once every earlier window was
@@ -428,6 +448,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
                     fail(job, exc)
                     return
 
+    @_about_job
     def take_result(job: _InferJob, it: _Item, res, again: list) -> None:
         """A decode's result goes to its window's review; follow-up decodes (fallback,
         split, tail) are prepared at once and go to the front of the work queue."""
@@ -445,6 +466,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         settle(job, it.review.pace, again)
         resume_settled(job, again)
 
+    @_about_job
     def settle(job: _InferJob, pace, again: list, release: bool = False) -> None:
         """Later windows that waited for an earlier one to be decided (stages.quality.Pace):
         their split re-decodes join ``again``; those now done are reported."""
@@ -456,10 +478,11 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
             if review.done:
                 report(job, review)
 
-    def run_batch() -> None:
-        """--engine generate: one generate call on a batch of one job's decodes."""
-        seq = work[0].seq
-        job = running[seq]
+    @_about_job
+    def run_batch(job: _InferJob) -> None:
+        """--engine generate: one generate call on a batch of the job's decodes (the
+        first in ``work``)."""
+        seq = job.seq
         size = jobs[seq]["batch_size"] if seq in jobs else cfg.batch_size
         items = []
         while work and work[0].seq == seq and len(items) < size:
@@ -573,7 +596,6 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
         if kind == "start":
             seq = msg[1]
             info = jobs[seq]["info"]
-            logs.set_job(info.get("job_id") or seq)
             job = _InferJob(seq, info, StageStats(t_start=time.monotonic(), profile=_profiling(info)))
             job.engine_at = dict(engine.stats) if engine is not None else None
             running[seq] = job
@@ -657,7 +679,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
                     finish_if_done(job)
                 continue
             if len(work) >= (jobs.get(job.seq) or {}).get("batch_size", cfg.batch_size) or local.empty():
-                run_batch()
+                run_batch(job)
                 finish_if_done(job)
                 continue
         wait_for_message()
