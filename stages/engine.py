@@ -285,6 +285,7 @@ class SlotEngine:
         if fresh:  # English-only: this step is the first step (<|startoftranscript|> at 0)
             idx = torch.tensor(fresh, device=self.device)
             self.no_speech[idx] = logits[idx].softmax(dim=-1)[:, self.backend.no_speech_id]
+            self.sampler.heard(idx, self.no_speech[idx])  # before the sampler's veto below
         live = self.live[:m]
         scores = self.rules(logits)
         picked = self.sampler(scores, live, self.rules)
@@ -383,7 +384,7 @@ class SlotEngine:
         self.rules.reset(idx, torch.tensor([lo for lo, _ in limits], device=self.device))
         self.live[idx] = True
         for s, w, prompt, ns, first, lp in zip(rows, windows, prompts, no_speech, first_logits, lang_probs):
-            self.sampler.reset(s, w.temperature, w.seed, w.sound)
+            self.sampler.reset(s, w.temperature, w.seed, w.sound, no_speech=ns)
             self._running[s] = _Slot(w, prompt, pos=len(prompt) - 1, no_speech=ns, fresh=ns is None,
                                      first_logits=first,
                                      language_probs=None if w.options.language else lp)  # fmt: skip

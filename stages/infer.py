@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.constants import CHUNK_LENGTH, N_FRAMES, N_SAMPLES, TIME_PRECISION
+from pipeline.constants import CHUNK_LENGTH, N_FRAMES, N_SAMPLES, NO_SPEECH_THRESHOLD, TIME_PRECISION
 from pipeline.errors import UnsupportedOptions
 from pipeline.types import DecodeOptions, Segment, WindowResult
 from pipeline.weights import resolve_model
@@ -156,12 +156,14 @@ class StepRecorder:
         device="cpu",
         sound=None,
         timestamp_begin: int | None = None,
+        no_speech=None,
     ):
         self.eos = eos
         self.prompt_len: int | None = None
         # End-of-text veto (see ``EotVeto``): per row, the window's seconds of audio and
-        # cumulative seconds of sound per 50 ms frame, or None for no veto.
-        self.veto = EotVeto(sound, timestamp_begin, device) if sound is not None else None
+        # cumulative seconds of sound per 50 ms frame, or None for no veto; ``no_speech``:
+        # per row, the window's no-speech probability (the veto stays out over the line).
+        self.veto = EotVeto(sound, timestamp_begin, device, no_speech=no_speech) if sound is not None else None
         self.sum_logprob = torch.zeros(batch, dtype=torch.float64, device=device)
         self.count = torch.zeros(batch, dtype=torch.long, device=device)
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -217,14 +219,24 @@ class EotVeto:
     the same words as decoding the dropped tail again as a window of its own, without a
     second encoder pass or batch.
 
+    Not in a window whose no-speech probability is over ``max_no_speech`` (openai's
+    no-speech line): there the model hears no speech, and sound is not speech. Over music,
+    a 4 s window of chords the model ended after "Thank you." (mean log-probability
+    -1.25, no-speech 0.73: the no-speech rule empties it) was kept going into "Thank you.
+    Thank you.", whose more confident repeat lifted the mean to -0.99, over the rule's
+    line: the veto wrote words and made them pass. A window with speech in it has such a
+    probability only rarely, and the review's tail re-decode still hears what it dropped.
+
     ``sound``: per row None (no veto) or (valid_s, cum) with ``cum`` (F + 1,) float, the
-    cumulative seconds of sound over 50 ms frames (``stages.levels.sound_profile``).
+    cumulative seconds of sound over 50 ms frames (``stages.levels.sound_profile``);
+    ``no_speech``: None or per row the window's no-speech probability (None: unknown).
     """
 
     FRAME_S = 0.05
 
     def __init__(
-        self, sound, timestamp_begin: int, device, min_left_s=1.0, min_sound_s=0.3, grace_s=0.5, max_vetoes=3
+        self, sound, timestamp_begin: int, device, min_left_s=1.0, min_sound_s=0.3, grace_s=0.5, max_vetoes=3,
+        max_no_speech=NO_SPEECH_THRESHOLD, no_speech=None,
     ):
         self.tb = timestamp_begin
         n = len(sound)
@@ -233,7 +245,7 @@ class EotVeto:
         valid = torch.zeros(n, dtype=torch.float32)
         active = torch.zeros(n, dtype=torch.bool)
         for row, item in enumerate(sound):
-            if item is None:
+            if item is None or (no_speech is not None and no_speech[row] is not None and no_speech[row] > max_no_speech):
                 continue
             v, c = item
             c = torch.as_tensor(c, dtype=torch.float32)
@@ -510,7 +522,7 @@ class WhisperBackend:
             kwargs["language"] = [f"<|{code}|>" for code in languages]
         recorder = StepRecorder(
             len(features), self.eot, temperatures, seeds, device=batch.device,
-            sound=sound, timestamp_begin=self.timestamp_begin,
+            sound=sound, timestamp_begin=self.timestamp_begin, no_speech=no_speech,
         )
         sequences = self.model.generate(
             encoder_outputs=encoder_outputs, logits_processor=[recorder], **kwargs

@@ -18,6 +18,8 @@ real tiny.en and base weights against sequential long-form decoding (see README,
   (speech that really repeats itself) before the best one that did not loop
   (faster-whisper's choice), else the last. A job's own ``temperature`` (OpenAI's
   request field) is where each decode starts: the fallback takes the rungs above it.
+  A decode with no word in it (dots that "loop") is not retried: sampling it hotter over
+  music gave "Thank you." where the model had heard nothing.
 - **No-speech rule** (openai/whisper): a decode whose no-speech probability is high and
   whose mean log-probability is low gives no text. A tail re-decode (below) gives none
   when its no-speech probability alone is high: over its few tokens the mean
@@ -43,6 +45,9 @@ real tiny.en and base weights against sequential long-form decoding (see README,
   at the last segment's end and needs sound after it: the same tail cut 0.1 s later
   comes back as "Thanks for watching.", and the filters (pace, no-speech) would not catch
   that, so the gate is the sound, not the text.
+- **Skip check**: a segment saying far less than the sound under it at the job's pace
+  (``too_slow``) is decoded again in two halves, kept if the halves say more, and dropped
+  if the no-speech rule empties both (nothing is said there: "Music" over chords).
 
 Times here are seconds from the window's start unless said otherwise; audio is 16 kHz
 mono float32 (``pipeline.constants``).
@@ -57,7 +62,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from pipeline.constants import N_SAMPLES, SAMPLE_RATE
+from pipeline.constants import N_SAMPLES, NO_SPEECH_THRESHOLD, SAMPLE_RATE
 from pipeline.types import Segment, WindowResult
 from stages.levels import FRAME, heard_frames, loud_frames, loud_seconds, sound_profile, window_levels
 
@@ -75,7 +80,7 @@ class QualityConfig:
     enabled: bool = True
     compression_ratio_threshold: float = 2.4
     logprob_threshold: float = -1.0
-    no_speech_threshold: float = 0.6
+    no_speech_threshold: float = NO_SPEECH_THRESHOLD
     temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)  # after the greedy decode
     # Loudest 50 ms frame below this: a silent window (digital silence measures -100 to
     # -120, 16-bit dither about -93). Whisper hears speech far below everyday levels
@@ -174,7 +179,15 @@ def too_fast(seg: Segment, loud: np.ndarray, cfg: QualityConfig) -> bool:
 
 
 def needs_fallback(result: WindowResult, cfg: QualityConfig) -> bool:
-    """openai/whisper's retry test: a loop (compresses too well) or an unlikely text."""
+    """openai/whisper's retry test: a loop (compresses too well) or an unlikely text.
+
+    A decode that says no word at all (only punctuation: " . . . .") is not retried: its
+    "loop" is the model writing nothing, again and again, and sampling hotter can only add
+    words the greedy decode did not hear. Over 20 s of music (chords) tiny.en wrote 19
+    dots, confidently (mean log-probability -0.19), compressing at 3.15; the fallback's
+    sample at 0.4 was "Thank you.", where sequential decoding writes nothing."""
+    if not _words(result):
+        return False
     if result.compression_ratio is not None and result.compression_ratio > cfg.compression_ratio_threshold:
         return True
     return (
@@ -381,11 +394,13 @@ class _Span:
 
 @dataclass
 class _Split:
-    """A segment decoded again in two halves: kept if the halves say more."""
+    """A segment decoded again in two halves: kept if the halves say more; dropped if the
+    no-speech rule empties both."""
 
     owner: tuple  # (start, end) of the span whose segment it may replace
     old: Segment
     halves: dict = field(default_factory=dict)  # half start -> segments, once decoded
+    silent: set = field(default_factory=set)  # starts of the halves the no-speech rule emptied
 
 
 KINDS = ("window", "fallback", "tail", "split", "language")
@@ -538,7 +553,10 @@ class WindowReview:
         if span.depth == 0:
             self._kept = result
         segments: list[Segment] = []
-        if not self._no_speech(span, result):
+        silent = self._no_speech(span, result)
+        if span.group is not None and silent:
+            span.group.silent.add(span.start)
+        if not silent:
             end_s = (span.end - span.start) / SAMPLE_RATE
             placed = (
                 self._place(s, span)
@@ -820,6 +838,14 @@ class WindowReview:
         if len(group.halves) < 2:
             return []
         new = [s for start in sorted(group.halves) for s in group.halves[start]]
+        if len(group.silent) == 2:
+            # Each half, decoded as a window of its own, is no speech by the model's own
+            # rule: what sequential decoding, seeking into this span, would write (nothing).
+            # The slow segment was the end-of-text veto's doing, or Whisper's over a
+            # background: "Music" stamped over 16 s of chords after the last sentence.
+            owned = self._final[group.owner]
+            self._final[group.owner] = [s for s in owned if s is not group.old]
+            return []
         if sum(text_units(s.text) for s in new) > text_units(group.old.text):
             owned = self._final[group.owner]
             self._final[group.owner] = [s for s in owned if s is not group.old] + new

@@ -43,9 +43,10 @@ def host_argmax(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _veto_defaults() -> dict[str, float]:
-    """EotVeto's thresholds (min_left_s, min_sound_s, grace_s, max_vetoes): one source."""
+    """EotVeto's thresholds (min_left_s, min_sound_s, grace_s, max_vetoes, max_no_speech):
+    one source."""
     params = inspect.signature(EotVeto.__init__).parameters
-    return {k: params[k].default for k in ("min_left_s", "min_sound_s", "grace_s", "max_vetoes")}
+    return {k: params[k].default for k in ("min_left_s", "min_sound_s", "grace_s", "max_vetoes", "max_no_speech")}
 
 
 class SlotRules:
@@ -206,12 +207,14 @@ class SlotSampler:
         self.left = torch.zeros(slots, dtype=torch.long, device=device)
         self.hot: dict[int, tuple[float, torch.Generator]] = {}
 
-    def reset(self, slot: int, temperature: float = 0.0, seed: int = 0, sound=None) -> None:
-        """A new window in ``slot``: ``sound`` None or (valid_s, cum) as for ``EotVeto``."""
+    def reset(self, slot: int, temperature: float = 0.0, seed: int = 0, sound=None, no_speech=None) -> None:
+        """A new window in ``slot``: ``sound`` None or (valid_s, cum) as for ``EotVeto``;
+        ``no_speech`` its no-speech probability where known (else ``heard``, at its first
+        step): over ``max_no_speech`` the veto stays out of the window (see ``EotVeto``)."""
         self.sum_logprob[slot] = 0.0
         self.count[slot] = 0
         self.left[slot] = self.max_vetoes
-        self.active[slot] = sound is not None
+        self.active[slot] = sound is not None and (no_speech is None or no_speech <= self.max_no_speech)
         if sound is not None:
             valid_s, cum = sound
             cum = np.asarray(cum, dtype=np.float32)
@@ -230,6 +233,11 @@ class SlotSampler:
 
     def release(self, slot: int) -> None:
         self.hot.pop(slot, None)
+
+    def heard(self, idx: torch.Tensor, no_speech: torch.Tensor) -> None:
+        """Slots ``idx`` read their no-speech probabilities at their first step (English-only
+        models with no prompt): the veto stays out of those over ``max_no_speech``."""
+        self.active[idx] &= no_speech <= self.max_no_speech
 
     def state(self) -> list[torch.Tensor]:
         """The per-slot state tensors (S, ...), for moving a window to another slot."""

@@ -317,6 +317,19 @@ def test_veto_when_sound_remains():
     assert veto.left.tolist() == [2, 3, 3, 3, 3, 2, 3]
 
 
+def test_no_veto_where_the_model_hears_no_speech():
+    """A window whose no-speech probability is over openai's line (0.6) is never vetoed:
+    there sound is not speech (music), and the veto's forced words lifted the mean
+    log-probability over the no-speech rule's line ("Thank you. Thank you." over chords)."""
+    after_5 = [ts(0.0), 30, 31, ts(5.0)]
+    sound = [profile(20.0, (0.0, 20.0))] * 4
+    veto = EotVeto(sound, TB, "cpu", no_speech=[0.73, 0.6, None, 0.05])
+    assert _vetoed(veto, [after_5] * 4, eot_scores(4)) == [False, True, True, True]
+    assert veto.left.tolist() == [3, 2, 2, 2]
+    veto = EotVeto(sound, TB, "cpu", max_no_speech=0.8, no_speech=[0.73, 0.9, None, 0.05])
+    assert _vetoed(veto, [after_5] * 4, eot_scores(4)) == [True, False, True, True]
+
+
 def test_veto_needs_min_left_of_audio():
     # The last timestamp 2.5 s before the end, sound all the way.
     sound = [profile(20.0, (0.0, 20.0))] * 2

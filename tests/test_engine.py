@@ -173,15 +173,19 @@ def test_slot_sampler_matches_step_recorder(host):
     n, steps, tb, eos = 4, 12, 40, 20
     vocab = tb + 1501
     temps, seeds = [0.0, 0.7, 0.0, 1.0], [0, 5, 0, 9]
-    sound = [_profile(20.0, (0.0, 20.0)), None, _profile(20.0, (0.0, 20.0)), None]
-    rec = StepRecorder(n, eos, temps, seeds, sound=sound, timestamp_begin=tb)
+    sound = [_profile(20.0, (0.0, 20.0)), None, _profile(20.0, (0.0, 20.0)), _profile(20.0, (0.0, 20.0))]
+    # Row 3 hears no speech (over 0.6): no veto there, told at admission or at its first step.
+    no_speech = [0.1, None, None, 0.9]
+    rec = StepRecorder(n, eos, temps, seeds, sound=sound, timestamp_begin=tb, no_speech=no_speech)
     sampler = SlotSampler(n, eos, tb)
     sampler.host = host
     rules = SlotRules(n, vocab, eos=eos, timestamp_begin=tb, no_timestamps=tb - 1, max_initial=None,
                       detect_from_logprob=False)  # fmt: skip
     rules.reset(torch.arange(n), torch.zeros(n, dtype=torch.long))
     for s in range(n):
-        sampler.reset(s, temps[s], seeds[s], sound[s])
+        sampler.reset(s, temps[s], seeds[s], sound[s], no_speech=no_speech[s] if s != 3 or host else None)
+    if not host:  # English-only rows read it at their first step (``heard``)
+        sampler.heard(torch.tensor([0, 3]), torch.tensor([0.1, 0.9]))
     ids = torch.zeros(n, 1, dtype=torch.long)
     live = torch.ones(n, dtype=torch.bool)
     for step in range(steps):
@@ -198,6 +202,7 @@ def test_slot_sampler_matches_step_recorder(host):
     np.testing.assert_allclose(sampler.sum_logprob.numpy(), rec.sum_logprob.numpy(), rtol=1e-12)
     assert torch.equal(sampler.left, rec.veto.left)
     assert (rec.veto.left < 3).any()  # the veto did act
+    assert rec.veto.left[3] == 3 and not sampler.active[3]  # not where no speech is heard
 
 
 def _generates_processors(backend, options=DecodeOptions()) -> dict:

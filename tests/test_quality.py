@@ -392,18 +392,23 @@ def test_too_fast_timing_slack():
 
 
 def test_needs_fallback():
-    assert not needs_fallback(res(), CFG)
-    assert needs_fallback(res(cr=2.41), CFG)
-    assert not needs_fallback(res(cr=2.4), CFG)  # strictly above the threshold
-    assert needs_fallback(res(lp=-1.2, n=16), CFG)
-    assert not needs_fallback(res(lp=-1.2, n=15), CFG)  # too few tokens to judge
-    assert not needs_fallback(res(lp=-1.0, n=100), CFG)  # strictly below
-    assert needs_fallback(res(lp=-1.0001, n=100), CFG)
+    said = seg(0.0, 5.0, " Some words were said.")
+    assert not needs_fallback(res(said), CFG)
+    assert needs_fallback(res(said, cr=2.41), CFG)
+    assert not needs_fallback(res(said, cr=2.4), CFG)  # strictly above the threshold
+    assert needs_fallback(res(said, lp=-1.2, n=16), CFG)
+    assert not needs_fallback(res(said, lp=-1.2, n=15), CFG)  # too few tokens to judge
+    assert not needs_fallback(res(said, lp=-1.0, n=100), CFG)  # strictly below
+    assert needs_fallback(res(said, lp=-1.0001, n=100), CFG)
+    # A decode with no word is never retried, loop or not (nothing to sample words from).
+    dots = [seg(float(i), i + 1.0, " .") for i in range(19)]
+    assert not needs_fallback(res(*dots, cr=3.15, lp=-0.19, n=40), CFG)
+    assert not needs_fallback(res(cr=3.0, lp=-1.5, n=40), CFG)
     # Signals a backend does not give never ask for a fallback.
     assert not needs_fallback(WindowResult((), n_tokens=100), CFG)
-    assert needs_fallback(res(cr=3.0, lp=None), CFG)
-    assert needs_fallback(res(cr=None, lp=-3.0, n=20), CFG)
-    assert not needs_fallback(res(lp=-1.2, n=20), replace(CFG, logprob_min_tokens=21))
+    assert needs_fallback(res(said, cr=3.0, lp=None), CFG)
+    assert needs_fallback(res(said, cr=None, lp=-3.0, n=20), CFG)
+    assert not needs_fallback(res(said, lp=-1.2, n=20), replace(CFG, logprob_min_tokens=21))
 
 
 def test_is_no_speech():
@@ -1107,6 +1112,24 @@ def test_split_halves_kept_only_if_they_say_more():
     assert [s.text for s in out.segments] == [" Hello there."]
     seen, out, _ = _split_run((" Hello", " there"), _warm_pace(15.0))  # 10 letters: not more
     assert [s.text for s in out.segments] == [" Hello there."]
+
+
+def test_a_slow_segment_whose_halves_hold_no_speech_is_dropped():
+    """Both halves, decoded alone, are no speech by the model's own rule (no-speech over
+    0.6, mean log-probability under -1): the slow segment goes ("Music" stamped over 16 s
+    of chords after the last sentence). One half with speech in it: the segment stays."""
+    audio = _split_audio()
+    old = seg(0.0, 19.6, " Hello there.")
+    for halves, kept in (((0.84, 0.65), []), ((0.84, 0.1), [" Hello there."])):
+        def script(r, halves=halves):
+            if r.kind == "window":
+                return res(old)
+            return res(seg(0.0, 2.0, " you"), ns=halves[0 if r.start == 0 else 1], lp=-1.4, n=4)
+
+        dec = FakeDecoder(script)
+        out = drive(WindowReview(0, audio, pace=_warm_pace(15.0)), dec)
+        assert [r.kind for r in dec.seen] == ["window", "split", "split"]
+        assert [s.text for s in out.segments] == kept
 
 
 def test_no_split_without_a_warm_pace():
