@@ -76,6 +76,28 @@ def speech_over_noise(speech: np.ndarray, kind: str, snr_db: float, rng: np.rand
     return mix.astype(np.float32)
 
 
+def chords(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
+    """Music-like sound, float64 of unit mean power: a chord every 2 s (a triad and a bass
+    note an octave down, each with two overtones), struck and decaying like a piano's.
+    Tonal and loud throughout, no syllables: what a recording's jingle or music bed is to
+    the level measures (sound), and what Whisper is apt to caption ("Thank you.")."""
+    rng = np.random.default_rng(seed)
+    roots = (220.0, 174.61, 261.63, 196.0, 246.94, 164.81)  # A3 F3 C4 G3 B3 E3
+    n, step = int(round(seconds * rate)), 2 * rate
+    t = np.arange(step) / rate
+    envelope = np.minimum(1.0, t / 0.03) * np.exp(-t / 1.2)
+    out = np.zeros(n)
+    for i in range(0, n, step):
+        root = roots[rng.integers(len(roots))]
+        note = np.zeros(step)
+        for ratio in (1.0, 1.26, 1.5, 0.5):  # major third, fifth, octave below
+            for harmonic, amp in ((1, 1.0), (2, 0.4), (3, 0.2)):
+                note += amp * np.sin(2 * np.pi * root * ratio * harmonic * t + rng.uniform(0, 2 * np.pi))
+        m = min(step, n - i)
+        out[i : i + m] = (note * envelope)[:m]
+    return out / np.sqrt(np.mean(out**2))
+
+
 def babble(seconds: float, rate: int = 16000, amp: float = 0.2, seed: int = 0) -> np.ndarray:
     """Noise in bursts like syllables (80-300 ms on, 40-200 ms off, a longer pause now and
     then): level changes like speech, so the chunker finds pauses and windows in it, and a

@@ -219,6 +219,32 @@ def test_speech_over_steady_noise_or_music_keeps_its_words(pipe, tmp_path):
         assert s.deletions <= 3 and s.wer < max_wer, (name, t.text)
 
 
+def test_no_words_over_music_before_or_after_the_speech(pipe, tmp_path):
+    """20 s of chords, the speech, 20 s of chords (a podcast's jingles): the words of the
+    speech and nothing over the music. Before, tiny.en wrote "Thank you." over the intro
+    (its greedy decode was 19 dots, which "loop": sampled hotter, they became words) and
+    "So" over one outro, where sequential decoding writes nothing."""
+    text = ("The licenses for most software are designed to take away your freedom to share and change it. "
+            "By contrast, the public license is intended to guarantee your freedom to share and change free "
+            "software, to make sure the software is free for all its users. When we speak of free software, "
+            "we are referring to freedom, not price. You must make sure that they, too, receive or can get "
+            "the source code. And you must show them these terms so they know their rights.")  # fmt: skip
+    speech = _pcm(_espeak(tmp_path, text)).astype(np.float64)
+    speech *= 0.7 / np.abs(speech).max()
+    level = np.sqrt(np.mean(speech[np.abs(speech) > 1e-3] ** 2)) * 10 ** (-3 / 20)  # music 3 dB under
+    pad = np.zeros(16000)
+    bad = []
+    for seed in (1, 7):
+        mix = np.concatenate([media.chords(20, seed) * level, pad, speech, pad, media.chords(20, seed + 1) * level])
+        wav = media.write_wav(tmp_path / f"music{seed}.wav", (mix * 0.8 / np.abs(mix).max()).astype(np.float32))
+        t = pipe.transcribe(Job(str(wav), DecodeOptions(language="en")), timeout=300)
+        spoken = (21.0 - 0.5, 21.0 + len(speech) / 16000 + 0.5)
+        over_music = [s.text for s in t.segments if s.start < spoken[0] or s.end > spoken[1]]
+        if over_music or score(text, t.text).deletions > 2:
+            bad.append((seed, over_music, t.text))
+    assert not bad
+
+
 def test_speech_a_few_db_over_broadband_noise_keeps_its_sentences(pipe, tmp_path):
     """Speech 4 dB over white or pink noise is not steady, so the whole band's levels are
     kept, and its weaker syllables hardly rise over them: half a sentence counted as
