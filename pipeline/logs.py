@@ -11,9 +11,10 @@ import logging
 import sys
 import threading
 
-_state = {"role": "driver", "job": "-"}
-# A job id for this thread alone (a worker serving several requests at once, one thread
-# each); where none is set, the process-wide one above.
+_state = {"role": "driver"}
+# A job id for this thread alone (``thread_job``): every process serves several jobs at
+# once (a worker's requests, the stages' job threads, the infer stage's shared loop), so
+# there is no process-wide one; outside a block lines say "job=-".
 _thread = threading.local()
 
 FORMAT = "%(asctime)s %(levelname)s [%(role)s job=%(job)s] %(name)s: %(message)s"
@@ -61,7 +62,7 @@ class _NoTracebacks(logging.Filter):
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.role = _state["role"]
-        record.job = getattr(_thread, "job", None) or _state["job"]
+        record.job = getattr(_thread, "job", None) or "-"
         return True
 
 
@@ -78,11 +79,6 @@ def thread_job(job_id):
         yield
     finally:
         _thread.job = before
-
-
-def set_job(job_id) -> None:
-    """The job id stamped on every following log line of this process ("-" for none)."""
-    _state["job"] = "-" if job_id is None else str(job_id)
 
 
 def setup(level: str | int = "WARNING", role: str | None = None) -> None:

@@ -25,7 +25,6 @@ def test_each_thread_stamps_its_own_job():
     h = _Collect()
     log.addHandler(h)
     try:
-        logs.set_job("process-wide")
         barrier = threading.Barrier(3)
 
         def work(job):
@@ -43,10 +42,9 @@ def test_each_thread_stamps_its_own_job():
         log.info("main")
     finally:
         log.removeHandler(h)
-        logs.set_job(None)
     for job, msg in h.lines:
         if " line " in msg:
             assert msg.startswith(job + " "), (job, msg)  # never another thread's id
         else:
-            assert job == "process-wide", (job, msg)  # outside a block: the process's id
+            assert job == "-", (job, msg)  # outside a block: no job
     assert sum(" line " in m for _, m in h.lines) == 60

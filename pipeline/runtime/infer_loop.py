@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -216,8 +217,7 @@ def _transcribe_batch(backend, items: list, options) -> list:
 
 def _about_job(fn):
     """``fn(job, ...)``'s log lines carry that job's id. Jobs share this stage, so a
-    process-wide id (``logs.set_job``) named whichever job had started (or ended) last."""
-    import functools
+    process-wide id named whichever job had started (or ended) last."""
 
     @functools.wraps(fn)
     def tagged(job, *args, **kwargs):
