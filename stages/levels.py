@@ -137,10 +137,11 @@ def quiet_level(levels: np.ndarray, cfg: QualityConfig) -> float:
 
 def heard_frames(audio: np.ndarray, levels: np.ndarray, loud: np.ndarray, cfg: QualityConfig,
                  noisy: bool = False) -> np.ndarray:  # fmt: skip
-    """Frames that may hold speech, for the one check that drops words as said over no
-    sound (``too_fast``): ``loud``, and over a background (a whole-band level spread
-    under twice ``speech_rise_db``: every window of the test readings spreads more) also
-    the frames ``min_speech_rise_db`` over the voice band's floor.
+    """Frames that may hold speech, for the checks that weigh words against the sound
+    under them (``too_fast``, and the pace: ``too_slow`` and the rates it is judged by):
+    ``loud``, and over a background (a whole-band level spread under twice
+    ``speech_rise_db``: every window of the test readings spreads more) also the frames
+    ``min_speech_rise_db`` over the voice band's floor.
 
     Each check errs on its safe side. Speech 5-6 dB over white noise is not steady (the
     whole band's levels are kept), yet it rises only 3-8 dB over them: half its frames
@@ -148,11 +149,22 @@ def heard_frames(audio: np.ndarray, levels: np.ndarray, loud: np.ndarray, cfg: Q
     42 words; JFK's last words 5 dB over white noise, which sequential decoding kept).
     In the voice band, where broadband noise has less of its power, the speech shows; so
     do a few frames of the noise alone (it spreads 3-5 dB there). That is the safe side
-    for a check that drops words, not for those that add text (the end-of-text veto,
-    which keeps a decoder going while sound is left; tails; the pace's re-decodes): they
-    keep ``loud``. The cost: a garbled segment the old count dropped by luck now stays
-    ("shortly after the November of the month." over noise, where the dropped segment's
-    tail, decoded again, said "shortly after 11 o'clock.")."""
+    for a check that drops words, not for those that decode more because sound is left
+    (the end-of-text veto, which keeps a decoder going; tails): they keep ``loud``. The
+    cost: a garbled segment the old count dropped by luck now stays ("shortly after the
+    November of the month." over noise, where the dropped segment's tail, decoded again,
+    said "shortly after 11 o'clock.").
+
+    The pace reads these frames too, for its rates and for the sound under a segment: a
+    ratio, so a count of sound that is the same for both cancels, but not against the
+    ``skip_min_sound_s`` the check needs under a segment. Speech at -45 dBFS over hiss
+    at -75 (whole band spread 15 dB) had 5.5 s of ``loud`` under a 13 s segment that
+    held 5 of some 40 words ("purpose computers but in both-"); the check never ran and the
+    36 words were lost (sequential decoding lost none). With the voice band it has 9.6 s,
+    the halves are decoded, and the longest run lost is 9 (the first half,
+    decoded from the same start, said only "the"). A segment written over a
+    background with no speech under it is the no-speech rule's to drop, halves and all:
+    over the audit's music and noise mixes no transcript changed."""
     if noisy or len(levels) == 0 or _spread(levels) >= 2 * cfg.speech_rise_db:
         return loud
     voice = loud_frames(voice_levels(audio), cfg, noisy=True)

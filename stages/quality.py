@@ -440,7 +440,7 @@ class WindowReview:
         self.final = final  # the job's last window: its audio runs to the job's end
         self.levels, self.gated, noisy = window_levels(audio, cfg)
         self.loud = loud_frames(self.levels, cfg, noisy)
-        # What ``too_fast`` reads (the rest reads ``loud``): see ``heard_frames``.
+        # What ``too_fast`` and the pace read (the veto and tails read ``loud``): see ``heard_frames``.
         self.heard = self.loud if not cfg.enabled or self.gated else heard_frames(audio, self.levels, self.loud, cfg, noisy)
         self._pending: set[Request] = set()
         self._spans: dict[tuple[int, int], _Span] = {}  # by (start, end) sample
@@ -617,7 +617,7 @@ class WindowReview:
         self._check = None
         follow: list[Request] = []
         for seg in segments:
-            if too_slow(seg, self.loud, self.pace, self.cfg, upto=self.index):
+            if too_slow(seg, self.heard, self.pace, self.cfg, upto=self.index):
                 follow.extend(self._split(span, seg))
         return follow
 
@@ -691,7 +691,7 @@ class WindowReview:
     def _note_pace(self, segments: list[Segment]) -> None:
         if self.pace is not None and not self._outside_pace:
             for seg in segments:
-                self.pace.note(text_units(seg.text), loud_seconds(self.loud, seg.start, seg.end), self.index)
+                self.pace.note(text_units(seg.text), loud_seconds(self.heard, seg.start, seg.end), self.index)
 
     def _tail(self, span: _Span, segments: list[Segment]):
         """(cut sample, segments kept, segments the re-decode replaces) when the span's end

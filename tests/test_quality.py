@@ -258,8 +258,8 @@ def test_speech_over_a_background_is_not_taken_for_words_said_over_silence():
     its weaker syllables rise less than half the spread over the floor. They did not count
     as sound, and ``too_fast`` dropped real sentences as words said over silence (the
     first of three 6 dB over white noise, tiny.en; sequential decoding kept it). The check
-    that drops words reads ``heard`` (the voice band too); the checks that add text (the
-    end-of-text veto, tails, the pace) still read ``loud``."""
+    that drops words reads ``heard`` (the voice band too); the checks that decode more
+    where sound is left (the end-of-text veto, tails) still read ``loud``."""
     x = voiced(12.0).astype(np.float64)
     t = np.arange(len(x)) / SAMPLE_RATE
     speech = x * np.array([1.0, 0.5, 0.25, 0.7, 0.35])[(t // 0.45).astype(int) % 5]  # syllables 0 to -12 dB
@@ -289,6 +289,29 @@ def test_speech_over_a_background_is_not_taken_for_words_said_over_silence():
     lv, _, nz = window_levels(clean, CFG)
     lo = loud_frames(lv, CFG, nz)
     np.testing.assert_array_equal(heard_frames(clean, lv, lo, CFG, nz), lo)
+
+
+def test_the_pace_weighs_a_segment_against_the_sound_heard_under_it():
+    """A segment saying far too little over speech on a background: the skip check needs
+    ``skip_min_sound_s`` of sound under it, and counted over the whole band alone the
+    weaker syllables are not sound (quiet speech over hiss: 5.5 s of a 13 s segment that
+    held 5 of some 40 words, which were lost). The pace reads ``heard``, as ``too_fast``
+    does: the segment is decoded again in halves, which say more and replace it."""
+    x = voiced(14.0).astype(np.float64)
+    t = np.arange(len(x)) / SAMPLE_RATE
+    speech = x * np.array([1.0, 0.5, 0.25, 0.7, 0.35])[(t // 0.45).astype(int) % 5]
+    noise = np.random.default_rng(3).standard_normal(len(speech))
+    noise *= np.sqrt(np.mean(speech[speech != 0] ** 2) / np.mean(noise**2)) / 10 ** (6 / 20)
+    mix = (speech + noise).astype(np.float32)
+    review = WindowReview(0, mix, pace=_warm_pace(15.0))
+    slow = seg(0.0, 13.8, " Hello there.")  # 10 letters where the pace says some 140
+    assert loud_seconds(review.loud, 0.0, 13.8) < CFG.skip_min_sound_s <= loud_seconds(review.heard, 0.0, 13.8)
+    half = words(12, "spoken")
+    dec = FakeDecoder(lambda r: res(slow) if r.kind == "window" else res(seg(0.0, 5.0, half)))
+    out = drive(review, dec)
+    assert [r.kind for r in dec.seen] == ["window", "split", "split"]
+    assert [s.text for s in out.segments] == [half, half]
+    assert review.pace.rate() == 15.0  # the job's median: the slow segment is one note of six
 
 
 def test_gate_edges_are_strict():
