@@ -138,7 +138,8 @@ def quiet_level(levels: np.ndarray, cfg: QualityConfig) -> float:
 def heard_frames(audio: np.ndarray, levels: np.ndarray, loud: np.ndarray, cfg: QualityConfig,
                  noisy: bool = False) -> np.ndarray:  # fmt: skip
     """Frames that may hold speech, for the checks that weigh words against the sound
-    under them (``too_fast``, and the pace: ``too_slow`` and the rates it is judged by):
+    under them (the pace: ``too_slow`` and the rates it is judged by; ``too_fast`` reads
+    these and more, ``audible_frames``):
     ``loud``, and over a background (a whole-band level spread under twice
     ``speech_rise_db``: every window of the test readings spreads more) also the frames
     ``min_speech_rise_db`` over the voice band's floor.
@@ -171,6 +172,32 @@ def heard_frames(audio: np.ndarray, levels: np.ndarray, loud: np.ndarray, cfg: Q
     n = min(len(loud), len(voice))
     out = loud.copy()
     out[:n] |= voice[:n]
+    return out
+
+
+def audible_frames(audio: np.ndarray, heard: np.ndarray, cfg: QualityConfig) -> np.ndarray:
+    """Frames where the model may have heard words, for the one check that drops words as
+    said over no sound (``too_fast``): ``heard``, and the frames of the voice band
+    ``speech_rise_db`` over its floor, at any level over ``silence_dbfs``.
+
+    ``loud`` and ``heard`` judge a frame against the window's loudest speech: under
+    ``quiet_dbfs`` (-60) it is no sound, and over a room's floor it must rise 10 dB. A
+    call's far participant 35-40 dB under the near one (espeak-ng at -59 and -64 dBFS over
+    a floor at -70, in windows where the near one peaks at -17) passes neither, yet the
+    model transcribes him: ``too_fast`` dropped his sentences, word-perfect ones too
+    (0.75 s of sound counted under a 5.5 s sentence), and lost runs of 21 and 40 words that
+    ``--plain`` kept. Whisper normalises each window to its loudest 80 dB, so such a voice
+    is well within what it hears. In the voice band a room's broadband floor is lower and
+    the voice stands out; a 10 dB rise there still leaves out the floor alone (it spreads
+    3-5 dB) and the fading ends of words count a little, which only weakens the check by
+    a word or two around real speech. The checks that decode more, and the pace, keep
+    their own frames (this one errs on the side of keeping words)."""
+    voice = voice_levels(audio)
+    floor = float(np.percentile(voice, 10))
+    over = voice > max(floor + cfg.speech_rise_db, cfg.silence_dbfs)
+    n = min(len(heard), len(over))
+    out = heard.copy()
+    out[:n] |= over[:n]
     return out
 
 

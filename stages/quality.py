@@ -64,7 +64,7 @@ import numpy as np
 
 from pipeline.constants import N_SAMPLES, NO_SPEECH_THRESHOLD, SAMPLE_RATE
 from pipeline.types import Segment, WindowResult
-from stages.levels import FRAME, heard_frames, loud_frames, loud_seconds, sound_profile, window_levels
+from stages.levels import FRAME, audible_frames, heard_frames, loud_frames, loud_seconds, sound_profile, window_levels
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def too_fast(seg: Segment, loud: np.ndarray, cfg: QualityConfig) -> bool:
     ended, "Thank you." in a pause); no speaker says 14 words in 0.3 s.
 
     seg: window seconds; loud: the window's frames with sound (``WindowReview`` passes
-    ``heard_frames``: this check drops words, so it counts sound generously)."""
+    ``audible_frames``: this check drops words, so it counts sound generously)."""
     words = len(seg.text.split())
     a = max(0, int((seg.start - cfg.timing_slack_s) * 20))
     b = max(a, int(np.ceil((seg.end + cfg.timing_slack_s) * 20)))
@@ -274,6 +274,16 @@ def text_units(text: str) -> int:
     """How much a text says, in any script: its letters and digits (an English word is
     about 4.5 of them; scripts written without spaces count the same way)."""
     return len(_WORD_CHAR.findall(text))
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _short(segments, limit: int = 80) -> str:
+    """Segments' text for a log line, cut to ``limit`` characters."""
+    text = "".join(s.text for s in segments).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Pace:
@@ -440,8 +450,10 @@ class WindowReview:
         self.final = final  # the job's last window: its audio runs to the job's end
         self.levels, self.gated, noisy = window_levels(audio, cfg)
         self.loud = loud_frames(self.levels, cfg, noisy)
-        # What ``too_fast`` and the pace read (the veto and tails read ``loud``): see ``heard_frames``.
+        # What the pace reads (the veto and tails read ``loud``): see ``heard_frames``.
         self.heard = self.loud if not cfg.enabled or self.gated else heard_frames(audio, self.levels, self.loud, cfg, noisy)
+        # What ``too_fast`` reads: see ``audible_frames``.
+        self.audible = self.heard if not cfg.enabled or self.gated else audible_frames(audio, self.heard, cfg)
         self._pending: set[Request] = set()
         self._spans: dict[tuple[int, int], _Span] = {}  # by (start, end) sample
         self._final: dict[tuple[int, int], list[Segment]] = {}  # span -> its kept segments
@@ -543,6 +555,10 @@ class WindowReview:
         span.temperatures.append(request.temperature)
         if needs_fallback(result, cfg) and not self._no_speech(span, result):
             hotter = [t for t in cfg.temperatures if t > max(span.temperatures)]
+            self._debug(span, "the decode at T=%.1f failed (compression %s, log-probability %s): %s",
+                        request.temperature, _num(result.compression_ratio), _num(result.avg_logprob),
+                        f"decoded again at T={hotter[0]:.1f}" if hotter else "every temperature failed, "
+                        "the best attempt kept")  # fmt: skip
             if hotter:
                 return [self._ask(span, hotter[0], "fallback")]
             result = best_attempt(span.attempts, cfg)
@@ -554,6 +570,9 @@ class WindowReview:
             self._kept = result
         segments: list[Segment] = []
         silent = self._no_speech(span, result)
+        if silent and result.segments:
+            self._debug(span, "no speech (no-speech %s, log-probability %s): %r dropped",
+                        _num(result.no_speech_prob), _num(result.avg_logprob), _short(result.segments))  # fmt: skip
         if span.group is not None and silent:
             span.group.silent.add(span.start)
         if not silent:
@@ -566,10 +585,13 @@ class WindowReview:
             )
             before = [w for seg in self._kept_before(span.start) for w in plain_words(seg.text)]
             for seg in placed:
-                if too_fast(seg, self.heard, cfg):
+                if too_fast(seg, self.audible, cfg):
+                    self._debug(span, "too fast for its sound (%.2f s): %r dropped",
+                                loud_seconds(self.audible, seg.start, seg.end), _short([seg]))  # fmt: skip
                     continue
                 words = plain_words(seg.text)
                 if repeats(words, before, cfg):
+                    self._debug(span, "says again the words before it: %r dropped", _short([seg]))
                     continue
                 segments.append(seg)
                 before.extend(words)
@@ -581,6 +603,7 @@ class WindowReview:
         tail = self._tail(span, segments)
         if tail is not None:
             cut, segments, replaces = tail
+            self._debug(span, "tail from %.2f s decoded again", cut / SAMPLE_RATE)
             follow.append(self._ask(_Span(cut, span.end, span.depth + 1, tail=True, replaces=replaces),
                                     self.temperature, "tail"))  # fmt: skip
         self._final[(span.start, span.end)] = segments
@@ -618,6 +641,8 @@ class WindowReview:
         follow: list[Request] = []
         for seg in segments:
             if too_slow(seg, self.heard, self.pace, self.cfg, upto=self.index):
+                self._debug(span, "too slow for the job's pace (%d letters over %.2f s of sound): %r split",
+                            text_units(seg.text), loud_seconds(self.heard, seg.start, seg.end), _short([seg]))  # fmt: skip
                 follow.extend(self._split(span, seg))
         return follow
 
@@ -638,6 +663,12 @@ class WindowReview:
         return replace(kept, segments=tuple(segments), n_tokens=n_tokens)
 
     # -- rules ---------------------------------------------------------------------------
+
+    def _debug(self, span: _Span, msg: str, *args) -> None:
+        """A review's decision, at DEBUG (``-vv``): which window and span, in window seconds."""
+        if logger.isEnabledFor(logging.DEBUG):
+            where = f"window {self.index} {span.start / SAMPLE_RATE:.2f}-{span.end / SAMPLE_RATE:.2f} s: "
+            logger.debug(where + msg, *args)
 
     def _ask(self, span: _Span, temperature: float, kind: str) -> Request:
         self._spans[(span.start, span.end)] = span
@@ -812,7 +843,7 @@ class WindowReview:
         seg = Segment(start, end, " " + " ".join(new_tokens[extra:]),
                       words=_last_words([w for s in segments for w in s.words], new_tokens[extra:]))  # fmt: skip
         before = [w for s in self._kept_before(span.start) + old for w in plain_words(s.text)]
-        if too_fast(seg, self.heard, self.cfg) or repeats(plain_words(seg.text), before, self.cfg):
+        if too_fast(seg, self.audible, self.cfg) or repeats(plain_words(seg.text), before, self.cfg):
             return old
         return old + [seg]
 
@@ -839,6 +870,7 @@ class WindowReview:
             return []
         new = [s for start in sorted(group.halves) for s in group.halves[start]]
         if len(group.silent) == 2:
+            self._debug(span, "both halves are no speech: %r dropped", _short([group.old]))
             # Each half, decoded as a window of its own, is no speech by the model's own
             # rule: what sequential decoding, seeking into this span, would write (nothing).
             # The slow segment was the end-of-text veto's doing, or Whisper's over a
@@ -846,7 +878,9 @@ class WindowReview:
             owned = self._final[group.owner]
             self._final[group.owner] = [s for s in owned if s is not group.old]
             return []
-        if sum(text_units(s.text) for s in new) > text_units(group.old.text):
+        more = sum(text_units(s.text) for s in new) > text_units(group.old.text)
+        self._debug(span, "halves %r %s %r", _short(new), "replace" if more else "say no more than", _short([group.old]))
+        if more:
             owned = self._final[group.owner]
             self._final[group.owner] = [s for s in owned if s is not group.old] + new
         return []

@@ -8,6 +8,7 @@ quietest point of a span are known in advance.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -312,6 +313,25 @@ def test_the_pace_weighs_a_segment_against_the_sound_heard_under_it():
     assert [r.kind for r in dec.seen] == ["window", "split", "split"]
     assert [s.text for s in out.segments] == [half, half]
     assert review.pace.rate() == 15.0  # the job's median: the slow segment is one note of six
+
+
+def test_a_far_voice_next_to_a_near_one_is_not_taken_for_words_said_over_silence():
+    """A call's far participant, 44 dB under the near one and 6 dB over the room's floor:
+    no frame of his rises 10 dB over the floor, none is over -60 dBFS, so ``loud`` and
+    ``heard`` hold none of them, and ``too_fast`` dropped his sentences, which the model
+    transcribes. ``audible`` (the voice band, 10 dB over its floor) holds them; words
+    written over the floor alone are still dropped."""
+    near = voiced(6.0, seed=1)  # -20 dBFS over its bursts
+    far = voiced(12.0, seed=2) * 10 ** (-44 / 20)
+    x = np.concatenate([near, np.zeros(2 * SAMPLE_RATE), far, np.zeros(8 * SAMPLE_RATE)])
+    mix = (x + np.random.default_rng(5).standard_normal(len(x)) * 10 ** (-70 / 20)).astype(np.float32)
+    review = WindowReview(0, mix)
+    assert loud_seconds(review.heard, 8.0, 20.0) == 0.0 and loud_seconds(review.audible, 8.0, 20.0) > 7.5
+    assert loud_seconds(review.audible, 20.5, 27.5) == 0.0  # the floor alone
+    said = [seg(0.0, 6.0, words(15, "near")), seg(8.0, 20.0, words(30, "distant"))]
+    invented = seg(20.5, 27.5, words(12, "invented"))
+    out = drive(review, FakeDecoder(lambda r: res(*said, invented)))
+    assert [s.text for s in out.segments] == [s.text for s in said]
 
 
 def test_gate_edges_are_strict():
@@ -1127,6 +1147,31 @@ def test_too_slow_segment_is_split_and_replaced_when_halves_say_more():
         (0.0, 10.5, one),
         (11.25, 19.05, two),  # window seconds: 11.05 + 0.2, 11.05 + 8.0
     ]
+
+
+def test_the_reviews_decisions_are_logged_at_debug(caplog):
+    """``-vv`` shows what the review did to a window, and why: a split and its outcome, a
+    segment dropped as too fast for its sound."""
+    with caplog.at_level(logging.DEBUG, logger="stages.quality"):
+        _split_run((words(30, "alpha"), words(28, "beta")), _warm_pace(15.0))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("window 0 0.00-20.00 s: too slow for the job's pace") and "'Hello there.' split" in m
+               for m in lines), lines  # fmt: skip
+    assert any(m.startswith("window 0 11.05-19.60 s: halves 'alpha alpha") and m.endswith("replace 'Hello there.'")
+               for m in lines), lines  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="stages.quality"):
+        drive(WindowReview(0, speech_like(10.0)), FakeDecoder(lambda r: res(seg(0.0, 9.0, " Hello."),
+                                                                            seg(9.95, 10.0, words(12)))))  # fmt: skip
+    assert any("too fast for its sound" in r.getMessage() and "word word" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="stages.quality"):
+        drive(WindowReview(0, speech_like(10.0)),
+              FakeDecoder(lambda r: res(seg(0.0, 9.0, words(20)), cr=3.0 if r.temperature == 0 else 1.3)))  # fmt: skip
+    assert (
+        "window 0 0.00-10.00 s: the decode at T=0.0 failed (compression 3.00, log-probability -0.30): "
+        "decoded again at T=0.2"
+    ) in [r.getMessage() for r in caplog.records]
 
 
 def test_split_halves_kept_only_if_they_say_more():
