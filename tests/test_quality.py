@@ -259,8 +259,9 @@ def test_speech_over_a_background_is_not_taken_for_words_said_over_silence():
     its weaker syllables rise less than half the spread over the floor. They did not count
     as sound, and ``too_fast`` dropped real sentences as words said over silence (the
     first of three 6 dB over white noise, tiny.en; sequential decoding kept it). The check
-    that drops words reads ``heard`` (the voice band too); the checks that decode more
-    where sound is left (the end-of-text veto, tails) still read ``loud``."""
+    that drops words reads the voice band too (``heard``, and ``audible``, which holds it);
+    the checks that decode more where sound is left (the end-of-text veto, tails) still
+    read ``loud``."""
     x = voiced(12.0).astype(np.float64)
     t = np.arange(len(x)) / SAMPLE_RATE
     speech = x * np.array([1.0, 0.5, 0.25, 0.7, 0.35])[(t // 0.45).astype(int) % 5]  # syllables 0 to -12 dB
