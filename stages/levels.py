@@ -191,7 +191,8 @@ def audible_frames(audio: np.ndarray, heard: np.ndarray, cfg: QualityConfig) -> 
     the voice stands out; a 10 dB rise there still leaves out the floor alone (it spreads
     3-5 dB) and the fading ends of words count a little, which only weakens the check by
     a word or two around real speech. The checks that decode more, and the pace, keep
-    their own frames (this one errs on the side of keeping words)."""
+    their own frames (this one errs on the side of keeping words). ``WindowReview``
+    measures these only where ``heard`` already finds a segment too fast."""
     voice = voice_levels(audio)
     floor = float(np.percentile(voice, 10))
     over = voice > max(floor + cfg.speech_rise_db, cfg.silence_dbfs)

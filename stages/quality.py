@@ -452,8 +452,7 @@ class WindowReview:
         self.loud = loud_frames(self.levels, cfg, noisy)
         # What the pace reads (the veto and tails read ``loud``): see ``heard_frames``.
         self.heard = self.loud if not cfg.enabled or self.gated else heard_frames(audio, self.levels, self.loud, cfg, noisy)
-        # What ``too_fast`` reads: see ``audible_frames``.
-        self.audible = self.heard if not cfg.enabled or self.gated else audible_frames(audio, self.heard, cfg)
+        self._audible: np.ndarray | None = None  # ``audible``, measured when first needed
         self._pending: set[Request] = set()
         self._spans: dict[tuple[int, int], _Span] = {}  # by (start, end) sample
         self._final: dict[tuple[int, int], list[Segment]] = {}  # span -> its kept segments
@@ -585,7 +584,7 @@ class WindowReview:
             )
             before = [w for seg in self._kept_before(span.start) for w in plain_words(seg.text)]
             for seg in placed:
-                if too_fast(seg, self.audible, cfg):
+                if self._too_fast(seg):
                     self._debug(span, "too fast for its sound (%.2f s): %r dropped",
                                 loud_seconds(self.audible, seg.start, seg.end), _short([seg]))  # fmt: skip
                     continue
@@ -663,6 +662,20 @@ class WindowReview:
         return replace(kept, segments=tuple(segments), n_tokens=n_tokens)
 
     # -- rules ---------------------------------------------------------------------------
+
+    @property
+    def audible(self) -> np.ndarray:
+        """What ``too_fast`` reads: see ``audible_frames``. Measured on first use (the voice
+        band costs an FFT per frame, some 7 ms a window on a CPU core, which a GPU's batch
+        would wait on), and only needed where ``heard`` already finds a segment too fast:
+        it holds every frame ``heard`` holds."""
+        if self._audible is None:
+            gated = not self.cfg.enabled or self.gated
+            self._audible = self.heard if gated else audible_frames(self.audio, self.heard, self.cfg)
+        return self._audible
+
+    def _too_fast(self, seg: Segment) -> bool:
+        return too_fast(seg, self.heard, self.cfg) and too_fast(seg, self.audible, self.cfg)
 
     def _debug(self, span: _Span, msg: str, *args) -> None:
         """A review's decision, at DEBUG (``-vv``): which window and span, in window seconds."""
@@ -843,7 +856,7 @@ class WindowReview:
         seg = Segment(start, end, " " + " ".join(new_tokens[extra:]),
                       words=_last_words([w for s in segments for w in s.words], new_tokens[extra:]))  # fmt: skip
         before = [w for s in self._kept_before(span.start) + old for w in plain_words(s.text)]
-        if too_fast(seg, self.audible, self.cfg) or repeats(plain_words(seg.text), before, self.cfg):
+        if self._too_fast(seg) or repeats(plain_words(seg.text), before, self.cfg):
             return old
         return old + [seg]
 

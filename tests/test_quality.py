@@ -333,6 +333,11 @@ def test_a_far_voice_next_to_a_near_one_is_not_taken_for_words_said_over_silence
     invented = seg(20.5, 27.5, words(12, "invented"))
     out = drive(review, FakeDecoder(lambda r: res(*said, invented)))
     assert [s.text for s in out.segments] == [s.text for s in said]
+    # Measured only where ``heard`` finds a segment too fast (an FFT a frame otherwise
+    # spent on every window): not for a window whose words all have sound under them.
+    clean = WindowReview(0, mix)
+    drive(clean, FakeDecoder(lambda r: res(said[0])))
+    assert clean._audible is None
 
 
 def test_gate_edges_are_strict():
