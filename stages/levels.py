@@ -139,10 +139,9 @@ def heard_frames(audio: np.ndarray, levels: np.ndarray, loud: np.ndarray, cfg: Q
                  noisy: bool = False) -> np.ndarray:  # fmt: skip
     """Frames that may hold speech, for the checks that weigh words against the sound
     under them (the pace: ``too_slow`` and the rates it is judged by; ``too_fast`` reads
-    these and more, ``audible_frames``):
-    ``loud``, and over a background (a whole-band level spread under twice
-    ``speech_rise_db``: every window of the test readings spreads more) also the frames
-    ``min_speech_rise_db`` over the voice band's floor.
+    these and more, ``audible_frames``): ``loud``, and over a background (a whole-band
+    level spread under twice ``speech_rise_db``: every window of the test readings
+    spreads more) also the frames ``min_speech_rise_db`` over the voice band's floor.
 
     Each check errs on its safe side. Speech 5-6 dB over white noise is not steady (the
     whole band's levels are kept), yet it rises only 3-8 dB over them: half its frames
@@ -160,12 +159,13 @@ def heard_frames(audio: np.ndarray, levels: np.ndarray, loud: np.ndarray, cfg: Q
     ratio, so a count of sound that is the same for both cancels, but not against the
     ``skip_min_sound_s`` the check needs under a segment. Speech at -45 dBFS over hiss
     at -75 (whole band spread 15 dB) had 5.5 s of ``loud`` under a 13 s segment that
-    held 5 of some 40 words ("purpose computers but in both-"); the check never ran and the
+    held 5 of some 40 words ("purpose computers but in both-"); the check never ran and
     36 words were lost (sequential decoding lost none). With the voice band it has 9.6 s,
-    the halves are decoded, and the longest run lost is 9 (the first half,
-    decoded from the same start, said only "the"). A segment written over a
-    background with no speech under it is the no-speech rule's to drop, halves and all:
-    over the audit's music and noise mixes no transcript changed."""
+    the halves are decoded, and the longest run lost is 9 (the first half, decoded from
+    the same start, said only "the"). A segment written over a background with no speech
+    under it is the no-speech rule's to drop, halves and all: over the audit's music and
+    noise mixes no transcript changed but two, where base's sign-offs invented over
+    music after the speech ("If you enjoyed this video, please subscribe ...") went."""
     if noisy or len(levels) == 0 or _spread(levels) >= 2 * cfg.speech_rise_db:
         return loud
     voice = loud_frames(voice_levels(audio), cfg, noisy=True)
