@@ -47,7 +47,8 @@ real tiny.en and base weights against sequential long-form decoding (see README,
   that, so the gate is the sound, not the text.
 - **Skip check**: a segment saying far less than the sound under it at the job's pace
   (``too_slow``) is decoded again in two halves, kept if the halves say more, and dropped
-  if the no-speech rule empties both (nothing is said there: "Music" over chords).
+  if the no-speech rule empties both (nothing is said there: "Music" over chords). A half
+  kept but itself too slow is halved once more.
 
 Times here are seconds from the window's start unless said otherwise; audio is 16 kHz
 mono float32 (``pipeline.constants``).
@@ -409,6 +410,7 @@ class _Split:
 
     owner: tuple  # (start, end) of the span whose segment it may replace
     old: Segment
+    level: int = 1  # 2: the halves of a half
     halves: dict = field(default_factory=dict)  # half start -> segments, once decoded
     silent: set = field(default_factory=set)  # starts of the halves the no-speech rule emptied
 
@@ -860,7 +862,7 @@ class WindowReview:
             return old
         return old + [seg]
 
-    def _split(self, span: _Span, seg: Segment) -> list[Request]:
+    def _split(self, span: _Span, seg: Segment, level: int = 1) -> list[Request]:
         """Decode a too-slow segment again as two windows cut at its quietest 100 ms near
         its middle: a different context that need not jump where this one did."""
         a, b = int(seg.start * SAMPLE_RATE), min(int(seg.end * SAMPLE_RATE), len(self.audio))
@@ -870,7 +872,7 @@ class WindowReview:
         mid = (fa + int(np.argmin(pair)) + 1) * FRAME if len(pair) else (a + b) // 2
         if not a < mid < b or (a, mid) in self._spans or (mid, b) in self._spans:
             return []
-        group = _Split(owner=(span.start, span.end), old=seg)
+        group = _Split(owner=(span.start, span.end), old=seg, level=level)
         return [
             self._ask(_Span(a, mid, span.depth + 1, group=group), self.temperature, "split"),
             self._ask(_Span(mid, b, span.depth + 1, group=group), self.temperature, "split"),
@@ -893,7 +895,20 @@ class WindowReview:
             return []
         more = sum(text_units(s.text) for s in new) > text_units(group.old.text)
         self._debug(span, "halves %r %s %r", _short(new), "replace" if more else "say no more than", _short([group.old]))
-        if more:
-            owned = self._final[group.owner]
-            self._final[group.owner] = [s for s in owned if s is not group.old] + new
-        return []
+        if not more:
+            return []
+        owned = self._final[group.owner]
+        self._final[group.owner] = [s for s in owned if s is not group.old] + new
+        if group.level >= 2:
+            return []
+        # A half that is itself far too slow is split once more: its own start may be where
+        # the model jumps (babble 15 dB under a reading: " The" over 22.6 s, and " The" again
+        # over its first 13 s half, whose halves say the sentences).
+        owner = self._spans[group.owner]
+        follow: list[Request] = []
+        for seg in new:
+            if too_slow(seg, self.heard, self.pace, self.cfg, upto=self.index):
+                self._debug(span, "a half too slow for the job's pace (%d letters over %.2f s of sound): %r split",
+                            text_units(seg.text), loud_seconds(self.heard, seg.start, seg.end), _short([seg]))  # fmt: skip
+                follow.extend(self._split(owner, seg, level=group.level + 1))
+        return follow

@@ -1188,6 +1188,32 @@ def test_split_halves_kept_only_if_they_say_more():
     assert [s.text for s in out.segments] == [" Hello there."]
 
 
+def test_a_half_still_too_slow_is_split_once_more():
+    """The first half starts where the slow segment did, and the model may jump there
+    again (babble under a reading: " The" over 22.6 s, and over its first 13 s half): a
+    half adopted but itself too slow is decoded again in halves; theirs are not split."""
+    audio = _split_audio()
+    mid = 221 * FRAME
+
+    def script(r):
+        if r.kind == "window":
+            return res(seg(0.0, 19.6, " Hello there."))
+        if (r.start, r.end) == (0, mid):
+            return res(seg(0.0, 10.5, " Hi."))  # 2 letters over ~8.5 s of sound: too slow again
+        if r.start == mid:
+            return res(seg(0.2, 8.0, words(28, "beta")))
+        return res(seg(0.0, 4.0, " Hi."))  # the halves of the half: still too slow, never split
+
+    dec = FakeDecoder(script)
+    out = drive(WindowReview(0, audio, pace=_warm_pace(15.0)), dec)
+    spans = [(r.kind, r.start, r.end) for r in dec.seen]
+    assert [k for k, _, _ in spans] == ["window", "split", "split", "split", "split"]
+    (_, a, b), (_, c, d) = spans[3], spans[4]
+    end = int(10.5 * SAMPLE_RATE)  # the first half's segment, halved
+    assert a == 0 and b == c and d == end and 0.3 * end <= b <= 0.7 * end
+    assert [s.text for s in out.segments] == [" Hi.", " Hi.", words(28, "beta")]
+
+
 def test_a_slow_segment_whose_halves_hold_no_speech_is_dropped():
     """Both halves, decoded alone, are no speech by the model's own rule (no-speech over
     0.6, mean log-probability under -1): the slow segment goes ("Music" stamped over 16 s
