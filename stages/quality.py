@@ -28,7 +28,8 @@ real tiny.en and base weights against sequential long-form decoding (see README,
   word, what was said just before it (in its window, or before a re-decode's cut) is
   dropped: Whisper re-reading its context where the audio gives it nothing (kept going
   by the end-of-text veto into noise after the last sentence, it wrote that sentence
-  again).
+  again). So is one whose last ``near_repeat_min_words`` words or more, most of it, are
+  the last words said before it: the same re-reading with a new start.
 - **Junk segments**: a segment with no letter or digit (".", "...", "-") is dropped: it
   carries nothing a reader wants, and in noise Whisper fills a window with them.
 - **Tail re-decode**: Whisper often ends a window early, stopping at a sentence end with
@@ -118,6 +119,11 @@ class QualityConfig:
     # A segment of at least this many words that says again the words just before it
     # (Whisper re-reading its context into noise or silence) is dropped; 0: never.
     repeat_min_words: int = 3
+    # ... and one whose last words (this many at least, and ``near_repeat_share`` of its
+    # words) are the last words said before it, with a different start ("The code means
+    # any un-sourced form of the work." after "Object code means ..." over applause).
+    near_repeat_min_words: int = 6
+    near_repeat_share: float = 0.75
     timing_slack_s: float = 0.3
     # A segment over this much sound saying under ``skip_ratio`` of what the job's pace
     # predicts (and ``skip_min_units`` letters short) is decoded again in two halves.
@@ -138,6 +144,8 @@ class QualityConfig:
             raise ValueError("silence_dbfs must be at most quiet_dbfs, and sound_range_db positive")
         if self.repeat_min_words < 0:
             raise ValueError("repeat_min_words must be >= 0 (0: never drop a repeat)")
+        if self.near_repeat_min_words < 1 or not 0 < self.near_repeat_share <= 1:
+            raise ValueError("near_repeat_min_words must be >= 1 and near_repeat_share in (0, 1]")
 
 
 # ---------------------------------------------------------------------------- decisions
@@ -158,9 +166,24 @@ def repeats(words: list[str], before: list[str], cfg: QualityConfig) -> bool:
     re-reading its own context where the audio gives it nothing to read (after the
     end-of-text veto kept a window going into noise, it wrote "And the mayor will open
     it." then "The Mayor will open it." over the noise). ``repeat_min_words`` words at
-    least, so that a short real repeat ("No, no.") stays."""
+    least, so that a short real repeat ("No, no.") stays.
+
+    Whisper also re-reads its context with a new start: over applause after "Object code
+    means any un-sourced form of the work." it wrote "The code means any un-sourced form
+    of the work." twice; over laughter after "... explains that there is no warranty
+    for this free software." it wrote "The Mailer's Net There is no warranty for this
+    free software." So a segment whose last ``near_repeat_min_words`` words or more, at
+    least ``near_repeat_share`` of its words, are the last words said before it is a
+    repeat too. A speaker's own refrain that changes only its first word or two
+    ("... no warranty for this free software. And no warranty for this free software.")
+    goes with it, as an exact refrain of three words or more always did."""
     n = len(words)
-    return 0 < cfg.repeat_min_words <= n <= len(before) and before[-n:] == words
+    if cfg.repeat_min_words == 0 or n < cfg.repeat_min_words:
+        return False
+    same = 0  # the last words the segment and what came before it share
+    while same < min(n, len(before)) and words[-1 - same] == before[-1 - same]:
+        same += 1
+    return same == n or (same >= cfg.near_repeat_min_words and same >= cfg.near_repeat_share * n)
 
 
 def too_fast(seg: Segment, loud: np.ndarray, cfg: QualityConfig) -> bool:

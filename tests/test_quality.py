@@ -1092,6 +1092,41 @@ def test_a_segment_saying_again_what_came_just_before_is_dropped():
     assert [s.text for s in out.segments] == [" The bridge opens in spring.", " And the mayor will open it."]
 
 
+def test_a_segment_ending_in_the_words_just_said_with_a_new_start_is_dropped():
+    """Whisper re-reading its context with a new start (an audit's readings with applause
+    and laughter between sentences, tiny.en): "Object code means any un-sourced form of
+    the work." then, over the applause, "The code means any un-sourced form of the work."
+    A segment whose last 6 words or more, three quarters of it at least, are the last
+    words said before it is dropped; fewer shared words, or a sentence that only ends
+    like the one before, stay."""
+    cfg = QualityConfig()
+    before = plain_words(" Object code means any un-sourced form of the work.")
+    assert repeats(plain_words(" The code means any un-sourced form of the work."), before, cfg)  # 9 of 10
+    laugh = plain_words(" the DPL clearly explains Net There is no warranty for this free software.")
+    assert repeats(plain_words(" The Mailer's Net There is no warranty for this free software."), laugh, cfg)  # 9 of 11
+    assert not repeats(plain_words(" We share this free software."), laugh, cfg)  # 3 shared words
+    assert not repeats(plain_words(" Some say it is the one form of the work."), before, cfg)  # 5 shared words
+    # 8 shared words of 14: a sentence that ends like the one before it, not a repeat.
+    assert not repeats(plain_words(" In the end we all agree that there is no warranty for this free software."), laugh, cfg)  # fmt: skip
+    assert not repeats(plain_words(" The code means any un-sourced form of the work."), before,
+                       QualityConfig(near_repeat_min_words=10))  # fmt: skip
+    assert not repeats(plain_words(" The code means any un-sourced form of the work."), before, QualityConfig(repeat_min_words=0))  # fmt: skip
+    for bad in ({"near_repeat_min_words": 0}, {"near_repeat_share": 0.0}, {"near_repeat_share": 1.5}):
+        with pytest.raises(ValueError, match="near_repeat"):
+            QualityConfig(**bad)
+
+    audio = speech_like(25.0)
+    first = res(seg(0.0, 9.0, " The source code for the work means the preferred form of the work."),
+                seg(9.0, 12.0, " Object code means any un-sourced form of the work."),
+                seg(12.0, 24.9, " The code means any un-sourced form of the work."))  # fmt: skip
+    # The repeat dropped, the window's end goes untranscribed: its tail is decoded again,
+    # and the same repeat there (after the kept words before the cut) is dropped too.
+    dec = FakeDecoder(lambda r: first if r.kind == "window" else res(seg(0.0, 3.0, " the code means any un-sourced form of the work.")))
+    out = drive(WindowReview(0, audio), dec)
+    assert [r.kind for r in dec.seen] == ["window", "tail"]
+    assert [s.text for s in out.segments] == [s.text for s in first.segments[:2]]
+
+
 def test_a_tail_the_model_calls_no_speech_gives_no_words():
     """A tail's decode: its no-speech probability decides alone ("you" over a noise tail
     had no-speech 0.94 and a mean log-probability of -0.97, which openai/whisper's rule,
