@@ -130,6 +130,12 @@ class QualityConfig:
     skip_min_sound_s: float = 8.0
     skip_ratio: float = 0.65
     skip_min_units: int = 60
+    # The pace the skip check assumes while the job has fewer than 5 segments of its own
+    # (its first window or two): letters per second of sound, below any speech measured
+    # (espeak-ng at 110 words a minute: 8.3 at its slowest segment, 10.5 its median; the
+    # test readings 12-19), so that only a segment saying next to nothing over long sound
+    # is decoded again: Whisper's "Thank you." over a 20 s music intro. 0: no check then.
+    skip_prior_rate: float = 6.0
 
     def __post_init__(self):
         if any(not 0 < t <= 2 for t in self.temperatures) or list(self.temperatures) != sorted(
@@ -144,6 +150,8 @@ class QualityConfig:
             raise ValueError("silence_dbfs must be at most quiet_dbfs, and sound_range_db positive")
         if self.repeat_min_words < 0:
             raise ValueError("repeat_min_words must be >= 0 (0: never drop a repeat)")
+        if self.skip_prior_rate < 0:
+            raise ValueError("skip_prior_rate must be >= 0 (0: no skip check before the job's own pace)")
         if self.near_repeat_min_words < 1 or not 0 < self.near_repeat_share <= 1:
             raise ValueError("near_repeat_min_words must be >= 1 and near_repeat_share in (0, 1]")
 
@@ -378,9 +386,14 @@ def too_slow(seg: Segment, loud: np.ndarray, pace: Pace | None, cfg: QualityConf
     holding 35 of 64 words on a 3-minute reading; issue 8 saw a 13 s segment holding three
     words). Flagged when at least ``skip_min_sound_s`` of sound lies under it and it holds
     less than ``skip_ratio`` of the letters the job's pace predicts, ``skip_min_units``
-    letters short at least. ``upto``: the window being checked (``Pace.rate``)."""
-    rate = pace.rate(upto) if pace is not None else None
-    if rate is None:
+    letters short at least. ``upto``: the window being checked (``Pace.rate``). Until the
+    job has a pace of its own, ``skip_prior_rate`` stands for it."""
+    if pace is None:
+        return False
+    rate = pace.rate(upto)
+    if rate is None:  # the job's first segments: its own pace is not known yet
+        rate = cfg.skip_prior_rate
+    if rate <= 0:
         return False
     sound_s = loud_seconds(loud, seg.start, seg.end)
     if sound_s < cfg.skip_min_sound_s:

@@ -547,9 +547,16 @@ def test_too_slow():
     # Not enough sound under the segment (8 s needed), whatever its length.
     quiet = loud_mask(30.0, (0.0, 7.9))
     assert not too_slow(few, quiet, pace, CFG)
-    # No pace, or one not yet warmed up: no judgement.
+    # No pace: no judgement. One not yet warmed up: the prior rate judges (6 letters a
+    # second of sound: 120 here), so "Hello there." is still too slow, and slow speech
+    # (8 letters a second) is not; with no prior, no judgement.
     assert not too_slow(few, loud, None, CFG)
-    assert not too_slow(few, loud, _warm_pace(15.0, n=4), CFG)
+    for cold in (Pace(), _warm_pace(15.0, n=4)):
+        assert too_slow(few, loud, cold, CFG)
+        assert not too_slow(seg(0.0, 20.0, words(32, "slow")), loud, cold, CFG)  # 128 letters
+        assert not too_slow(few, loud, cold, QualityConfig(skip_prior_rate=0))
+    with pytest.raises(ValueError, match="skip_prior_rate"):
+        QualityConfig(skip_prior_rate=-1)
     # A slow job: short of the ratio but fewer than skip_min_units letters short.
     slow = _warm_pace(2.0)  # 8 s of sound -> 16 expected
     assert not too_slow(seg(0.0, 8.0, " Hi"), loud, slow, CFG)
@@ -1267,11 +1274,23 @@ def test_a_slow_segment_whose_halves_hold_no_speech_is_dropped():
         assert [s.text for s in out.segments] == kept
 
 
-def test_no_split_without_a_warm_pace():
-    for pace in (None, Pace(), _warm_pace(15.0, n=3)):
-        seen, out, _ = _split_run((" a", " b"), pace)
-        assert [r.kind for r in seen] == ["window"]
-        assert [s.text for s in out.segments] == [" Hello there."]
+def test_before_the_job_has_a_pace_the_prior_rate_judges():
+    """A job's first window has no pace of its own to be judged by (fewer than 5 segments
+    noted): the skip check assumes ``skip_prior_rate`` then, slower than any speech, so a
+    segment saying next to nothing over long sound is still decoded again (base wrote
+    "Thank you." over a 20 s music intro, its halves no speech). No pace at all (the
+    review without a job) or no prior: no split."""
+    for pace in (Pace(), _warm_pace(15.0, n=3)):
+        seen, out, _ = _split_run((" a", " b"), pace)  # 10 letters over ~15.7 s of sound
+        assert [r.kind for r in seen] == ["window", "split", "split"]
+        assert [s.text for s in out.segments] == [" Hello there."]  # the halves say less
+    audio = _split_audio()
+    slow = words(20, "slowly")  # 120 letters: 7.6 a second of sound, slow speech
+    no_prior = QualityConfig(skip_prior_rate=0)
+    for pace, cfg, text in ((None, CFG, " Hello there."), (Pace(), no_prior, " Hello there."), (Pace(), CFG, slow)):
+        dec = FakeDecoder(lambda r, text=text: res(seg(0.0, 19.6, text)))
+        drive(WindowReview(0, audio, cfg=cfg, pace=pace), dec)
+        assert [r.kind for r in dec.seen] == ["window"], (pace, cfg.skip_prior_rate, text)
     # The window's own segment joins the pace before it is judged: 4 earlier segments and
     # this one make the 5 the pace needs (its median is still the job's rate).
     seen, _, _ = _split_run((" a", " b"), _warm_pace(15.0, n=4))
