@@ -49,7 +49,8 @@ real tiny.en and base weights against sequential long-form decoding (see README,
 - **Skip check**: a segment saying far less than the sound under it at the job's pace
   (``too_slow``) is decoded again in two halves, kept if the halves say more, and dropped
   if the no-speech rule empties both (nothing is said there: "Music" over chords). A half
-  kept but itself too slow is halved once more.
+  kept but itself too slow is halved once more. Before the job has a pace of its own, a
+  prior slower than any speech stands for it ("Thank you." over a music intro).
 
 Times here are seconds from the window's start unless said otherwise; audio is 16 kHz
 mono float32 (``pipeline.constants``).
