@@ -679,8 +679,9 @@ class WindowReview:
         follow: list[Request] = []
         for seg in segments:
             if too_slow(seg, self.heard, self.pace, self.cfg, upto=self.index):
-                self._debug(span, "too slow for the job's pace (%d letters over %.2f s of sound): %r split",
-                            text_units(seg.text), loud_seconds(self.heard, seg.start, seg.end), _short([seg]))  # fmt: skip
+                self._debug(span, "too slow for the job's pace (%d letters over %.2f s of sound, %s): %r split",
+                            text_units(seg.text), loud_seconds(self.heard, seg.start, seg.end),
+                            self._pace_said(), _short([seg]))  # fmt: skip
                 follow.extend(self._split(span, seg))
         return follow
 
@@ -715,6 +716,13 @@ class WindowReview:
 
     def _too_fast(self, seg: Segment) -> bool:
         return too_fast(seg, self.heard, self.cfg) and too_fast(seg, self.audible, self.cfg)
+
+    def _pace_said(self) -> str:
+        """The rate the skip check judged by, for a log line: the job's, or the prior."""
+        rate = self.pace.rate(self.index) if self.pace is not None else None
+        if rate is None:
+            return f"the prior {self.cfg.skip_prior_rate:.1f} a second: the job has no pace yet"
+        return f"{rate:.1f} a second"
 
     def _debug(self, span: _Span, msg: str, *args) -> None:
         """A review's decision, at DEBUG (``-vv``): which window and span, in window seconds."""
@@ -945,7 +953,8 @@ class WindowReview:
         follow: list[Request] = []
         for seg in new:
             if too_slow(seg, self.heard, self.pace, self.cfg, upto=self.index):
-                self._debug(span, "a half too slow for the job's pace (%d letters over %.2f s of sound): %r split",
-                            text_units(seg.text), loud_seconds(self.heard, seg.start, seg.end), _short([seg]))  # fmt: skip
+                self._debug(span, "a half too slow for the job's pace (%d letters over %.2f s of sound, %s): %r split",
+                            text_units(seg.text), loud_seconds(self.heard, seg.start, seg.end),
+                            self._pace_said(), _short([seg]))  # fmt: skip
                 follow.extend(self._split(owner, seg, level=group.level + 1))
         return follow

@@ -1204,7 +1204,11 @@ def test_the_reviews_decisions_are_logged_at_debug(caplog):
         _split_run((words(30, "alpha"), words(28, "beta")), _warm_pace(15.0))
     lines = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("window 0 0.00-20.00 s: too slow for the job's pace") and "'Hello there.' split" in m
-               for m in lines), lines  # fmt: skip
+               and ", 15.0 a second)" in m for m in lines), lines  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="stages.quality"):
+        _split_run((words(30, "alpha"), words(28, "beta")), Pace())
+    assert any("the prior 6.0 a second: the job has no pace yet)" in r.getMessage() for r in caplog.records)
     assert any(m.startswith("window 0 11.05-19.60 s: halves 'alpha alpha") and m.endswith("replace 'Hello there.'")
                for m in lines), lines  # fmt: skip
     caplog.clear()
