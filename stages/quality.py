@@ -679,10 +679,7 @@ class WindowReview:
         follow: list[Request] = []
         for seg in segments:
             if too_slow(seg, self.heard, self.pace, self.cfg, upto=self.index):
-                self._debug(span, "too slow for the job's pace (%d letters over %.2f s of sound, %s): %r split",
-                            text_units(seg.text), loud_seconds(self.heard, seg.start, seg.end),
-                            self._pace_said(), _short([seg]))  # fmt: skip
-                follow.extend(self._split(span, seg))
+                follow.extend(self._split_slow(span, span, seg, "", level=1))
         return follow
 
     def result(self) -> WindowResult:
@@ -717,12 +714,16 @@ class WindowReview:
     def _too_fast(self, seg: Segment) -> bool:
         return too_fast(seg, self.heard, self.cfg) and too_fast(seg, self.audible, self.cfg)
 
-    def _pace_said(self) -> str:
-        """The rate the skip check judged by, for a log line: the job's, or the prior."""
-        rate = self.pace.rate(self.index) if self.pace is not None else None
-        if rate is None:
-            return f"the prior {self.cfg.skip_prior_rate:.1f} a second: the job has no pace yet"
-        return f"{rate:.1f} a second"
+    def _split_slow(self, span: _Span, owner: _Span, seg: Segment, what: str, level: int) -> list[Request]:
+        """``_split`` of a segment ``too_slow`` flagged (``owner``'s), logged at DEBUG with
+        the rate it was judged by: the job's, or the prior while the job has none."""
+        if logger.isEnabledFor(logging.DEBUG):
+            rate = self.pace.rate(self.index) if self.pace is not None else None
+            said = f"{rate:.1f} a second" if rate is not None else \
+                f"the prior {self.cfg.skip_prior_rate:.1f} a second: the job has no pace yet"  # fmt: skip
+            self._debug(span, "%stoo slow for the job's pace (%d letters over %.2f s of sound, %s): %r split",
+                        what, text_units(seg.text), loud_seconds(self.heard, seg.start, seg.end), said, _short([seg]))  # fmt: skip
+        return self._split(owner, seg, level=level)
 
     def _debug(self, span: _Span, msg: str, *args) -> None:
         """A review's decision, at DEBUG (``-vv``): which window and span, in window seconds."""
@@ -953,8 +954,5 @@ class WindowReview:
         follow: list[Request] = []
         for seg in new:
             if too_slow(seg, self.heard, self.pace, self.cfg, upto=self.index):
-                self._debug(span, "a half too slow for the job's pace (%d letters over %.2f s of sound, %s): %r split",
-                            text_units(seg.text), loud_seconds(self.heard, seg.start, seg.end),
-                            self._pace_said(), _short([seg]))  # fmt: skip
-                follow.extend(self._split(owner, seg, level=group.level + 1))
+                follow.extend(self._split_slow(span, owner, seg, "a half ", level=group.level + 1))
         return follow
