@@ -36,16 +36,17 @@ real tiny.en and base weights against sequential long-form decoding (see README,
   seconds of speech still to come (greedy ``generate`` on windows cut at quiet points lost
   a 21-word run on a 10-minute reading that way). When the last complete segment ends
   at least ``tail_min_s`` before the window's audio does and the rest holds speech, the
-  rest is decoded again as a window of its own, starting where that segment ended, and
-  its segments take the place of whatever the first decode said there. This is openai's
-  seek step, taken only where a window dropped speech, so windows stay independent and
-  batched instead of sequential. At the end of a job's last window (``final``), where no
-  later window hears what this one dropped, a tail from ``end_tail_min_s`` on is decoded
-  again (a reading that ends mid-speech lost its last word, "lines", 0.44 s after the
-  last segment's end; decoded alone, that tail is "lines."). The re-decode starts exactly
-  at the last segment's end and needs sound after it: the same tail cut 0.1 s later
-  comes back as "Thanks for watching.", and the filters (pace, no-speech) would not catch
-  that, so the gate is the sound, not the text.
+  rest is decoded again, as a window of its own that starts with the segments of the
+  last ``tail_context_s`` before it: those segments stand as they were, and only the
+  words the re-decode says after their last words are added. This is openai's seek
+  step, taken only where a window dropped speech, so windows stay independent and
+  batched instead of sequential. The sentences before it are what keep the model from
+  inventing: a tail of applause or laughter decoded alone, before 26 s of padding, came
+  back as "Thank you. Thank you."; decoded with the sentence before it, nothing. At the
+  end of a job's last window (``final``), where no later window hears what this one
+  dropped, a tail from ``end_tail_min_s`` on is decoded again the same way (a reading
+  that ends mid-speech lost its last word, "lines", 0.44 s after the last segment's end).
+  A tail needs sound after the last segment: the gate is the sound, not the text.
 - **Skip check**: a segment saying far less than the sound under it at the job's pace
   (``too_slow``) is decoded again in two halves, kept if the halves say more, and dropped
   if the no-speech rule empties both (nothing is said there: "Music" over chords). A half
@@ -112,7 +113,7 @@ class QualityConfig:
     # so a shorter tail is decoded again, measured from the last segment's end, no slack.
     end_tail_min_s: float = 0.25
     end_tail_speech_s: float = 0.1
-    end_tail_context_s: float = 5.0  # ... decoded again with the segments of its last 5 s
+    tail_context_s: float = 5.0  # a tail is decoded again with the segments of the last 5 s before it (0: alone)
     # The mean log-probability test needs this many tokens: over a short decode (a tail of
     # a few words) it is dominated by the uncertain timestamp and end tokens.
     logprob_min_tokens: int = 16
@@ -151,6 +152,8 @@ class QualityConfig:
             raise ValueError("silence_dbfs must be at most quiet_dbfs, and sound_range_db positive")
         if self.repeat_min_words < 0:
             raise ValueError("repeat_min_words must be >= 0 (0: never drop a repeat)")
+        if self.tail_context_s < 0:
+            raise ValueError("tail_context_s must be >= 0 (0: a tail is decoded alone)")
         if self.skip_prior_rate < 0:
             raise ValueError("skip_prior_rate must be >= 0 (0: no skip check before the job's own pace)")
         if self.near_repeat_min_words < 1 or not 0 < self.near_repeat_share <= 1:
@@ -435,8 +438,8 @@ class _Span:
     temperatures: list = field(default_factory=list)  # the temperature each was asked at
     group: object = None  # a split: the _Split this half belongs to
     tail: bool = False  # decoded again because the span before it left this part untranscribed
-    # An end tail decoded with the segments before it (``WindowReview._tail``): they stand,
-    # and only the words the re-decode says after their last words are added.
+    # A tail decoded with the segments before it (``WindowReview._tail``): they stand, and
+    # only the words the re-decode says after their last words are added.
     replaces: tuple = ()
 
 
@@ -790,16 +793,20 @@ class WindowReview:
         went untranscribed, else None.
 
         A backstop behind the decoder's end-of-text veto (``stages.infer.EotVeto``), for
-        a row that used up its vetoes or ended on an open segment. The cut is where the
-        last complete segment ends (an open last segment, whose end the model never
+        a row that used up its vetoes or ended on an open segment. The tail is what
+        follows the last complete segment (an open last segment, whose end the model never
         gave, is dropped and decoded again with the rest).
 
-        The job's end (``final``, under ``tail_min_s`` left) is decoded again from the
-        start of a segment at least ``end_tail_context_s`` before it, not from the last
-        segment's end: that end is often early, inside the last word, and a tail of half a
-        second, decoded alone before 29 s of padding, came back as Whisper's sign-off
-        ("Thank you.") or a lone "the". With the sentence before it the model hears the last
-        words as words (``_went_on``)."""
+        The tail is decoded again from the start of the last segment that starts at least
+        ``tail_context_s`` before it (before the job's end, for the end tail; the first
+        segment after the span's start if none does), not from the last segment's end.
+        Decoded alone before 26-29 s of padding, a tail came back as Whisper's sign-off:
+        "Thank you. Thank you." over 3 s of applause after a sentence, "Thank you." or a
+        lone "the" for the half second after a job's last segment, whose end is often
+        early, inside the last word. With the sentences before it the model hears the
+        last words as words, and applause as nothing (``_went_on``). A span whose one
+        segment starts at its start has no sentence to start from: its tail is decoded
+        alone, and the job's end of it not at all."""
         cfg = self.cfg
         if span.depth >= cfg.max_tail_redecodes:
             return None
@@ -828,11 +835,13 @@ class WindowReview:
         ):  # fmt: skip
             return None
         replaces: tuple = ()
-        if left < cfg.tail_min_s:
-            later = [i for i, seg in enumerate(kept) if seg.start * SAMPLE_RATE > span.start]
-            if not later:  # one segment from the span's start: no sentence to start from
-                return None
-            before = [i for i in later if kept[i].start <= span_end_s - cfg.end_tail_context_s]
+        end_tail = left < cfg.tail_min_s
+        later = [i for i, seg in enumerate(kept) if seg.start * SAMPLE_RATE > span.start]
+        if not later and end_tail:  # one segment from the span's start: no sentence to start from
+            return None
+        if later and cfg.tail_context_s > 0:
+            ref = span_end_s if end_tail else heard_to
+            before = [i for i in later if kept[i].start <= ref - cfg.tail_context_s]
             at = before[-1] if before else later[0]
             heard_to, replaces, kept = kept[at].start, tuple(kept[at:]), kept[:at]
         cut = int(round(heard_to * SAMPLE_RATE))
@@ -873,14 +882,17 @@ class WindowReview:
         return p0, p1
 
     def _went_on(self, span: _Span, segments: list[Segment]) -> list[Segment]:
-        """An end tail decoded with the segments before it (``span.replaces``): those
+        """A tail decoded with the segments before it (``span.replaces``): those
         segments stand as they were, and the words the re-decode says after their last
         words are added as one segment. A decode of a few seconds alone may hear some words
         differently ("A suite" as "Us week"), so it is not taken whole; what it adds is
-        found by the old segments' last words (two at least, up to eight) in its text. No
+        found by the old segments' last words (two at least, up to eight) in its text, after
+        it said half as many words as they hold (the longest such match, the last of it). No
         such anchor: the old segments alone; nothing after it: the old segments, the last
-        one ending where the re-decode ends its last words if that is later. The added
-        words pass the pace and repeat checks of any segment."""
+        one ending where the re-decode ends its last words if that is later. The words
+        after it are added with the re-decode's segments (the rest of the one the anchor
+        ends in, from the old last end, and those after it), each passing the pace and
+        repeat checks of any segment."""
         old = list(span.replaces)
         old_tokens = " ".join(s.text for s in old).split()
         new_tokens = " ".join(s.text for s in segments).split()
@@ -888,7 +900,10 @@ class WindowReview:
         got = [_token(t) for t in new_tokens]
         extra = None
         for k in range(min(8, len(key), len(got)), 1, -1):
-            hits = [p for p in range(len(got) - k + 1) if got[p : p + k] == key[-k:]]
+            # Where the re-decode has said at least half as many words as the old segments
+            # hold: two common words ("the work") also come early in the sentences it says
+            # again, and what follows them there is not new.
+            hits = [p for p in range(len(got) - k + 1) if got[p : p + k] == key[-k:] and 2 * (p + k) >= len(key)]
             if hits:
                 extra = hits[-1] + k
                 break
@@ -900,13 +915,25 @@ class WindowReview:
             # in a segment stamped to 11.11 s, decoded again to 11.75 s).
             end = min(segments[-1].end, span.end / SAMPLE_RATE)
             return old[:-1] + [replace(old[-1], end=end)] if end > old[-1].end else old
-        start, end = old[-1].end, max(old[-1].end, segments[-1].end)
-        seg = Segment(start, end, " " + " ".join(new_tokens[extra:]),
-                      words=_last_words([w for s in segments for w in s.words], new_tokens[extra:]))  # fmt: skip
+        # The segment the new words start in gives its rest, from the old last end; the
+        # re-decode's segments after it stand as they are (a long tail keeps its sentences).
+        j, first = 0, extra
+        while first >= len(segments[j].text.split()):
+            first -= len(segments[j].text.split())
+            j += 1
+        rest = segments[j].text.split()[first:]
+        start = old[-1].end if first else max(old[-1].end, segments[j].start)
+        head = Segment(start, max(start, segments[j].end), " " + " ".join(rest),
+                       words=_last_words(list(segments[j].words), rest))  # fmt: skip
         before = [w for s in self._kept_before(span.start) + old for w in plain_words(s.text)]
-        if self._too_fast(seg) or repeats(plain_words(seg.text), before, self.cfg):
-            return old
-        return old + [seg]
+        out = list(old)
+        for seg in [head, *segments[j + 1 :]]:
+            words = plain_words(seg.text)
+            if self._too_fast(seg) or repeats(words, before, self.cfg):
+                continue
+            out.append(seg)
+            before.extend(words)
+        return out
 
     def _split(self, span: _Span, seg: Segment, level: int = 1) -> list[Request]:
         """Decode a too-slow segment again as two windows cut at its quietest 100 ms near

@@ -98,6 +98,28 @@ def chords(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
     return out / np.sqrt(np.mean(out**2))
 
 
+def applause(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
+    """Hand claps, float64 of unit mean power: about 60 a second from many hands, each a
+    decaying 25 ms click of noise, band-passed to 600-5000 Hz (an FFT mask), with 150 ms
+    fades. Loud and broadband, no syllables: what Whisper, decoding it after a sentence,
+    captions "Thank you."."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * rate))
+    click = np.exp(-np.arange(400) / 60.0)
+    out = np.zeros(n)
+    for _ in range(int(seconds * 60)):
+        k = int(rng.integers(0, max(1, n - 400)))
+        m = min(400, n - k)
+        out[k : k + m] += (rng.standard_normal(400) * click * rng.uniform(0.3, 1.0))[:m]
+    spectrum = np.fft.rfft(out)
+    f = np.fft.rfftfreq(n, 1 / rate)
+    spectrum[(f < 600) | (f > 5000)] = 0
+    out = np.fft.irfft(spectrum, n)
+    t = np.arange(n) / rate
+    out *= np.minimum(1.0, np.minimum(t, t[::-1]) / 0.15)
+    return out / np.sqrt(np.mean(out**2))
+
+
 def babble(seconds: float, rate: int = 16000, amp: float = 0.2, seed: int = 0) -> np.ndarray:
     """Noise in bursts like syllables (80-300 ms on, 40-200 ms off, a longer pause now and
     then): level changes like speech, so the chunker finds pauses and windows in it, and a

@@ -835,25 +835,62 @@ def test_junk_and_too_fast_segments_are_dropped():
 
 
 def test_tail_backstop():
+    """A window that stopped early: what follows its last segment is decoded again with
+    the segments of the last 5 s before it (here the one starting at 5 s), which stand as
+    they were; the re-decode's words after their last words are added with its segments."""
     audio = speech_like(20.0)  # sound to the end
     first = res(seg(0.0, 5.0, " Hello world, this is a test."), seg(5.0, 8.0, " More words here."))
-    tail = res(seg(0.0, 6.0, " The tail says this."), seg(6.0, 13.0, " And this, to the end."))
+    tail = res(seg(0.0, 3.0, " Many words here."), seg(3.0, 9.0, " The tail says this."),
+               seg(9.0, 16.0, " And this, to the end."))  # fmt: skip
     dec = FakeDecoder(lambda r: first if r.kind == "window" else tail)
     review = WindowReview(4, audio)
     out = drive(review, dec)
     assert [(r.kind, r.start, r.end, r.temperature) for r in dec.seen] == [
         ("window", 0, 320000, 0.0),
-        ("tail", 8 * SAMPLE_RATE, 320000, 0.0),  # from where the last complete segment ended
+        ("tail", 5 * SAMPLE_RATE, 320000, 0.0),  # from the start of the segment before the cut
     ]
-    # Window seconds; the tail's last end (8 + 13 = 21 s) is clamped to the audio's end.
+    # Window seconds; the tail's last end (5 + 16 = 21 s) is clamped to the audio's end.
     assert [(s.start, s.end, s.text) for s in out.segments] == [
         (0.0, 5.0, " Hello world, this is a test."),
-        (5.0, 8.0, " More words here."),
+        (5.0, 8.0, " More words here."),  # as the window's own decode heard it
         (8.0, 14.0, " The tail says this."),
         (14.0, 20.0, " And this, to the end."),
     ]
     assert review.counts["tail"] == 1
     assert out.n_tokens == 48
+    # With no context asked for, the tail is decoded alone, from the last segment's end.
+    dec = FakeDecoder(lambda r: first if r.kind == "window" else res(seg(0.0, 6.0, " The tail says this.")))
+    out = drive(WindowReview(4, audio, QualityConfig(tail_context_s=0)), dec)
+    assert [(r.kind, r.start) for r in dec.seen] == [("window", 0), ("tail", 8 * SAMPLE_RATE)]
+    assert [s.text for s in out.segments][-1] == " The tail says this."
+
+
+def test_a_tail_of_applause_adds_nothing():
+    """Decoded alone, 3.4 s of applause after a window's last sentence came back as
+    "Thank you. Thank you." (tiny.en, no-speech 0.59, an audit's clip; sequential decoding
+    wrote nothing there). Decoded with the sentences before it, the model says them again
+    and nothing after; or, hotter after a loop, says them with "the work" early and noise
+    after: words found after that early "the work" are not new."""
+    audio = speech_like(25.0)
+    first = res(seg(0.0, 8.0, " For the developers' protection."),
+                seg(8.0, 13.5, " The source code for the work means the preferred form of the work."),
+                seg(13.5, 16.0, " Object code means any non-source form of the work."))  # fmt: skip
+
+    def run(tail_text):
+        dec = FakeDecoder(lambda r: first if r.kind == "window" else res(seg(0.0, 11.5, tail_text)))
+        out = drive(WindowReview(1, audio), dec)
+        return [(r.kind, r.start) for r in dec.seen], [s.text for s in out.segments]
+
+    kinds, texts = run(" The source code for the work means the preferred form of the work. Object code means"
+                       " any source form of the work.")
+    assert kinds == [("window", 0), ("tail", 8 * SAMPLE_RATE)]
+    assert texts == [s.text for s in first.segments]
+    kinds, texts = run(" The source code for the work means the preferred format network Music Music")
+    assert texts == [s.text for s in first.segments]
+    # The same with speech after the last words: it is added.
+    kinds, texts = run(" The source code for the work means the preferred form of the work. Object code means"
+                       " any source form of the work. The corresponding source need not.")
+    assert texts[-1] == " The corresponding source need not."
 
 
 def test_tail_replaces_an_open_last_segment():
