@@ -440,7 +440,7 @@ class _Span:
     tail: bool = False  # decoded again because the span before it left this part untranscribed
     # A tail decoded with the segments before it (``WindowReview._tail``): they stand, and
     # only the words the re-decode says after their last words are added.
-    replaces: tuple = ()
+    context: tuple = ()
 
 
 @dataclass
@@ -639,13 +639,13 @@ class WindowReview:
         if span.group is not None:
             return self._half_done(span, segments)
         follow: list[Request] = []
-        if span.replaces:
+        if span.context:
             segments = self._went_on(span, segments)
         tail = self._tail(span, segments)
         if tail is not None:
-            cut, segments, replaces = tail
+            cut, segments, context = tail
             self._debug(span, "tail from %.2f s decoded again", cut / SAMPLE_RATE)
-            follow.append(self._ask(_Span(cut, span.end, span.depth + 1, tail=True, replaces=replaces),
+            follow.append(self._ask(_Span(cut, span.end, span.depth + 1, tail=True, context=context),
                                     self.temperature, "tail"))  # fmt: skip
         self._final[(span.start, span.end)] = segments
         if span.depth == 0:
@@ -789,8 +789,8 @@ class WindowReview:
                 self.pace.note(text_units(seg.text), loud_seconds(self.heard, seg.start, seg.end), self.index)
 
     def _tail(self, span: _Span, segments: list[Segment]):
-        """(cut sample, segments kept, segments the re-decode replaces) when the span's end
-        went untranscribed, else None.
+        """(cut sample, segments kept, segments the re-decode starts with) when the span's
+        end went untranscribed, else None.
 
         A backstop behind the decoder's end-of-text veto (``stages.infer.EotVeto``), for
         a row that used up its vetoes or ended on an open segment. The tail is what
@@ -834,7 +834,7 @@ class WindowReview:
             and loud_seconds(self.loud, heard_to, span_end_s) >= cfg.end_tail_speech_s
         ):  # fmt: skip
             return None
-        replaces: tuple = ()
+        context: tuple = ()
         end_tail = left < cfg.tail_min_s
         later = [i for i, seg in enumerate(kept) if seg.start * SAMPLE_RATE > span.start]
         if not later and end_tail:  # one segment from the span's start: no sentence to start from
@@ -843,11 +843,11 @@ class WindowReview:
             ref = span_end_s if end_tail else heard_to
             before = [i for i in later if kept[i].start <= ref - cfg.tail_context_s]
             at = before[-1] if before else later[0]
-            heard_to, replaces, kept = kept[at].start, tuple(kept[at:]), kept[:at]
+            heard_to, context = kept[at].start, tuple(kept[at:])
         cut = int(round(heard_to * SAMPLE_RATE))
         if cut <= span.start:  # nothing was heard: decoding the same span again gains nothing
             return None
-        return cut, kept, replaces
+        return cut, kept, context
 
     def _inner_pause(self, seg: Segment, end_s: float) -> tuple[float, float] | None:
         """(start, end) in window seconds of the longest pause inside ``seg`` (quiet 50 ms
@@ -882,18 +882,18 @@ class WindowReview:
         return p0, p1
 
     def _went_on(self, span: _Span, segments: list[Segment]) -> list[Segment]:
-        """A tail decoded with the segments before it (``span.replaces``): those
-        segments stand as they were, and the words the re-decode says after their last
-        words are added as one segment. A decode of a few seconds alone may hear some words
-        differently ("A suite" as "Us week"), so it is not taken whole; what it adds is
-        found by the old segments' last words (two at least, up to eight) in its text, after
-        it said half as many words as they hold (the longest such match, the last of it). No
-        such anchor: the old segments alone; nothing after it: the old segments, the last
-        one ending where the re-decode ends its last words if that is later. The words
-        after it are added with the re-decode's segments (the rest of the one the anchor
-        ends in, from the old last end, and those after it), each passing the pace and
-        repeat checks of any segment."""
-        old = list(span.replaces)
+        """What a tail decoded with the segments before it (``span.context``) adds to
+        them: they stand as they were (in the span that asked for the tail, where the skip
+        check judges them), and only the words the re-decode says after their last words
+        are added. A decode of a few seconds alone may hear some words differently ("A
+        suite" as "Us week"), so it is not taken whole; what it adds is found by the old
+        segments' last words (two at least, up to eight) in its text, after it said half
+        as many words as they hold (the longest such match, the last of it). No such
+        anchor: nothing; nothing after it: nothing, the last old segment ending where the
+        re-decode ends its last words if that is later. The words after it are added with
+        the re-decode's segments (the rest of the one the anchor ends in, from the old last
+        end, and those after it), each passing the pace and repeat checks of any segment."""
+        old = list(span.context)
         old_tokens = " ".join(s.text for s in old).split()
         new_tokens = " ".join(s.text for s in segments).split()
         key = [_token(t) for t in old_tokens]
@@ -908,13 +908,16 @@ class WindowReview:
                 extra = hits[-1] + k
                 break
         if extra is None:
-            return old
+            return []
         if extra >= len(new_tokens):
             # The same last words, nothing after them: the re-decode, which heard them
             # with the sound after, may time their end later ("Yes." said at 11.32-11.74 s
             # in a segment stamped to 11.11 s, decoded again to 11.75 s).
             end = min(segments[-1].end, span.end / SAMPLE_RATE)
-            return old[:-1] + [replace(old[-1], end=end)] if end > old[-1].end else old
+            if end > old[-1].end:
+                for key_, kept in self._final.items():  # where the old segment stands
+                    self._final[key_] = [replace(s, end=end) if s is old[-1] else s for s in kept]
+            return []
         # The segment the new words start in gives its rest, from the old last end; the
         # re-decode's segments after it stand as they are (a long tail keeps its sentences).
         j, first = 0, extra
@@ -926,7 +929,7 @@ class WindowReview:
         head = Segment(start, max(start, segments[j].end), " " + " ".join(rest),
                        words=_last_words(list(segments[j].words), rest))  # fmt: skip
         before = [w for s in self._kept_before(span.start) + old for w in plain_words(s.text)]
-        out = list(old)
+        out: list[Segment] = []
         for seg in [head, *segments[j + 1 :]]:
             words = plain_words(seg.text)
             if self._too_fast(seg) or repeats(words, before, self.cfg):

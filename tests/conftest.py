@@ -5,7 +5,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import signal  # noqa: E402
+
 import pytest  # noqa: E402
+
+# The Ctrl-C tests send SIGINT to a CLI they start. A shell's background job (``pytest &``
+# in a script, nohup) starts with SIGINT ignored, every child inherits that, and a CLI
+# started so rightly ignores Ctrl-C: those tests then failed for how pytest was started.
+# A handler here (not SIG_IGN) is reset to the default in every child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
