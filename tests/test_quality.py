@@ -1475,3 +1475,25 @@ def test_pace_registers_in_window_order():
     WindowReview(3, _split_audio(), pace=pace)
     with pytest.raises(ValueError, match="registered after"):
         WindowReview(2, _split_audio(), pace=pace)
+
+
+def test_the_segments_a_tail_starts_with_are_still_judged_by_the_skip_check():
+    """A tail is decoded with the segments of the last 5 s before it, and they stay the
+    window's own: the skip check still judges them. When they were handed to the tail,
+    "The last program is a free program ..." invented over 9 s of closing music (base)
+    escaped the check that had dropped it (its halves no speech)."""
+    audio = speech_like(25.0)  # sound throughout: the tail after 20 s is decoded again
+    first = res(seg(0.0, 4.0, " Hello there, this is how it starts."), seg(4.0, 20.0, " Thank you."))
+
+    def decode(r):
+        if r.kind == "window":
+            return first
+        if r.kind == "split":
+            return res(seg(0.0, 2.0, " ."), ns=0.9, lp=-1.5)  # each half: no speech
+        return res(seg(0.0, 16.0, " Thank you."))  # the tail: the same words, nothing after
+
+    dec = FakeDecoder(decode)
+    out = drive(WindowReview(0, audio, pace=Pace()), dec)
+    assert sorted(r.kind for r in dec.seen) == ["split", "split", "tail", "window"]
+    assert [r.start for r in dec.seen if r.kind == "tail"] == [4 * SAMPLE_RATE]
+    assert [s.text for s in out.segments] == [" Hello there, this is how it starts."]
