@@ -804,9 +804,9 @@ class WindowReview:
         "Thank you. Thank you." over 3 s of applause after a sentence, "Thank you." or a
         lone "the" for the half second after a job's last segment, whose end is often
         early, inside the last word. With the sentences before it the model hears the
-        last words as words, and applause as nothing (``_went_on``). A span whose one
-        segment starts at its start has no sentence to start from: its tail is decoded
-        alone, and the job's end of it not at all."""
+        last words as words, and applause as nothing (``_went_on``). A span whose
+        segments after its start hold under two words (none, or "Okay.") has no sentence
+        to start from: its tail is decoded alone, and the job's end of it not at all."""
         cfg = self.cfg
         if span.depth >= cfg.max_tail_redecodes:
             return None
@@ -843,7 +843,19 @@ class WindowReview:
             ref = span_end_s if end_tail else heard_to
             before = [i for i in later if kept[i].start <= ref - cfg.tail_context_s]
             at = before[-1] if before else later[0]
-            heard_to, context = kept[at].start, tuple(kept[at:])
+
+            def n_words(i):
+                return len(" ".join(seg.text for seg in kept[i:]).split())
+
+            # ``_went_on`` finds where the re-decode goes on by two words at least: a
+            # context of one ("Okay.") could never show it, so it starts a segment earlier,
+            # or the tail is decoded alone (the job's end: not at all, it would add nothing).
+            while at > later[0] and n_words(at) < 2:
+                at -= 1
+            if n_words(at) >= 2:
+                heard_to, context = kept[at].start, tuple(kept[at:])
+            elif end_tail:
+                return None
         cut = int(round(heard_to * SAMPLE_RATE))
         if cut <= span.start:  # nothing was heard: decoding the same span again gains nothing
             return None

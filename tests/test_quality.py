@@ -1497,3 +1497,35 @@ def test_the_segments_a_tail_starts_with_are_still_judged_by_the_skip_check():
     assert sorted(r.kind for r in dec.seen) == ["split", "split", "tail", "window"]
     assert [r.start for r in dec.seen if r.kind == "tail"] == [4 * SAMPLE_RATE]
     assert [s.text for s in out.segments] == [" Hello there, this is how it starts."]
+
+
+def test_a_tail_after_a_one_word_segment_is_not_lost():
+    """The re-decode's new words are found after the context's last two words at least,
+    so a context of one word ("Okay.") could never add any: the context starts a segment
+    earlier where there is one, else the tail is decoded alone (the job's end: not at all)."""
+    audio = speech_like(25.0)
+
+    def run(first, final=False):
+        def decode(r):
+            if r.kind == "window":
+                return first
+            return res(seg(0.0, 3.0, " Right. Okay."), seg(3.0, 9.0, " The next sentence is here."))
+
+        dec = FakeDecoder(decode)
+        out = drive(WindowReview(0, audio, final=final), dec)
+        return [(r.kind, r.start) for r in dec.seen], [s.text for s in out.segments]
+
+    # "Okay." alone after the window's first segment: the tail is decoded alone from its end.
+    lone = res(seg(0.0, 12.0, " This is how it starts, at some length."), seg(12.0, 14.0, " Okay."))
+    kinds, texts = run(lone)
+    assert kinds == [("window", 0), ("tail", 14 * SAMPLE_RATE)]
+    assert texts[-1] == " The next sentence is here."
+    # A segment before "Okay." (not at the window's start): the context starts there, though
+    # "Okay." alone starts 5 s before the tail.
+    two = res(seg(0.0, 4.0, " This is how it starts."), seg(4.0, 8.0, " Right."), seg(8.0, 14.0, " Okay."))
+    kinds, texts = run(two)
+    assert kinds == [("window", 0), ("tail", 4 * SAMPLE_RATE)]
+    assert texts == [" This is how it starts.", " Right.", " Okay.", " The next sentence is here."]
+    # The job's end after "Okay." alone: nothing to go on from, not decoded again.
+    end = res(seg(0.0, 12.0, " This is how it starts, at some length."), seg(12.0, 24.6, " Okay."))
+    assert run(end, final=True)[0] == [("window", 0)]
