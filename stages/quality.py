@@ -109,11 +109,13 @@ class QualityConfig:
     inner_sound_s: float = 1.0
     inner_margin_s: float = 0.4
     max_tail_redecodes: int = 1  # per window (a backstop behind the decoder's veto)
+    # Every tail (the job's end too) is decoded again together with the window's segments
+    # of the last this-many seconds before it; only words after theirs are added. 0: alone.
+    tail_context_s: float = 5.0
     # The end of a job's last window: nothing comes after it to hear a dropped last word,
     # so a shorter tail is decoded again, measured from the last segment's end, no slack.
     end_tail_min_s: float = 0.25
     end_tail_speech_s: float = 0.1
-    tail_context_s: float = 5.0  # a tail is decoded again with the segments of the last 5 s before it (0: alone)
     # The mean log-probability test needs this many tokens: over a short decode (a tail of
     # a few words) it is dominated by the uncertain timestamp and end tokens.
     logprob_min_tokens: int = 16
