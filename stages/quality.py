@@ -51,7 +51,11 @@ real tiny.en and base weights against sequential long-form decoding (see README,
   (``too_slow``) is decoded again in two halves, kept if the halves say more, and dropped
   if the no-speech rule empties both (nothing is said there: "Music" over chords). A half
   kept but itself too slow is halved once more. Before the job has a pace of its own, a
-  prior slower than any speech stands for it ("Thank you." over a music intro).
+  prior slower than any speech stands for it ("Thank you." over a music intro). The
+  sound under a segment is what the pace reads (``heard``); a long segment is also
+  weighed against all it may have heard (``audible``): music as loud as speech counts
+  only at its chords' attacks, and "Thank you for watching!" over 16.6 s of closing
+  music had 3.7 s of sound under it, too little to judge.
 
 Times here are seconds from the window's start unless said otherwise; audio is 16 kHz
 mono float32 (``pipeline.constants``).
@@ -685,7 +689,29 @@ class WindowReview:
         for seg in segments:
             if too_slow(seg, self.heard, self.pace, self.cfg, upto=self.index):
                 follow.extend(self._split_slow(span, span, seg, "", level=1))
+            elif self._too_slow_for_all_it_heard(seg):
+                follow.extend(self._split_slow(span, span, seg, "", level=1, frames=self.audible))
         return follow
+
+    def _too_slow_for_all_it_heard(self, seg: Segment) -> bool:
+        """``too_slow`` against ``audible``: every frame where the model may have heard
+        words, the voice band's too. The pace's own frames (``heard``) judge a frame by its
+        rise over the window's floor; music as loud as speech, whose chords decay between
+        their attacks, rises over it only at the attacks. tiny.en wrote "Thank you for
+        watching!" over the 16.6 s of closing music after a reading's last sentence (chords
+        12 dB under the speech): 3.7 s of ``heard`` sound under it, under the check's 8 s,
+        15.3 s of ``audible``. Decoded alone, each half of it is no speech by the model's
+        own rule, and the segment goes: what sequential decoding writes when it seeks there.
+        A segment that says little over a stretch with no sound at all (a pause) is not
+        flagged: nothing there is heard either way.
+
+        The voice band costs an FFT per frame (``audible``), so a segment is first judged
+        as if all its length were sound: one that is not too slow even then never is."""
+        if self.pace is None or seg.end - seg.start < self.cfg.skip_min_sound_s:
+            return False
+        if not too_slow(seg, np.ones(len(self.heard) + 1, dtype=bool), self.pace, self.cfg, upto=self.index):
+            return False
+        return too_slow(seg, self.audible, self.pace, self.cfg, upto=self.index)
 
     def result(self) -> WindowResult:
         """The window's transcript: every span's kept segments in time order, with the
@@ -709,8 +735,9 @@ class WindowReview:
     def audible(self) -> np.ndarray:
         """What ``too_fast`` reads: see ``audible_frames``. Measured on first use (the voice
         band costs an FFT per frame, some 7 ms a window on a CPU core, which a GPU's batch
-        would wait on), and only needed where ``heard`` already finds a segment too fast:
-        it holds every frame ``heard`` holds."""
+        would wait on), and only needed where ``heard`` already finds a segment too fast
+        or a long segment may be too slow (``_too_slow_for_all_it_heard``): it holds
+        every frame ``heard`` holds."""
         if self._audible is None:
             gated = not self.cfg.enabled or self.gated
             self._audible = self.heard if gated else audible_frames(self.audio, self.heard, self.cfg)
@@ -719,15 +746,18 @@ class WindowReview:
     def _too_fast(self, seg: Segment) -> bool:
         return too_fast(seg, self.heard, self.cfg) and too_fast(seg, self.audible, self.cfg)
 
-    def _split_slow(self, span: _Span, owner: _Span, seg: Segment, what: str, level: int) -> list[Request]:
+    def _split_slow(self, span: _Span, owner: _Span, seg: Segment, what: str, level: int,
+                    frames: np.ndarray | None = None) -> list[Request]:  # fmt: skip
         """``_split`` of a segment ``too_slow`` flagged (``owner``'s), logged at DEBUG with
-        the rate it was judged by: the job's, or the prior while the job has none."""
+        the sound (``frames``: ``heard`` unless given) and the rate it was judged by: the
+        job's, or the prior while the job has none."""
         if logger.isEnabledFor(logging.DEBUG):
+            frames = self.heard if frames is None else frames
             rate = self.pace.rate(self.index) if self.pace is not None else None
             said = f"{rate:.1f} a second" if rate is not None else \
                 f"the prior {self.cfg.skip_prior_rate:.1f} a second: the job has no pace yet"  # fmt: skip
             self._debug(span, "%stoo slow for the job's pace (%d letters over %.2f s of sound, %s): %r split",
-                        what, text_units(seg.text), loud_seconds(self.heard, seg.start, seg.end), said, _short([seg]))  # fmt: skip
+                        what, text_units(seg.text), loud_seconds(frames, seg.start, seg.end), said, _short([seg]))  # fmt: skip
         return self._split(owner, seg, level=level)
 
     def _debug(self, span: _Span, msg: str, *args) -> None:

@@ -245,6 +245,43 @@ def test_no_words_over_music_before_or_after_the_speech(pipe, tmp_path):
     assert not bad
 
 
+def test_no_sign_off_over_closing_music_after_the_last_sentence(pipe, tmp_path):
+    """A reading between 20 s of chords 12 dB under it (the audit's music_intro_outro_q_D).
+    Its last window holds 13 s of speech, 1 s of silence and 16.6 s of music, over which
+    tiny.en wrote "Thank you for watching!" as one segment: a chord rises over the
+    window's floor only at its attack, so the skip check counted 3.7 s of sound under it,
+    too little to judge. Weighed against the voice band too, the segment is decoded again
+    in halves, both no speech, and goes: sequential decoding writes nothing there."""
+    text = (
+        "Some devices are designed to deny users access to install or run modified versions of the "
+        "software inside them, although the manufacturer can do so. This is fundamentally incompatible "
+        "with the aim of protecting users' freedom to change the software. The systematic pattern of such "
+        "abuse occurs in the area of products for individuals to use, which is precisely where it is most "
+        "unacceptable. Therefore, we have designed this version of the GPL to prohibit the practice for "
+        "those products. If such problems arise substantially in other domains, we stand ready to extend "
+        "this provision to those domains in future versions of the GPL, as needed to protect the freedom "
+        "of users. Finally, every program is threatened constantly by software patents. States should not "
+        "allow patents to restrict development and use of software on general-purpose computers, but in "
+        "those that do, we wish to avoid the special danger that patents applied to a free program could "
+        "make it effectively proprietary. To prevent this, the GPL assures that patents cannot be used to "
+        "render the program non-free."
+    )
+    speech = _pcm(_espeak(tmp_path, text)).astype(np.float64)
+    loud = np.flatnonzero(np.abs(speech) > 1e-4)
+    speech = speech[loud[0] : loud[-1] + 1]
+    speech *= 0.7 / np.abs(speech).max()
+    frames = speech[: len(speech) // 800 * 800].reshape(-1, 800)
+    db = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-20)
+    level = np.sqrt(np.mean(10 ** (db[db > db.max() - 30] / 10))) * 10 ** (-12 / 20)  # its sound, pauses out
+    pad = np.zeros(16000)
+    mix = np.concatenate([media.chords(20, 7) * level, pad, speech, pad, media.chords(20, 8) * level])
+    wav = media.write_wav(tmp_path / "outro.wav", (mix * 0.8 / np.abs(mix).max()).astype(np.float32))
+    t = pipe.transcribe(Job(str(wav), DecodeOptions(language="en")), timeout=300)
+    spoken = (21.0 - 0.5, 21.0 + len(speech) / 16000 + 0.5)
+    over_music = [(s.start, s.end, s.text) for s in t.segments if s.start < spoken[0] or s.end > spoken[1]]
+    assert not over_music and score(text, t.text).longest_lost_run < 8, (over_music, t.text)
+
+
 def test_speech_a_few_db_over_broadband_noise_keeps_its_sentences(pipe, tmp_path):
     """Speech 4 dB over white or pink noise is not steady, so the whole band's levels are
     kept, and its weaker syllables hardly rise over them: half a sentence counted as

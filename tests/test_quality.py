@@ -1315,6 +1315,61 @@ def test_a_slow_segment_whose_halves_hold_no_speech_is_dropped():
         assert [s.text for s in out.segments] == kept
 
 
+def _closing_music(music_db: float = -12.0, pause: bool = False):
+    """12 s of speech-like audio (its quiet frames 20 dB under its loud ones), 1 s of
+    digital silence, then 16 s of chords ``music_db`` under the speech (or, ``pause``,
+    more silence): a reading's last sentences and its closing music."""
+    from tests import media
+
+    amps = speech_like_amps(12.0)
+    amps[amps < LOUD_AMP] = LOUD_AMP / 10
+    tail = np.zeros(16 * SAMPLE_RATE) if pause else media.chords(16.0, seed=8) * LOUD_AMP * 10 ** (music_db / 20)
+    return np.concatenate([from_frames(amps), np.zeros(SAMPLE_RATE), tail]).astype(np.float32)
+
+
+def test_a_sign_off_over_closing_music_is_judged_by_all_the_model_may_have_heard():
+    """Music as loud as speech rises over the window's floor only at its chords' attacks:
+    under "Thank you for watching!" stamped over 16 s of it, the pace's own frames find
+    under 4 s of sound, too little for the skip check. All the model may have heard (the
+    voice band, ``audible``) holds most of it: the segment is decoded again in halves,
+    and goes when both are no speech (tiny.en over a reading's closing music)."""
+    audio = _closing_music()
+    review = WindowReview(0, audio, pace=_warm_pace(15.0))
+    sign_off = seg(12.9, 29.0, " Thank you for watching!")
+    assert loud_seconds(review.heard, sign_off.start, sign_off.end) < CFG.skip_min_sound_s
+    assert not too_slow(sign_off, review.heard, review.pace, CFG)
+    assert loud_seconds(review.audible, sign_off.start, sign_off.end) > 12.0
+    speech = seg(0.0, 12.0, words(30, "alpha"))
+
+    def script(r):
+        if r.kind == "window":
+            return res(speech, sign_off)
+        return res(seg(0.0, 2.0, " Thank you."), ns=0.75, lp=-1.3, n=5)
+
+    dec = FakeDecoder(script)
+    out = drive(WindowReview(0, audio, pace=_warm_pace(15.0)), dec)
+    assert [r.kind for r in dec.seen] == ["window", "split", "split"]
+    assert dec.seen[1].start == int(12.9 * SAMPLE_RATE) and dec.seen[2].end == len(audio)
+    assert [s.text for s in out.segments] == [speech.text]
+
+
+def test_a_few_words_over_a_pause_or_a_segment_full_of_words_are_not_split():
+    """What the wider count leaves alone: a long segment over digital silence (nothing
+    there to hear, whatever the band), and a segment saying as much as the job's pace
+    predicts. The latter never measures the voice band (an FFT per frame): judged as if
+    all its length were sound, it is not too slow."""
+    for audio, segment in (
+        (_closing_music(pause=True), seg(12.9, 29.0, " Okay.")),
+        (_closing_music()[: 12 * SAMPLE_RATE], seg(0.0, 12.0, words(30, "alpha"))),
+    ):
+        review = WindowReview(0, audio, pace=_warm_pace(15.0))
+        dec = FakeDecoder(lambda r, segment=segment: res(segment))
+        out = drive(review, dec)
+        assert [r.kind for r in dec.seen] == ["window"]
+        assert [s.text for s in out.segments] == [segment.text]
+    assert review._audible is None
+
+
 def test_before_the_job_has_a_pace_the_prior_rate_judges():
     """A job's first window has no pace of its own to be judged by (fewer than 5 segments
     noted): the skip check assumes ``skip_prior_rate`` then, slower than any speech, so a
