@@ -138,7 +138,7 @@ class QualityConfig:
     skip_min_sound_s: float = 8.0
     skip_ratio: float = 0.65
     skip_min_units: int = 60
-    # The pace the skip check assumes while the job has fewer than 5 segments of its own
+    # The pace the skip check assumes while the job has fewer than 3 segments of its own
     # (its first window or two): letters per second of sound, below any speech measured
     # (espeak-ng at 110 words a minute: 8.3 at its slowest segment, 10.5 its median; the
     # test readings 12-19), so that only a segment saying next to nothing over long sound
@@ -338,12 +338,22 @@ class Pace:
     of whichever windows happened to finish first. Reviews register in window order; a
     window decided before an earlier one waits for it (``release``), so its check always
     sees the same pace. Notes given before any review registered (``index`` None) count
-    for every window."""
+    for every window.
 
-    def __init__(self, window: int = 200):
+    The rate is known once ``warm`` segments were noted (each over 2 s of sound at least).
+    With 5, a reading of long segments had none for its first 50 s (four segments of
+    6-21 s), so its third window was judged by the prior (``skip_prior_rate``), which
+    flags only a segment saying next to nothing over 10 s or more of sound: base wrote
+    " and" over 22.6 s of speech with babble under it, its first half said " and" again
+    over 13 s (10 s of sound), and that half was not split again: 26 words lost, where
+    sequential decoding lost 2. With 3 the rate is the median of three or more, and the
+    half is split: its halves say the sentence."""
+
+    def __init__(self, window: int = 200, warm: int = 3):
         self._prior: list[float] = []  # notes with no window (index None)
         self._rates: dict[int, list[float]] = {}  # window index -> its segments' rates
         self._window = window
+        self._warm = warm
         self._order: list = []  # registered reviews, in window order
         self._next = 0  # position in _order of the first review whose check has not run
         self._released: list = []  # (review, requests) let go by another review's feed
@@ -355,13 +365,13 @@ class Pace:
 
     def rate(self, upto: int | None = None) -> float | None:
         """Median letters per sound-second over the last ``window`` segments noted (of the
-        windows up to ``upto``, in window order, when given), or None before 5."""
+        windows up to ``upto``, in window order, when given), or None before ``warm``."""
         rates = list(self._prior)
         for i in sorted(self._rates):
             if upto is None or i <= upto:
                 rates.extend(self._rates[i])
         rates = rates[-self._window :]
-        if len(rates) < 5:
+        if len(rates) < self._warm:
             return None
         return float(np.median(rates))
 

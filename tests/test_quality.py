@@ -502,11 +502,15 @@ def test_text_units():
 def test_pace_median_and_warm_up():
     p = Pace()
     assert p.rate() is None
-    for units, sound_s in ((30, 2.0), (45, 3.0), (150, 10.0), (200, 10.0)):
+    for units, sound_s in ((30, 2.0), (45, 3.0)):
         p.note(units, sound_s)
-    assert p.rate() is None  # 4 segments: not yet
-    p.note(100, 10.0)
-    assert p.rate() == 15.0  # median of 15, 15, 15, 20, 10
+    assert p.rate() is None  # 2 segments: not yet
+    p.note(200, 10.0)
+    assert p.rate() == 15.0  # median of 15, 15, 20
+    for units, sound_s in ((150, 10.0), (100, 10.0)):
+        p.note(units, sound_s)
+    assert p.rate() == 15.0  # median of 15, 15, 20, 15, 10
+    assert Pace(warm=5).rate() is None
     p.note(1000, 2.0)  # one odd segment does not move the median much
     assert p.rate() == 15.0
     # Too little sound or no letters: not noted at all.
@@ -551,7 +555,7 @@ def test_too_slow():
     # second of sound: 120 here), so "Hello there." is still too slow, and slow speech
     # (8 letters a second) is not; with no prior, no judgement.
     assert not too_slow(few, loud, None, CFG)
-    for cold in (Pace(), _warm_pace(15.0, n=4)):
+    for cold in (Pace(), _warm_pace(15.0, n=2)):
         assert too_slow(few, loud, cold, CFG)
         assert not too_slow(seg(0.0, 20.0, words(32, "slow")), loud, cold, CFG)  # 128 letters
         assert not too_slow(few, loud, cold, QualityConfig(skip_prior_rate=0))
@@ -1371,12 +1375,12 @@ def test_a_few_words_over_a_pause_or_a_segment_full_of_words_are_not_split():
 
 
 def test_before_the_job_has_a_pace_the_prior_rate_judges():
-    """A job's first window has no pace of its own to be judged by (fewer than 5 segments
+    """A job's first window has no pace of its own to be judged by (fewer than 3 segments
     noted): the skip check assumes ``skip_prior_rate`` then, slower than any speech, so a
     segment saying next to nothing over long sound is still decoded again (base wrote
     "Thank you." over a 20 s music intro, its halves no speech). No pace at all (the
     review without a job) or no prior: no split."""
-    for pace in (Pace(), _warm_pace(15.0, n=3)):
+    for pace in (Pace(), _warm_pace(15.0, n=1)):
         seen, out, _ = _split_run((" a", " b"), pace)  # 10 letters over ~15.7 s of sound
         assert [r.kind for r in seen] == ["window", "split", "split"]
         assert [s.text for s in out.segments] == [" Hello there."]  # the halves say less
@@ -1387,9 +1391,9 @@ def test_before_the_job_has_a_pace_the_prior_rate_judges():
         dec = FakeDecoder(lambda r, text=text: res(seg(0.0, 19.6, text)))
         drive(WindowReview(0, audio, cfg=cfg, pace=pace), dec)
         assert [r.kind for r in dec.seen] == ["window"], (pace, cfg.skip_prior_rate, text)
-    # The window's own segment joins the pace before it is judged: 4 earlier segments and
-    # this one make the 5 the pace needs (its median is still the job's rate).
-    seen, _, _ = _split_run((" a", " b"), _warm_pace(15.0, n=4))
+    # The window's own segment joins the pace before it is judged: 2 earlier segments and
+    # this one make the 3 the pace needs (its median is still the job's rate).
+    seen, _, _ = _split_run((" a", " b"), _warm_pace(15.0, n=2))
     assert [r.kind for r in seen] == ["window", "split", "split"]
 
 
