@@ -46,7 +46,10 @@ real tiny.en and base weights against sequential long-form decoding (see README,
   end of a job's last window (``final``), where no later window hears what this one
   dropped, a tail from ``end_tail_min_s`` on is decoded again the same way (a reading
   that ends mid-speech lost its last word, "lines", 0.44 s after the last segment's end).
-  A tail needs sound after the last segment: the gate is the sound, not the text.
+  A tail needs sound after the last segment: the gate is the sound, not the text. Where
+  only the voice band hears it (sentences 40 dB under the ones before them, under the
+  window's ``quiet_level``), it is decoded alone: with the loud sentences as context,
+  Whisper's scaling to the loudest hides the quiet ones again.
 - **Skip check**: a segment saying far less than the sound under it at the job's pace
   (``too_slow``) is decoded again in two halves, kept if the halves say more, and dropped
   if the no-speech rule empties both (nothing is said there: "Music" over chords). A half
@@ -113,6 +116,9 @@ class QualityConfig:
     inner_sound_s: float = 1.0
     inner_margin_s: float = 0.4
     max_tail_redecodes: int = 1  # per window (a backstop behind the decoder's veto)
+    # A tail with no loud sound but this much of the voice band's (``audible``): quiet
+    # speech after loud, decoded alone (``WindowReview._quiet_tail``). 0: never.
+    quiet_tail_sound_s: float = 1.0
     # Every tail (the job's end too) is decoded again together with the window's segments
     # of the last this-many seconds before it; only words after theirs are added. 0: alone.
     tail_context_s: float = 5.0
@@ -158,6 +164,8 @@ class QualityConfig:
             raise ValueError("silence_dbfs must be at most quiet_dbfs, and sound_range_db positive")
         if self.repeat_min_words < 0:
             raise ValueError("repeat_min_words must be >= 0 (0: never drop a repeat)")
+        if self.quiet_tail_sound_s < 0:
+            raise ValueError("quiet_tail_sound_s must be >= 0 (0: no quiet tail is decoded)")
         if self.tail_context_s < 0:
             raise ValueError("tail_context_s must be >= 0 (0: a tail is decoded alone)")
         if self.skip_prior_rate < 0:
@@ -745,9 +753,9 @@ class WindowReview:
     def audible(self) -> np.ndarray:
         """What ``too_fast`` reads: see ``audible_frames``. Measured on first use (the voice
         band costs an FFT per frame, some 7 ms a window on a CPU core, which a GPU's batch
-        would wait on), and only needed where ``heard`` already finds a segment too fast
-        or a long segment may be too slow (``_too_slow_for_all_it_heard``): it holds
-        every frame ``heard`` holds."""
+        would wait on), and only needed where ``heard`` already finds a segment too fast,
+        a long segment may be too slow (``_too_slow_for_all_it_heard``) or a tail may hold
+        quiet speech (``_quiet_tail``): it holds every frame ``heard`` holds."""
         if self._audible is None:
             gated = not self.cfg.enabled or self.gated
             self._audible = self.heard if gated else audible_frames(self.audio, self.heard, self.cfg)
@@ -868,7 +876,8 @@ class WindowReview:
         left = span_end_s - heard_to
         if left >= cfg.tail_min_s:
             if loud_seconds(self.loud, heard_to + cfg.timing_slack_s, span_end_s) < cfg.tail_speech_s:
-                return None
+                cut = self._quiet_tail(span, heard_to + cfg.timing_slack_s, span_end_s)
+                return None if cut is None else (cut, kept, ())
         elif not (
             # The job's last words, right at its end (a recording cut mid-speech): measured
             # from the last segment's end, since no later window will hear them.
@@ -902,6 +911,38 @@ class WindowReview:
         if cut <= span.start:  # nothing was heard: decoding the same span again gains nothing
             return None
         return cut, kept, context
+
+    def _quiet_tail(self, span: _Span, t0: float, t1: float) -> int | None:
+        """Where to decode a quiet tail from (a sample), or None: the span's end holds no
+        ``loud`` sound after its last segment, but ``quiet_tail_sound_s`` or more of
+        ``audible`` sound (the voice band 10 dB over its floor) from ``t0`` to ``t1``
+        (window seconds). Decoded alone, from ``inner_margin_s`` before that sound.
+
+        A window's ``loud`` frames are within 40 dB of its loudest (``quiet_level``):
+        sentences 40 dB under the ones before them (an audit's probe: 50 ms frames
+        peaking at -71 dBFS after sentences at -30; a far talker on a call) are no sound
+        there, and the window's end went untranscribed with no tail decoded. Whisper
+        scales each input to its loudest 80 dB, so the sentences before a quiet tail set
+        its level: decoded with them (a tail's context), tiny.en wrote the loud sentence
+        again and nothing of the quiet ones; decoded alone, it wrote them nearly word for
+        word. A quiet tail that is no speech gives nothing (the tails' no-speech rule)."""
+        cfg = self.cfg
+        a, b = max(0, int(t0 * 20)), max(0, int(np.ceil(t1 * 20)))
+        if cfg.quiet_tail_sound_s <= 0 or self.gated:
+            return None
+        # Before the voice band's FFT (``audible``): the whole band must rise a little over
+        # the window's floor there, as any voice over a floor does (a window that ends in
+        # silence or steady room tone spends nothing).
+        floor = float(np.percentile(self.levels, 10))
+        rising = self.levels[a:b] > max(floor + cfg.min_speech_rise_db, cfg.silence_dbfs)
+        if np.count_nonzero(rising) / 20.0 < cfg.quiet_tail_sound_s:
+            return None
+        frames = self.audible[a:b]
+        if np.count_nonzero(frames) / 20.0 < cfg.quiet_tail_sound_s:
+            return None
+        start = max(t0, (a + int(np.argmax(frames))) / 20.0 - cfg.inner_margin_s)
+        cut = int(round(start * SAMPLE_RATE))
+        return cut if span.start < cut < span.end else None
 
     def _inner_pause(self, seg: Segment, end_s: float) -> tuple[float, float] | None:
         """(start, end) in window seconds of the longest pause inside ``seg`` (quiet 50 ms

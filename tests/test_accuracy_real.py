@@ -282,6 +282,30 @@ def test_no_sign_off_over_closing_music_after_the_last_sentence(pipe, tmp_path):
     assert not over_music and score(text, t.text).longest_lost_run < 8, (over_music, t.text)
 
 
+def test_quiet_sentences_after_loud_ones_are_transcribed(pipe, tmp_path):
+    """Two sentences peaking at -20 dBFS, then two at -60 (a far talker): 40 dB under the
+    window's loudest, the quiet ones are no sound to its ``loud`` frames, the model, which
+    scales the window to its loud sentences, wrote nothing of them, and no tail was
+    decoded. The voice band hears them: that end is decoded again alone, and they are
+    written (tiny.en: none of their 20 words before)."""
+    loud_text = ("The committee met on Tuesday morning to discuss the new budget. "
+                 "Several members asked why the library had closed early last winter.")  # fmt: skip
+    quiet_text = ("The chairman promised a full report before the end of the month. "
+                  "The meeting ended shortly after eleven o'clock.")  # fmt: skip
+
+    def peak(path, dbfs):
+        x = _pcm(path).astype(np.float64)
+        return x * 10 ** (dbfs / 20) / np.abs(x).max()
+
+    gap = np.zeros(8000)
+    mix = np.concatenate([gap, peak(_espeak(tmp_path, loud_text, "loud"), -20), gap,
+                          peak(_espeak(tmp_path, quiet_text, "quiet"), -60), gap])  # fmt: skip
+    wav = media.write_wav(tmp_path / "far.wav", mix.astype(np.float32))
+    t = pipe.transcribe(Job(str(wav), DecodeOptions(language="en")), timeout=300)
+    quiet = score(quiet_text, t.text)
+    assert quiet.hits >= 14 and score(loud_text + " " + quiet_text, t.text).wer < 0.3, t.text
+
+
 def test_speech_a_few_db_over_broadband_noise_keeps_its_sentences(pipe, tmp_path):
     """Speech 4 dB over white or pink noise is not steady, so the whole band's levels are
     kept, and its weaker syllables hardly rise over them: half a sentence counted as

@@ -333,9 +333,12 @@ def test_a_far_voice_next_to_a_near_one_is_not_taken_for_words_said_over_silence
     invented = seg(20.5, 27.5, words(12, "invented"))
     out = drive(review, FakeDecoder(lambda r: res(*said, invented)))
     assert [s.text for s in out.segments] == [s.text for s in said]
-    # Measured only where ``heard`` finds a segment too fast (an FFT a frame otherwise
-    # spent on every window): not for a window whose words all have sound under them.
-    clean = WindowReview(0, mix)
+    # Measured only where ``heard`` finds a segment too fast, or a tail may hold quiet
+    # speech (an FFT a frame otherwise spent on every window): not for a window whose
+    # words all have sound under them and whose end is the room's floor alone.
+    alone = np.concatenate([near, np.zeros(22 * SAMPLE_RATE)])
+    alone = (alone + np.random.default_rng(5).standard_normal(len(alone)) * 10 ** (-70 / 20)).astype(np.float32)
+    clean = WindowReview(0, alone)
     drive(clean, FakeDecoder(lambda r: res(said[0])))
     assert clean._audible is None
 
@@ -836,6 +839,52 @@ def test_junk_and_too_fast_segments_are_dropped():
     out = drive(review, dec)
     assert [s.text for s in out.segments] == [" Hi there."]
     assert len(dec.seen) == 1  # no tail: the window has no sound after 2.5 s
+
+
+def _loud_then_quiet(quiet_amp: float):
+    """12 s of speech-like audio peaking near -20 dBFS, 2 s of digital silence, then 10 s of
+    speech-like audio at ``quiet_amp`` (0: more silence)."""
+    quiet = np.zeros(10 * SAMPLE_RATE)
+    if quiet_amp:
+        quiet = from_frames(speech_like_amps(10.0) * (quiet_amp / LOUD_AMP), seed=5)
+    return np.concatenate([speech_like(12.0), np.zeros(2 * SAMPLE_RATE), quiet]).astype(np.float32)
+
+
+def test_a_quiet_tail_after_loud_speech_is_decoded_alone():
+    """Sentences 40 dB and more under the ones before them are no sound to the window's
+    ``loud`` frames (within 40 dB of its loudest), so its end went untranscribed. The
+    voice band hears them: that end is decoded again alone, from just before their sound
+    (with the loud sentences as context, Whisper's scaling to the loudest hid them again),
+    and its words are kept. Digital silence there, or a quiet tail that is no speech,
+    gives nothing."""
+    audio = _loud_then_quiet(LOUD_AMP / 200)  # some 46 dB under
+    review = WindowReview(0, audio, pace=_warm_pace(15.0))
+    assert loud_seconds(review.loud, 12.3, 24.0) < CFG.tail_speech_s
+    assert loud_seconds(review.audible, 12.3, 24.0) > 5.0
+    loud_words, quiet_words = seg(0.0, 12.0, words(30, "alpha")), seg(0.4, 9.8, words(25, "beta"))
+
+    def script(r):
+        return res(loud_words) if r.kind == "window" else res(quiet_words, n=30)
+
+    dec = FakeDecoder(script)
+    out = drive(review, dec)
+    assert [r.kind for r in dec.seen] == ["window", "tail"]
+    assert 13.5 * SAMPLE_RATE <= dec.seen[1].start <= 14.0 * SAMPLE_RATE and dec.seen[1].end == len(audio)
+    assert [s.text for s in out.segments] == [loud_words.text, quiet_words.text]
+    assert out.segments[1].start == pytest.approx(dec.seen[1].start / SAMPLE_RATE + 0.4, abs=1e-3)
+
+    silent = res(seg(0.0, 2.0, " Thank you."), ns=0.8, lp=-0.8, n=5)
+    for audio, tail, seen in ((_loud_then_quiet(0.0), None, ["window"]), (audio, silent, ["window", "tail"])):
+        dec = FakeDecoder(lambda r, tail=tail: res(loud_words) if r.kind == "window" else tail)
+        out = drive(WindowReview(0, audio, pace=_warm_pace(15.0)), dec)
+        assert [r.kind for r in dec.seen] == seen
+        assert [s.text for s in out.segments] == [loud_words.text]
+    off = QualityConfig(quiet_tail_sound_s=0)
+    dec = FakeDecoder(lambda r: res(loud_words))
+    drive(WindowReview(0, _loud_then_quiet(LOUD_AMP / 200), cfg=off, pace=_warm_pace(15.0)), dec)
+    assert [r.kind for r in dec.seen] == ["window"]
+    with pytest.raises(ValueError, match="quiet_tail_sound_s"):
+        QualityConfig(quiet_tail_sound_s=-1)
 
 
 def test_tail_backstop():
