@@ -927,20 +927,19 @@ class WindowReview:
         again and nothing of the quiet ones; decoded alone, it wrote them nearly word for
         word. A quiet tail that is no speech gives nothing (the tails' no-speech rule)."""
         cfg = self.cfg
-        a, b = max(0, int(t0 * 20)), max(0, int(np.ceil(t1 * 20)))
-        if cfg.quiet_tail_sound_s <= 0 or self.gated:
+        if cfg.quiet_tail_sound_s <= 0:
             return None
         # Before the voice band's FFT (``audible``): the whole band must rise a little over
         # the window's floor there, as any voice over a floor does (a window that ends in
         # silence or steady room tone spends nothing).
         floor = float(np.percentile(self.levels, 10))
-        rising = self.levels[a:b] > max(floor + cfg.min_speech_rise_db, cfg.silence_dbfs)
-        if np.count_nonzero(rising) / 20.0 < cfg.quiet_tail_sound_s:
+        rising = self.levels > max(floor + cfg.min_speech_rise_db, cfg.silence_dbfs)
+        if loud_seconds(rising, t0, t1) < cfg.quiet_tail_sound_s:
             return None
-        frames = self.audible[a:b]
-        if np.count_nonzero(frames) / 20.0 < cfg.quiet_tail_sound_s:
+        if loud_seconds(self.audible, t0, t1) < cfg.quiet_tail_sound_s:
             return None
-        start = max(t0, (a + int(np.argmax(frames))) / 20.0 - cfg.inner_margin_s)
+        a = max(0, int(t0 * 20))  # loud_seconds' first frame
+        start = max(t0, (a + int(np.argmax(self.audible[a:]))) / 20.0 - cfg.inner_margin_s)
         cut = int(round(start * SAMPLE_RATE))
         return cut if span.start < cut < span.end else None
 
