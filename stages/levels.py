@@ -161,11 +161,13 @@ def heard_frames(audio: np.ndarray, levels: np.ndarray, loud: np.ndarray, cfg: Q
     at -75 (whole band spread 15 dB) had 5.5 s of ``loud`` under a 13 s segment that
     held 5 of some 40 words ("purpose computers but in both-"); the check never ran and
     36 words were lost (sequential decoding lost none). With the voice band it has 9.6 s,
-    the halves are decoded, and the longest run lost is 9 (the first half, decoded from
-    the same start, said only "the"). A segment written over a background with no speech
-    under it is the no-speech rule's to drop, halves and all: over the audit's music and
-    noise mixes no transcript changed but two, where base's sign-offs invented over
-    music after the speech ("If you enjoyed this video, please subscribe ...") went."""
+    the halves are decoded; the first, decoded from the same start, said only "the" over
+    9 s, and the longest run lost was 9 words, until a half is judged over less sound
+    (``half_skip_min_sound_s``): its halves say them, and the longest run lost is 1.
+    A segment written over a background with no speech under it is the no-speech rule's
+    to drop, halves and all: over the audit's music and noise mixes no transcript changed
+    but two, where base's sign-offs invented over music after the speech ("If you
+    enjoyed this video, please subscribe ...") went."""
     if noisy or len(levels) == 0 or _spread(levels) >= 2 * cfg.speech_rise_db:
         return loud
     voice = loud_frames(voice_levels(audio), cfg, noisy=True)

@@ -142,6 +142,12 @@ class QualityConfig:
     # A segment over this much sound saying under ``skip_ratio`` of what the job's pace
     # predicts (and ``skip_min_units`` letters short) is decoded again in two halves.
     skip_min_sound_s: float = 8.0
+    # ... and a half that replaced such a segment, over this much: the model is known to
+    # jump there, and a half holds 30-70% of the sound the segment had (at least 8 s).
+    # Speech at -45 dBFS over hiss: the first half of a 13 s segment said " the" over 9 s
+    # (6.95 s of sound) and 36 words were lost; its halves say them (garbled, as the
+    # window around them: 29 words deleted become 2, the longest run lost 9 words of 1).
+    half_skip_min_sound_s: float = 4.0
     skip_ratio: float = 0.65
     skip_min_units: int = 60
     # The pace the skip check assumes while the job has fewer than 3 segments of its own
@@ -168,6 +174,8 @@ class QualityConfig:
             raise ValueError("quiet_tail_sound_s must be >= 0 (0: no quiet tail is decoded)")
         if self.tail_context_s < 0:
             raise ValueError("tail_context_s must be >= 0 (0: a tail is decoded alone)")
+        if not 0 < self.half_skip_min_sound_s <= self.skip_min_sound_s:
+            raise ValueError("half_skip_min_sound_s must be positive and at most skip_min_sound_s")
         if self.skip_prior_rate < 0:
             raise ValueError("skip_prior_rate must be >= 0 (0: no skip check before the job's own pace)")
         if self.near_repeat_min_words < 1 or not 0 < self.near_repeat_share <= 1:
@@ -1076,7 +1084,8 @@ class WindowReview:
         # over its first 13 s half, whose halves say the sentences).
         owner = self._spans[group.owner]
         follow: list[Request] = []
+        cfg = replace(self.cfg, skip_min_sound_s=self.cfg.half_skip_min_sound_s)
         for seg in new:
-            if too_slow(seg, self.heard, self.pace, self.cfg, upto=self.index):
+            if too_slow(seg, self.heard, self.pace, cfg, upto=self.index):
                 follow.extend(self._split_slow(span, owner, seg, "a half ", level=group.level + 1))
         return follow

@@ -1350,6 +1350,41 @@ def test_a_half_still_too_slow_is_split_once_more():
     assert [s.text for s in out.segments] == [" Hi.", " Hi.", words(28, "beta")]
 
 
+def test_a_half_saying_next_to_nothing_is_split_over_less_sound_than_a_segment():
+    """A half that replaced a too-slow segment is judged over ``half_skip_min_sound_s``
+    of sound, not ``skip_min_sound_s``: the model is known to jump there (speech at -45
+    dBFS over hiss: the first half said " the" over 9 s, 6.95 s of sound, and 36 words
+    were lost until its halves were decoded)."""
+    audio = _split_audio()
+    mid = 221 * FRAME
+    slow = seg(0.0, 6.5, " Hi.")  # 2 letters over 5-6 s of sound: under 8 s, over 4 s
+
+    def script(r):
+        if r.kind == "window":
+            return res(seg(0.0, 19.6, " Hello there."))
+        if (r.start, r.end) == (0, mid):
+            return res(slow, seg(6.5, 11.0, words(12, "gamma")))
+        if r.start == mid:
+            return res(seg(0.2, 8.0, words(28, "beta")))
+        return res(seg(0.0, 3.0, words(8, "delta")))  # the halves of the half
+
+    assert CFG.half_skip_min_sound_s <= loud_seconds(WindowReview(0, audio).heard, 0.0, 6.5) < CFG.skip_min_sound_s
+    twice, once = ["window"] + ["split"] * 4, ["window"] + ["split"] * 2
+    for cfg, kinds in ((CFG, twice), (replace(CFG, half_skip_min_sound_s=8.0), once)):
+        dec = FakeDecoder(script)
+        out = drive(WindowReview(0, audio, pace=_warm_pace(15.0), cfg=cfg), dec)
+        assert [r.kind for r in dec.seen] == kinds
+        texts = [s.text for s in out.segments]
+        if kinds is twice:
+            (_, a, b), (_, c, d) = [(r.kind, r.start, r.end) for r in dec.seen[3:]]
+            assert a == 0 and b == c and d == int(6.5 * SAMPLE_RATE)
+            assert texts == [words(8, "delta"), words(8, "delta"), words(12, "gamma"), words(28, "beta")]
+        else:
+            assert texts == [" Hi.", words(12, "gamma"), words(28, "beta")]
+    with pytest.raises(ValueError, match="half_skip_min_sound_s"):
+        QualityConfig(half_skip_min_sound_s=9.0)
+
+
 def test_a_slow_segment_whose_halves_hold_no_speech_is_dropped():
     """Both halves, decoded alone, are no speech by the model's own rule (no-speech over
     0.6, mean log-probability under -1): the slow segment goes ("Music" stamped over 16 s
