@@ -119,6 +119,14 @@ class QualityConfig:
     # A tail with no loud sound but this much of the voice band's (``audible``): quiet
     # speech after loud, decoded alone (``WindowReview._quiet_tail``). 0: never.
     quiet_tail_sound_s: float = 1.0
+    # ... and quiet speech between segments that no segment's words say: at least this
+    # much of it, where neither segment beside it says more than ``quiet_fit`` times what
+    # the job's pace predicts for its own loud sound (``WindowReview._quiet_between``),
+    # decoded alone. Frames ``quiet_under_db`` under the window's loudest are the quiet
+    # speech's, not a loud segment's. 0: never.
+    quiet_gap_sound_s: float = 1.0
+    quiet_fit: float = 1.5
+    quiet_under_db: float = 30.0
     # Every tail (the job's end too) is decoded again together with the window's segments
     # of the last this-many seconds before it; only words after theirs are added. 0: alone.
     tail_context_s: float = 5.0
@@ -172,6 +180,8 @@ class QualityConfig:
             raise ValueError("repeat_min_words must be >= 0 (0: never drop a repeat)")
         if self.quiet_tail_sound_s < 0:
             raise ValueError("quiet_tail_sound_s must be >= 0 (0: no quiet tail is decoded)")
+        if self.quiet_gap_sound_s < 0 or self.quiet_fit <= 0 or self.quiet_under_db <= 0:
+            raise ValueError("quiet_gap_sound_s must be >= 0 (0: never), quiet_fit and quiet_under_db positive")
         if self.tail_context_s < 0:
             raise ValueError("tail_context_s must be >= 0 (0: a tail is decoded alone)")
         if not 0 < self.half_skip_min_sound_s <= self.skip_min_sound_s:
@@ -712,11 +722,21 @@ class WindowReview:
         span, segments = self._check
         self._check = None
         follow: list[Request] = []
+        split: set[int] = set()  # id() of the segments decoded again in halves
         for seg in segments:
             if too_slow(seg, self.heard, self.pace, self.cfg, upto=self.index):
                 follow.extend(self._split_slow(span, span, seg, "", level=1))
+                split.add(id(seg))
             elif self._too_slow_for_all_it_heard(seg):
                 follow.extend(self._split_slow(span, span, seg, "", level=1, frames=self.audible))
+                split.add(id(seg))
+        moved, gaps = self._quiet_between(span, segments, split)
+        if moved:
+            key = (span.start, span.end)
+            self._final[key] = [moved.get(id(seg), seg) for seg in self._final[key]]
+        for a, b in gaps:
+            self._debug(span, "quiet speech from %.2f s to %.2f s decoded alone", a / SAMPLE_RATE, b / SAMPLE_RATE)
+            follow.append(self._ask(_Span(a, b, span.depth + 1, tail=True), self.temperature, "tail"))
         return follow
 
     def _too_slow_for_all_it_heard(self, seg: Segment) -> bool:
@@ -950,6 +970,94 @@ class WindowReview:
         start = max(t0, (a + int(np.argmax(self.audible[a:]))) / 20.0 - cfg.inner_margin_s)
         cut = int(round(start * SAMPLE_RATE))
         return cut if span.start < cut < span.end else None
+
+    def _quiet_between(self, span: _Span, segments: list[Segment], split: set[int]):
+        """Quiet speech before a segment that no segment's words say: ({id(segment):
+        segment with its times moved off that speech}, [(start, end) samples to decode
+        alone]). The window's own decode, once the job's pace up to it is known (run by
+        ``check_pace``, after the skip check; ``split``: the segments it decodes again).
+
+        A stretch before a segment's loud words qualifies when it holds no loud sound,
+        ``quiet_gap_sound_s`` or more of ``audible`` sound (the whole band rising a
+        little over the window's floor there first, as for ``_quiet_tail``), and the
+        segments beside it say no more than ``quiet_fit`` times what the pace predicts for
+        their own loud sound: their words are the loud ones. It runs from the loud end of
+        the segment before (whose end is moved back to it: Whisper stamps a loud sentence
+        across the quiet one after it) to the loud start of the segment, loud meaning
+        within ``quiet_under_db`` of the window's loudest frame; where that does not
+        qualify, from the end of the segment before (the window's start for the first) to
+        the segment's first ``heard`` frame. Judged by ``heard`` alone, a far talker 30 dB
+        under a near one, whose frames are heard but hardly any within 30 dB of the
+        loudest, had his own segment's words decoded again in front of it, and they were
+        written twice (21 words inserted).
+
+        Sentences 40 dB under the ones around them (an audit's probe: sentences peaking at
+        -60 dBFS among ones at -20; a far talker on a call): the model, which scales each
+        window to its loudest, wrote the loud sentences and stamped them over the quiet
+        ones, which were lost, 18 words in a row at a window's start. Decoded alone, the
+        quiet sentences are written, as a quiet tail is. A stretch that is no speech gives
+        nothing (the tails' no-speech rule); without a pace nothing shows that the
+        segments left the quiet words out, and nothing is decoded."""
+        cfg = self.cfg
+        need = cfg.quiet_gap_sound_s
+        rate = self.pace.rate(self.index) if self.pace is not None else None
+        rate = rate or cfg.skip_prior_rate
+        if need <= 0 or not rate or not segments:
+            return {}, []
+        floor = float(np.percentile(self.levels, 10))
+        rising = self.levels > max(floor + cfg.min_speech_rise_db, cfg.silence_dbfs)
+        strong = self.heard & (self.levels > float(self.levels.max()) - cfg.quiet_under_db)
+
+        def fits(seg, frames) -> bool:  # says no more than the pace predicts over ``frames``
+            units = text_units(seg.text)
+            return id(seg) not in split and units <= cfg.quiet_fit * rate * loud_seconds(frames, seg.start, seg.end)
+
+        def first_last(frames, t0, t1, whole=False):
+            # (first, end of last) frame of ``frames`` over [t0, t1), seconds; ``whole``:
+            # only frames that start at t0 or later.
+            a, b = max(0, int(np.ceil(t0 * 20)) if whole else int(t0 * 20)), int(np.ceil(t1 * 20))
+            hit = np.flatnonzero(frames[a:b])
+            return None if len(hit) == 0 else ((a + int(hit[0])) / 20.0, (a + int(hit[-1]) + 1) / 20.0)
+
+        def quiet(t0, t1, loud) -> bool:
+            # The voice band's FFT (``audible``) last: most stretches fail before it.
+            return (t1 - t0 >= need and loud_seconds(rising, t0, t1) >= need
+                    and loud_seconds(loud, t0, t1) == 0 and loud_seconds(self.audible, t0, t1) >= need)  # fmt: skip
+
+        now = {id(seg): seg for seg in segments}
+        gaps: list[tuple[int, int]] = []
+        for before, seg in zip([None] + segments[:-1], segments):
+            if not fits(seg, self.heard):
+                continue
+            found = None
+            own = first_last(strong, seg.start, seg.end) if fits(seg, strong) else None
+            prior = first_last(strong, before.start, before.end) if before is not None and fits(before, strong) else None
+            if own is not None and prior is not None:  # the segment before was stamped over it
+                t0 = prior[1] + cfg.timing_slack_s
+                if quiet(t0, own[0], strong):
+                    found = (t0, own[0], now[id(before)].end > t0)
+            if found is None:  # between the segments' times
+                t0 = (now[id(before)].end if before is not None else span.start / SAMPLE_RATE) + cfg.timing_slack_s
+                heard = first_last(self.heard, t0, seg.end, whole=True)
+                if heard is not None and quiet(t0, heard[0], self.heard):
+                    found = (t0, heard[0], False)
+            if found is None:
+                continue
+            t0, t1, trim = found
+            a, b = int(round(t0 * SAMPLE_RATE)), int(round(t1 * SAMPLE_RATE))
+            if not span.start <= a < b <= span.end or (a, b) in self._spans:
+                continue
+            if trim:
+                old = now[id(before)]
+                words = tuple(replace(w, start=min(w.start, t0), end=min(w.end, t0)) for w in old.words)
+                now[id(before)] = replace(old, end=round(max(old.start, t0), 3), words=words)
+            old = now[id(seg)]
+            if old.start < t1:
+                words = tuple(replace(w, start=max(w.start, t1), end=max(w.end, t1)) for w in old.words)
+                now[id(seg)] = replace(old, start=round(t1, 3), end=round(max(old.end, t1), 3), words=words)
+            gaps.append((a, b))
+        moved = {id(seg): now[id(seg)] for seg in segments if now[id(seg)] is not seg}
+        return moved, gaps
 
     def _inner_pause(self, seg: Segment, end_s: float) -> tuple[float, float] | None:
         """(start, end) in window seconds of the longest pause inside ``seg`` (quiet 50 ms

@@ -306,6 +306,35 @@ def test_quiet_sentences_after_loud_ones_are_transcribed(pipe, tmp_path):
     assert quiet.hits >= 14 and score(loud_text + " " + quiet_text, t.text).wer < 0.3, t.text
 
 
+def test_quiet_sentences_between_loud_ones_are_transcribed(pipe, tmp_path):
+    """A sentence peaking at -20 dBFS, two at -60 (a far talker), three at -20: the model
+    stamped the first loud sentence over the quiet ones and wrote none of their 20 words.
+    The segments say no more than the job's pace predicts for their loud sound, and the
+    voice band hears the stretch between them: it is decoded alone (tiny.en: all 20)."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed")
+    loud = ["The committee met on Tuesday morning to discuss the new budget.",
+            "Several members asked why the library had closed early last winter.",
+            "A spokesman said the building needed urgent repairs to its roof.",
+            "Most of the books were moved to a warehouse near the station."]  # fmt: skip
+    quiet_text = ("The chairman promised a full report before the end of the month. "
+                  "The meeting ended shortly after eleven o'clock.")  # fmt: skip
+
+    def peak(text, name, dbfs):
+        x = _pcm(media.speech(tmp_path / f"{name}.wav", text)).astype(np.float64)
+        return x * 10 ** (dbfs / 20) / np.abs(x).max()
+
+    gap = np.zeros(8000)
+    parts = [gap, peak(loud[0], "l0", -20), gap, peak(quiet_text, "quiet", -60), gap]
+    for i, text in enumerate(loud[1:], 1):
+        parts += [peak(text, f"l{i}", -20), gap]
+    wav = media.write_wav(tmp_path / "far.wav", np.concatenate(parts).astype(np.float32))
+    t = pipe.transcribe(Job(str(wav), DecodeOptions(language="en")), timeout=300)
+    assert score(quiet_text, t.text).hits >= 14, t.text
+    whole = score(" ".join([loud[0], quiet_text] + loud[1:]), t.text)
+    assert whole.wer < 0.3 and whole.longest_lost_run < 8, t.text
+
+
 def test_speech_a_few_db_over_broadband_noise_keeps_its_sentences(pipe, tmp_path):
     """Speech 4 dB over white or pink noise is not steady, so the whole band's levels are
     kept, and its weaker syllables hardly rise over them: half a sentence counted as

@@ -887,6 +887,59 @@ def test_a_quiet_tail_after_loud_speech_is_decoded_alone():
         QualityConfig(quiet_tail_sound_s=-1)
 
 
+def _loud_quiet_loud(quiet_amp: float):
+    """8 s of speech-like audio near -20 dBFS, 2 s of digital silence, 6 s at ``quiet_amp``
+    (0: silence), 0.5 s of silence, 8 s near -20 dBFS again."""
+    quiet = np.zeros(6 * SAMPLE_RATE)
+    if quiet_amp:
+        quiet = from_frames(speech_like_amps(6.0) * (quiet_amp / LOUD_AMP), seed=5)
+    gap = np.zeros(SAMPLE_RATE // 2)
+    parts = [speech_like(8.0), np.zeros(2 * SAMPLE_RATE), quiet, gap, speech_like(8.0, seed=7)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def test_quiet_speech_between_loud_sentences_is_decoded_alone():
+    """Sentences 40 dB and more under the ones around them: the model wrote the loud ones
+    and stamped the first over the quiet ones, which were lost (an audit's probe, 18 words
+    in a row). The segments say no more than the pace predicts for their loud sound, so
+    the quiet stretch between them, which the voice band hears, is decoded alone; the
+    segment stamped over it ends where its loud sound does. A segment whose words are
+    too many for its loud sound may say the quiet ones: nothing is decoded; nor over
+    silence, nor with the rule off."""
+    audio = _loud_quiet_loud(LOUD_AMP / 200)  # some 46 dB under
+    review = WindowReview(0, audio, pace=_warm_pace(15.0))
+    assert loud_seconds(review.heard, 10.0, 16.0) == 0 and loud_seconds(review.audible, 10.0, 16.0) > 4.0
+    alpha, gamma, beta = words(24, "alpha"), words(24, "gamma"), words(15, "beta")  # 120 letters over 6.4 s
+
+    def script(r):
+        if r.kind == "window":
+            return res(seg(0.0, 13.0, alpha), seg(13.0, 24.5, gamma))
+        return res(seg(1.9, 7.8, beta), n=20)
+
+    dec = FakeDecoder(script)
+    out = drive(review, dec)
+    assert [(r.kind, r.start, r.end) for r in dec.seen] == [
+        ("window", 0, len(audio)), ("tail", int(8.2 * SAMPLE_RATE), int(16.5 * SAMPLE_RATE))]
+    assert [(s.start, s.end, s.text) for s in out.segments] == [
+        (0.0, 8.2, alpha), (10.1, 16.0, beta), (16.5, 24.5, gamma)]
+
+    # 200 letters: more than 1.5 times the pace over the loud sound, not over all it heard.
+    many, more = words(40, "alpha"), words(40, "gamma")
+    quiet, silent, off = _loud_quiet_loud(LOUD_AMP / 200), _loud_quiet_loud(0.0), replace(CFG, quiet_gap_sound_s=0)
+    heard = _loud_quiet_loud(LOUD_AMP / 56)  # 35 dB under: heard, not within 30 dB of the loudest
+    assert loud_seconds(WindowReview(0, heard).heard, 10.0, 16.0) > 4.0
+    for audio, said, cfg in ((quiet, (seg(0.0, 16.0, many), seg(16.0, 24.5, gamma)), CFG),
+                             (heard, (seg(0.0, 8.0, alpha), seg(8.0, 24.5, more)), CFG),
+                             (silent, (seg(0.0, 13.0, alpha), seg(16.0, 24.5, gamma)), CFG),
+                             (quiet, (seg(0.0, 13.0, alpha), seg(16.0, 24.5, gamma)), off)):
+        dec = FakeDecoder(lambda r, said=said: res(*said))
+        out = drive(WindowReview(0, audio, cfg=cfg, pace=_warm_pace(15.0)), dec)
+        assert [r.kind for r in dec.seen] == ["window"]
+        assert [s.text for s in out.segments] == [s.text for s in said]
+    with pytest.raises(ValueError, match="quiet_gap_sound_s"):
+        QualityConfig(quiet_gap_sound_s=-1)
+
+
 def test_tail_backstop():
     """A window that stopped early: what follows its last segment is decoded again with
     the segments of the last 5 s before it (here the one starting at 5 s), which stand as
