@@ -58,7 +58,13 @@ real tiny.en and base weights against sequential long-form decoding (see README,
   sound under a segment is what the pace reads (``heard``); a long segment is also
   weighed against all it may have heard (``audible``): music as loud as speech counts
   only at its chords' attacks, and "Thank you for watching!" over 16.6 s of closing
-  music had 3.7 s of sound under it, too little to judge.
+  music had 3.7 s of sound under it, too little to judge. A half is judged over less
+  sound than a segment (``half_skip_min_sound_s``): the model is known to jump there.
+- **Quiet speech between segments** (``_quiet_between``, after the skip check): a
+  stretch before a segment's loud words that only the voice band hears, where the
+  segments beside it say no more than the pace predicts for their loud sound, is
+  decoded alone, as a quiet tail is: Whisper stamps a loud sentence over the quiet one
+  after it and writes none of it.
 
 Times here are seconds from the window's start unless said otherwise; audio is 16 kHz
 mono float32 (``pipeline.constants``).
