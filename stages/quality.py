@@ -543,6 +543,7 @@ class WindowReview:
         # What the pace reads (the veto and tails read ``loud``): see ``heard_frames``.
         self.heard = self.loud if not cfg.enabled or self.gated else heard_frames(audio, self.levels, self.loud, cfg, noisy)
         self._audible: np.ndarray | None = None  # ``audible``, measured when first needed
+        self._rising: np.ndarray | None = None  # ``rising``, likewise
         self._pending: set[Request] = set()
         self._spans: dict[tuple[int, int], _Span] = {}  # by (start, end) sample
         self._final: dict[tuple[int, int], list[Segment]] = {}  # span -> its kept segments
@@ -784,6 +785,16 @@ class WindowReview:
     # -- rules ---------------------------------------------------------------------------
 
     @property
+    def rising(self) -> np.ndarray:
+        """Frames whose whole-band level rises ``min_speech_rise_db`` over the window's
+        floor (its 10th percentile): any voice over a floor does. The quiet tail and the
+        quiet stretch between segments need this much before they pay for ``audible``."""
+        if self._rising is None:
+            floor = float(np.percentile(self.levels, 10))
+            self._rising = self.levels > max(floor + self.cfg.min_speech_rise_db, self.cfg.silence_dbfs)
+        return self._rising
+
+    @property
     def audible(self) -> np.ndarray:
         """What ``too_fast`` reads: see ``audible_frames``. Measured on first use (the voice
         band costs an FFT per frame, some 7 ms a window on a CPU core, which a GPU's batch
@@ -966,8 +977,7 @@ class WindowReview:
         # Before the voice band's FFT (``audible``): the whole band must rise a little over
         # the window's floor there, as any voice over a floor does (a window that ends in
         # silence or steady room tone spends nothing).
-        floor = float(np.percentile(self.levels, 10))
-        rising = self.levels > max(floor + cfg.min_speech_rise_db, cfg.silence_dbfs)
+        rising = self.rising
         if loud_seconds(rising, t0, t1) < cfg.quiet_tail_sound_s:
             return None
         if loud_seconds(self.audible, t0, t1) < cfg.quiet_tail_sound_s:
@@ -1010,8 +1020,7 @@ class WindowReview:
         rate = rate or cfg.skip_prior_rate
         if need <= 0 or not rate or not segments:
             return {}, []
-        floor = float(np.percentile(self.levels, 10))
-        rising = self.levels > max(floor + cfg.min_speech_rise_db, cfg.silence_dbfs)
+        rising = self.rising
         strong = self.heard & (self.levels > float(self.levels.max()) - cfg.quiet_under_db)
 
         def fits(seg, frames) -> bool:  # says no more than the pace predicts over ``frames``
