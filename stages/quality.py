@@ -799,8 +799,10 @@ class WindowReview:
         """What ``too_fast`` reads: see ``audible_frames``. Measured on first use (the voice
         band costs an FFT per frame, some 7 ms a window on a CPU core, which a GPU's batch
         would wait on), and only needed where ``heard`` already finds a segment too fast,
-        a long segment may be too slow (``_too_slow_for_all_it_heard``) or a tail may hold
-        quiet speech (``_quiet_tail``): it holds every frame ``heard`` holds."""
+        a long segment may be too slow (``_too_slow_for_all_it_heard``), or a tail or a
+        stretch between segments may hold quiet speech (``_quiet_tail``,
+        ``_quiet_between``; only where ``rising`` finds sound there first): it holds every
+        frame ``heard`` holds."""
         if self._audible is None:
             gated = not self.cfg.enabled or self.gated
             self._audible = self.heard if gated else audible_frames(self.audio, self.heard, self.cfg)
@@ -977,8 +979,7 @@ class WindowReview:
         # Before the voice band's FFT (``audible``): the whole band must rise a little over
         # the window's floor there, as any voice over a floor does (a window that ends in
         # silence or steady room tone spends nothing).
-        rising = self.rising
-        if loud_seconds(rising, t0, t1) < cfg.quiet_tail_sound_s:
+        if loud_seconds(self.rising, t0, t1) < cfg.quiet_tail_sound_s:
             return None
         if loud_seconds(self.audible, t0, t1) < cfg.quiet_tail_sound_s:
             return None
