@@ -11,12 +11,14 @@ gives one line ``error: ...`` and exit code 2 within seconds.
 
 Exit codes: 0 success; 1 an input failed (with several inputs: at least one did); 2 bad
 options; 130 interrupted (Ctrl-C; the transcript of the audio finished so far is written,
-JSON says ``"partial": true``; a second Ctrl-C exits at once).
+JSON says ``"partial": true``; a second Ctrl-C, or a run still there 10 s after the first,
+is torn down at once).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import os
@@ -24,6 +26,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXTENSIONS = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
 INTERRUPT_JOIN_S = 0.3  # after Ctrl-C, stages get this long to leave before SIGTERM
+INTERRUPT_DEADLINE_S = 10.0  # after Ctrl-C, the run is torn down at once if still going
 
 EPILOG = """\
 several inputs: give --output-dir DIR; each transcript goes to DIR/NAME.EXT (NAME from
@@ -48,7 +52,7 @@ failed input is reported and the others go on (exit code 1 at the end, with a su
 
 exit codes: 0 done; 1 an input failed; 2 bad options (nothing was read); 130 interrupted
 (Ctrl-C writes the transcript of the audio finished so far; JSON has "partial": true; a
-second Ctrl-C exits at once).
+second Ctrl-C exits at once, and so does a run still there 10 s after the first).
 
 environment: MODEL_ID, MODEL_BATCH_SIZE, MAX_AUDIO_S (longest audio accepted, seconds;
 default 43200 = 12 h), HF_HUB_OFFLINE=1 where there is no network.
@@ -465,8 +469,59 @@ class _NoProgress:
         pass
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt()
+class Interrupts:
+    """Ctrl-C (SIGINT) and SIGTERM during a run.
+
+    The first: remembered in ``event`` (``Pipeline.run_jobs`` raises KeyboardInterrupt
+    when it is set, should the one raised here be lost: see ``Pipeline.wait``), a deadline
+    armed, and KeyboardInterrupt raised: the run is cancelled, the transcript of the audio
+    finished so far written, the stages stopped in order. A second signal, or the deadline
+    (``deadline_s``) passing with the process still there, tears everything down at once:
+    stages SIGKILLed, segments unlinked, exit code 130. A Ctrl-C ends the run within the
+    deadline whatever the run was doing when it came, or whatever its shutdown waits on.
+    """
+
+    def __init__(self, deadline_s: float = INTERRUPT_DEADLINE_S, stream=None):
+        self.event = threading.Event()
+        self.deadline_s = deadline_s
+        self.pipe = None  # the Pipeline to tear down, once there is one
+        self._stream = stream
+        self._timer: threading.Timer | None = None
+
+    def install(self) -> "Interrupts":
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, frame):
+        if self.event.is_set():
+            self._now(wait=False)
+        self.event.set()
+        self._timer = threading.Timer(self.deadline_s, self._expired)
+        self._timer.daemon = True
+        self._timer.start()
+        raise KeyboardInterrupt()
+
+    def _expired(self) -> None:
+        print(f"warning: still running {self.deadline_s:.0f} s after the interrupt: stopping at once",
+              file=self._stream or sys.stderr)
+        self._now(wait=True)
+
+    def _now(self, wait: bool) -> None:
+        """Tear down and exit 130. From the signal handler (``wait`` False) through
+        SystemExit, so that the output files are closed; from the deadline's thread
+        through ``os._exit``: the main thread is stuck and nothing else would end it."""
+        if not wait:  # the main thread's handler (a signal's disposition is set only there)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.pipe is not None:
+            self.pipe.kill()
+        stream = self._stream or sys.stderr
+        print("error: interrupted", file=stream)
+        if not wait:
+            raise SystemExit(EXIT_INTERRUPTED)
+        with contextlib.suppress(Exception):
+            stream.flush()
+        os._exit(EXIT_INTERRUPTED)
 
 
 def main(argv=None) -> int:
@@ -480,8 +535,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    return _run(args, cfg, options, inputs, show_progress(args, sys.stderr))
+    interrupts = Interrupts().install()
+    return _run(args, cfg, options, inputs, show_progress(args, sys.stderr), interrupts)
 
 
 def show_progress(args, stream) -> bool:
@@ -506,7 +561,7 @@ def _readable(inp: Input) -> str | None:
     return None
 
 
-def _run(args, cfg, options, inputs, progress: bool) -> int:
+def _run(args, cfg, options, inputs, progress: bool, interrupts: Interrupts | None = None) -> int:
     """All readable inputs go to one pipeline as one ``run_jobs`` call: the model loads
     once, the inputs flow through the stages one after another, and the infer stage
     decodes the windows of all of them in the same decoder slots. A failed input is
@@ -540,6 +595,8 @@ def _run(args, cfg, options, inputs, progress: bool) -> int:
     # (a stage could otherwise log a last line after it).
     errors: list[str] = []
     pipe = Pipeline(cfg)
+    if interrupts is not None:
+        interrupts.pipe = pipe
     try:
         results = []
         if todo:
@@ -547,7 +604,8 @@ def _run(args, cfg, options, inputs, progress: bool) -> int:
             if progress:  # from the start (at 0 while the model loads): all jobs start now
                 bars.update((i, Progress(inp.label, position=i)) for i, inp in enumerate(todo))
             try:
-                results = pipe.run_jobs(jobs, progress=on_progress)
+                results = pipe.run_jobs(jobs, progress=on_progress,
+                                        interrupt=interrupts.event if interrupts else None)
             except StageDied as exc:  # the pipeline, not an input, failed: all of them did
                 close_bars()
                 errors.append(f"error: {exc}")
@@ -570,7 +628,6 @@ def _run(args, cfg, options, inputs, progress: bool) -> int:
 
                 sys.stderr.write(format_profile(profile_from_outcome(res)))
     except KeyboardInterrupt as exc:
-        _second_interrupt_exits(pipe)
         close_bars()
         runs = getattr(exc, "partial_runs", None) or []
         model = (pipe.model_info or {}).get("model", cfg.model)
@@ -601,17 +658,3 @@ def _run(args, cfg, options, inputs, progress: bool) -> int:
         print(f"{done} of {len(inputs)} inputs transcribed{where}"
               + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return EXIT_FAILED if failed else 0
-
-
-def _second_interrupt_exits(pipe) -> None:
-    """From now on a Ctrl-C (or SIGTERM) tears everything down at once and exits 130:
-    stages SIGKILLed, segments unlinked, no waiting."""
-
-    def now(signum, frame):
-        pipe.kill()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("error: interrupted", file=sys.stderr)
-        raise SystemExit(EXIT_INTERRUPTED)
-
-    signal.signal(signal.SIGINT, now)
-    signal.signal(signal.SIGTERM, now)

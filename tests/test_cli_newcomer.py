@@ -315,6 +315,51 @@ def test_ctrl_c_writes_what_was_done_and_leaves_nothing(tones, tmp_path, presses
     assert not alive and not shm, (alive, shm)
 
 
+_STUCK_AFTER_CTRL_C = """
+import sys, time
+from pipeline.cli import Interrupts
+
+class Pipe:  # stands in for the Pipeline: what a teardown does to it
+    def kill(self):
+        print("stages killed", file=sys.stderr, flush=True)
+
+it = Interrupts(deadline_s=1.0).install()
+it.pipe = Pipe()
+try:
+    print("ready", flush=True)
+    time.sleep(60)
+except KeyboardInterrupt:
+    time.sleep(60)  # a shutdown that never ends (a join, a lock, a lost exception)
+"""
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_ends_the_run_within_its_deadline_whatever_it_waits_on(presses):
+    """However the orderly stop after Ctrl-C gets stuck, the process is gone soon after
+    the deadline (or at once, on a second Ctrl-C), its stages torn down, exit code 130."""
+    e = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.Popen([sys.executable, "-c", _STUCK_AFTER_CTRL_C], cwd=REPO, env=e,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        if presses == 2:
+            time.sleep(0.2)
+            p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    lines = err.decode().strip().splitlines()
+    assert p.returncode == 130, err
+    assert lines[-2:] == ["stages killed", "error: interrupted"], lines
+    assert (presses == 2) == ("still running" not in err.decode()), lines
+    assert took >= (0.2 if presses == 2 else 1.0), took
+
+
 def test_partial_transcript_is_the_windows_done_in_a_row():
     from pipeline.cli import partial_transcript
     from pipeline.types import DecodeOptions, Segment, TimedWindow, WindowResult

@@ -431,6 +431,33 @@ def test_close_mid_decode_lets_every_stage_leave_on_its_own(tiny_model_dir, slow
     assert {name: proc.exitcode for name, proc in procs.items()} == {name: 0 for name in procs}
 
 
+def test_an_interrupt_whose_exception_was_lost_still_stops_the_run(tiny_model_dir, slow_input):
+    """The CLI's signal handler sets an event and raises KeyboardInterrupt; if that
+    exception is lost (raised inside a finalizer the garbage collector was running), the
+    event alone stops run_jobs, as Ctrl-C does: the jobs are cancelled and what was
+    finished comes with the KeyboardInterrupt."""
+    import threading
+
+    with Pipeline(PipelineConfig(model=str(tiny_model_dir), batch_size=4)) as p:
+        p.wait_ready(timeout=120)
+        interrupt = threading.Event()
+        first = threading.Event()
+
+        def on_progress(i, *a):
+            if i == 0:
+                first.set()
+
+        threading.Thread(target=lambda: first.wait(120) and interrupt.set(), daemon=True).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt) as e:
+            p.run_jobs([Job(str(slow_input)), Job(str(slow_input))], progress=on_progress,
+                       interrupt=interrupt)
+        assert interrupt.is_set() and time.monotonic() - t0 < 100
+        assert p.jobs_in_flight == 0
+        assert len(e.value.partial_runs) == 2 and e.value.partial_runs[0]
+        assert p.usable  # the stages drop the cancelled jobs; the pipeline goes on
+
+
 def test_ctrl_c_stops_everything(tiny_model_dir, slow_input):
     proc = _start_cli(slow_input, "--model", tiny_model_dir, "--batch-size", "1")
     pids = _stage_pids(proc.pid)

@@ -258,14 +258,15 @@ class Pipeline:
         ``partial_windows``, the windows finished so far. ``stop``: see ``wait``."""
         return self.wait(self.submit(job, progress), timeout, stop)
 
-    def run_jobs(self, jobs: list, progress=None, timeout: float | None = None) -> list:
+    def run_jobs(self, jobs: list, progress=None, timeout: float | None = None, interrupt=None) -> list:
         """Run several jobs at once: all are submitted together and flow through the
         stages one after another, while the infer stage decodes the windows of all of
         them in the same decoder slots (a job's first windows fill the slots the last
         one's tail leaves free). Returns, per job and in order, its JobOutcome or the
         JobError it failed with: one job's failure never touches another's result.
         ``progress(i, done_s, decoded_s, decode_finished)`` for job ``i``. Raises
-        StageDied when a stage is gone (the pipeline is then closed)."""
+        StageDied when a stage is gone (the pipeline is then closed). ``interrupt``: see
+        ``wait``."""
         runs = []
         try:
             for i, job in enumerate(jobs):
@@ -274,7 +275,7 @@ class Pipeline:
             out = []
             for r in runs:
                 try:
-                    out.append(self.wait(r, timeout))
+                    out.append(self.wait(r, timeout, interrupt=interrupt))
                 except JobError as exc:
                     out.append(exc)
             return out
@@ -307,13 +308,23 @@ class Pipeline:
             self._unsent.append(run)
         return run
 
-    def wait(self, run: "_JobRun", timeout: float | None = None, stop=None) -> JobOutcome:
+    def wait(self, run: "_JobRun", timeout: float | None = None, stop=None, interrupt=None) -> JobOutcome:
         """The outcome of a submitted job: raises its JobError (or StageDied). Ctrl-C, a
         timeout or ``stop`` (a threading.Event another thread sets: the caller gave up on
-        the job) cancels the job (the stages drop what is left of it; JobError "cancelled")."""
+        the job) cancels the job (the stages drop what is left of it; JobError "cancelled").
+
+        ``interrupt``: a threading.Event that a signal handler sets before it raises
+        KeyboardInterrupt. Once set, the wait raises KeyboardInterrupt itself (within
+        0.1 s), as Ctrl-C does. A handler runs in whatever Python code the main thread is
+        in when the signal arrives, and an exception raised while that is a finalizer (a
+        ``__del__``, a generator being closed, a weakref callback, run by the garbage
+        collector) is printed as "ignored" and lost: without this the run would go on as
+        if no Ctrl-C had come."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not run.finished.wait(0.1):
+                if interrupt is not None and interrupt.is_set():
+                    raise KeyboardInterrupt()
                 if stop is not None and stop.is_set():
                     self._end_run(run, JobError("cancelled", stage=None), cancel=True)
                 elif deadline is not None and time.monotonic() >= deadline:
