@@ -85,7 +85,7 @@ class PipelineConfig:
     # transformers generate call per batch (kept to compare against: bench --engine).
     engine: str = "slots"
     window_plan: WindowPlan = WindowPlan()  # where windows are cut (stages/chunk.py)
-    quality: QualityConfig = QualityConfig()  # re-decodes and filters (stages/quality.py)
+    quality: QualityConfig = QualityConfig()  # re-decodes and filters (stages/quality.py, stages/review.py)
     # Ring sizes. Memory in use is fixed by these, whatever the audio's length.
     byte_block: int = 256 * 1024
     byte_slots: int = 16

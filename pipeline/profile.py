@@ -163,7 +163,7 @@ def profile_from_outcome(outcome) -> dict:
         "model_waited_s": round(max(0.0, ready - t0), 3) if ready else None,
         "first_result_s": round(outcome.t_first_result - t0, 4) if outcome.t_first_result else None,
         "windows": len(outcome.windows),
-        # Decodes the infer stage ran, by kind (stages/quality.py): "window" (each window's
+        # Decodes the infer stage ran, by kind (stages/review.py): "window" (each window's
         # first), "fallback" (a hotter temperature), "tail", "split" (re-decodes),
         # "language" (a window decoded again in its job's language: stages/language.py).
         "decodes": dict((outcome.stages.get("infer") or {}).get("decodes") or {}),

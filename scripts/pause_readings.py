@@ -8,7 +8,7 @@ of 6-10 s (seeded), so that a window (its cut is searched from 20 s on) often ho
 pause and B. Voices alternate between espeak-ng en-us and piper's joe, from sentence to
 sentence; ``pauses_floor`` lies on a white noise floor at -48 dBFS. About 9.5 minutes
 each. Whisper sometimes stamps A across the pause to the window's end and stops, and B is
-never written (``stages.quality.WindowReview._inner_pause``). Prints a Markdown table
+never written (``stages.review.WindowReview._inner_pause``). Prints a Markdown table
 (WER, substitutions/deletions/insertions, longest run of reference words lost); exit
 status 0 always (a measurement, not a test).
 """

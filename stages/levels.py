@@ -1,5 +1,5 @@
 """Sound levels of a window: where its sound is, for the energy gate and the checks of
-``stages.quality`` (which reads them against its ``QualityConfig``).
+``stages.review`` and ``stages.pace`` (which read them against ``QualityConfig``).
 
 Not a VAD model: a frame's level against the window's own floor. Levels are over 50 ms
 frames (``FRAME``), in dBFS, of the whole band (``frame_levels``) or, over broadband

@@ -540,7 +540,7 @@ def test_veto_extends_windows_that_end_early(tiny_en, reading):
     reading's first 3 windows (which tiny.en decodes to the end anyway) and its last
     (where tiny.en, greedy, stops before the window's last sentence)."""
     from stages.chunk import plan_windows
-    from stages.quality import WindowReview
+    from stages.review import WindowReview
 
     windows = plan_windows(reading)
     assert len(windows) >= 5

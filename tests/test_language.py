@@ -143,7 +143,8 @@ def test_an_unsure_window_is_held_before_its_fallbacks_and_resumed_from_its_firs
     """Held right after its first decode: no fallback is decoded in a language the job's
     vote may overrule (base wrote ten fallbacks of Welsh-looking nonsense for a German
     window before deciding). Resumed, it goes on exactly as it would have."""
-    from stages.quality import Pace, WindowReview
+    from stages.pace import Pace
+    from stages.review import WindowReview
     from tests.test_quality import FakeDecoder, drive, res, seg, speech_like
 
     audio = speech_like(20.0)
@@ -175,7 +176,7 @@ def test_an_unsure_window_is_held_before_its_fallbacks_and_resumed_from_its_firs
 
 
 def test_a_window_decoded_again_in_the_jobs_language():
-    from stages.quality import WindowReview
+    from stages.review import WindowReview
     from tests.test_quality import FakeDecoder, drive, res, seg, speech_like
 
     audio = speech_like(12.0)

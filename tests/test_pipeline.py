@@ -522,7 +522,7 @@ def test_out_of_gpu_memory_halves_the_batch():
     import torch
 
     from pipeline.runtime import _Item, _transcribe_batch
-    from stages.quality import Request
+    from stages.review import Request
 
     def items(values, sound=False):
         return [_Item(1, None, Request(0, 0, 1, temperature=v / 10, seed=v), v,
@@ -558,7 +558,7 @@ def test_generate_batches_decode_each_re_decode_in_its_windows_language():
     different languages (a job with no language) runs one call per language, each row in
     its own, results in item order; a job's own language wins over the found one."""
     from pipeline.runtime import _Item, _transcribe_batch
-    from stages.quality import Request
+    from stages.review import Request
 
     langs = [None, "de", "fr", "de", None]
     items = [_Item(1, None, Request(0, 0, 1, language=lang), i, None) for i, lang in enumerate(langs)]

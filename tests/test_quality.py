@@ -1,5 +1,6 @@
-"""stages/quality.py: the rules alone, with crafted inputs and exact expectations, and the
-``WindowReview`` protocol end to end against a scripted fake decoder (no model, no torch).
+"""stages/quality.py, stages/pace.py and stages/review.py: the rules alone, with crafted
+inputs and exact expectations, and the ``WindowReview`` protocol end to end against a
+scripted fake decoder (no model, no torch).
 
 Audio here is built frame by frame (50 ms frames, the module's ``FRAME``): each frame is
 seeded Gaussian noise at a chosen amplitude, or exact zeros, so levels, loud frames and the
@@ -28,11 +29,9 @@ from stages.levels import (
     voice_levels,
     window_levels,
 )
+from stages.pace import Pace, too_slow
 from stages.quality import (
-    Pace,
     QualityConfig,
-    Request,
-    WindowReview,
     best_attempt,
     plain_words,
     repeats,
@@ -41,8 +40,8 @@ from stages.quality import (
     needs_fallback,
     text_units,
     too_fast,
-    too_slow,
 )
+from stages.review import Request, WindowReview
 
 CFG = QualityConfig()
 FPS = SAMPLE_RATE // FRAME  # 20 frames a second
@@ -1343,24 +1342,24 @@ def test_too_slow_segment_is_split_and_replaced_when_halves_say_more():
 def test_the_reviews_decisions_are_logged_at_debug(caplog):
     """``-vv`` shows what the review did to a window, and why: a split and its outcome, a
     segment dropped as too fast for its sound."""
-    with caplog.at_level(logging.DEBUG, logger="stages.quality"):
+    with caplog.at_level(logging.DEBUG, logger="stages.review"):
         _split_run((words(30, "alpha"), words(28, "beta")), _warm_pace(15.0))
     lines = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("window 0 0.00-20.00 s: too slow for the job's pace") and "'Hello there.' split" in m
                and ", 15.0 a second)" in m for m in lines), lines  # fmt: skip
     caplog.clear()
-    with caplog.at_level(logging.DEBUG, logger="stages.quality"):
+    with caplog.at_level(logging.DEBUG, logger="stages.review"):
         _split_run((words(30, "alpha"), words(28, "beta")), Pace())
     assert any("the prior 6.0 a second: the job has no pace yet)" in r.getMessage() for r in caplog.records)
     assert any(m.startswith("window 0 11.05-19.60 s: halves 'alpha alpha") and m.endswith("replace 'Hello there.'")
                for m in lines), lines  # fmt: skip
     caplog.clear()
-    with caplog.at_level(logging.DEBUG, logger="stages.quality"):
+    with caplog.at_level(logging.DEBUG, logger="stages.review"):
         drive(WindowReview(0, speech_like(10.0)), FakeDecoder(lambda r: res(seg(0.0, 9.0, " Hello."),
                                                                             seg(9.95, 10.0, words(12)))))  # fmt: skip
     assert any("too fast for its sound" in r.getMessage() and "word word" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.DEBUG, logger="stages.quality"):
+    with caplog.at_level(logging.DEBUG, logger="stages.review"):
         drive(WindowReview(0, speech_like(10.0)),
               FakeDecoder(lambda r: res(seg(0.0, 9.0, words(20)), cr=3.0 if r.temperature == 0 else 1.3)))  # fmt: skip
     assert (

@@ -204,7 +204,7 @@ def test_first_word_starts_at_the_first_sound():
 
 
 def test_review_moves_words_with_their_segment():
-    from stages.quality import WindowReview, _Span
+    from stages.review import WindowReview, _Span
 
     seg = Segment(1.0, 3.0, " a b", words=(Word(1.0, 2.0, " a", 0.9), Word(2.0, 29.0, " b", 0.9)))
     span = _Span(2 * SAMPLE_RATE, 12 * SAMPLE_RATE, 1)

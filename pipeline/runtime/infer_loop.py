@@ -55,7 +55,7 @@ def _prepare_items(backend, seq, review, requests, veto: bool) -> list:
 
 def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: dict, cfg, idle):
     """Thread: drains the window ring, opens a review for each window as it arrives
-    (``stages.quality.WindowReview``: the energy gate and the first decode request),
+    (``stages.review.WindowReview``: the energy gate and the first decode request),
     prepares its features (log-mel) and frees the ring slot at once, and groups the
     decodes into batches for the main thread. It runs while the main thread is inside
     generate, so features for batch n+1 are ready when batch n finishes and the upstream
@@ -66,7 +66,8 @@ def _infer_reader(ctx, backend, ring_in: Ring, q_in, local: queue.Queue, jobs: d
     thread as soon as that thread is idle (``idle`` set, nothing queued) instead of
     waiting to fill up. Batches grow by themselves while the model is the bottleneck."""
     from stages.language import is_sure
-    from stages.quality import Pace, WindowReview
+    from stages.pace import Pace
+    from stages.review import WindowReview
 
     def unsure(result) -> bool:  # a window the job's language vote decides (stages/language.py)
         return not is_sure(result)
@@ -237,7 +238,7 @@ class _InferJob:
         self.open = 0  # reviews whose window result has not gone out
         self.ended: dict | None = None  # the reader's "end" info, once it came
         self.failed = False
-        from stages.quality import KINDS
+        from stages.review import KINDS
 
         self.decodes = dict.fromkeys(KINDS, 0)
         # Language detection (no language asked, a multilingual model: stages/language.py):
@@ -291,7 +292,7 @@ class _InferJob:
 def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
     from stages.infer import load_backend
     from stages.language import job_languages, redecode_language, settled_early, sure_languages
-    from stages.quality import WindowReview
+    from stages.review import WindowReview
 
     cfg = ctx.config
     import transformers
@@ -468,7 +469,7 @@ def _run_infer(ctx: StageContext, ring_in: Ring, q_in):
 
     @_about_job
     def settle(job: _InferJob, pace, again: list, release: bool = False) -> None:
-        """Later windows that waited for an earlier one to be decided (stages.quality.Pace):
+        """Later windows that waited for an earlier one to be decided (stages.pace.Pace):
         their split re-decodes join ``again``; those now done are reported."""
         if pace is None:
             return
