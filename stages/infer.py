@@ -30,7 +30,6 @@ import dataclasses
 import importlib
 import logging
 import time
-import zlib
 from typing import Any
 
 import numpy as np
@@ -40,6 +39,7 @@ from pipeline.constants import CHUNK_LENGTH, N_FRAMES, N_SAMPLES, NO_SPEECH_THRE
 from pipeline.errors import UnsupportedOptions
 from pipeline.types import DecodeOptions, Segment, WindowResult
 from pipeline.weights import resolve_model
+from stages.quality import compression_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -287,13 +287,6 @@ class EotVeto:
         scores[:, eos] = torch.where(veto, torch.full_like(scores[:, eos], -float("inf")), scores[:, eos])
         self.left -= veto.long()
         return scores
-
-
-def compression_ratio(text: str) -> float:
-    """gzip compression ratio of a window's text (openai/whisper's repetition signal: a
-    loop like "to benefit, to benefit, ..." compresses far better than speech)."""
-    raw = text.encode("utf-8")
-    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
 class WhisperBackend:

@@ -43,6 +43,7 @@ Audio is 16 kHz mono float32 (``pipeline.constants``).
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -282,6 +283,13 @@ def best_attempt(attempts: list[WindowResult], cfg: QualityConfig) -> WindowResu
 def _words(result: WindowResult) -> tuple[str, ...]:
     """A decode's words, lower case, without punctuation: what two attempts must share."""
     return tuple(plain_words("".join(s.text for s in result.segments)))
+
+
+def compression_ratio(text: str) -> float:
+    """gzip compression ratio of a text (openai/whisper's repetition signal: a loop like
+    "to benefit, to benefit, ..." compresses far better than speech)."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
 def text_units(text: str) -> int:

@@ -25,7 +25,11 @@ README, Accuracy):
   A tail needs sound after the last segment: the gate is the sound, not the text. Where
   only the voice band hears it (sentences 40 dB under the ones before them, under the
   window's ``quiet_level``), it is decoded alone: with the loud sentences as context,
-  Whisper's scaling to the loudest hides the quiet ones again.
+  Whisper's scaling to the loudest hides the quiet ones again. An open last segment
+  (no end timestamp: the model ran into the window's end) is decoded again with the
+  tail; where the re-decode does not say the words before it, so that nothing it says
+  can be placed, the open segment stands, as sequential decoding keeps one, unless it
+  loops.
 - **Skip check**: a segment saying far less than the sound under it at the job's pace
   (``too_slow``) is decoded again in two halves, kept if the halves say more, and dropped
   if the no-speech rule empties both (nothing is said there: "Music" over chords). A half
@@ -60,6 +64,7 @@ from stages.pace import Pace, too_slow
 from stages.quality import (
     QualityConfig,
     best_attempt,
+    compression_ratio,
     is_junk,
     is_no_speech,
     needs_fallback,
@@ -135,6 +140,10 @@ class _Span:
     # A tail decoded with the segments before it (``WindowReview._tail``): they stand, and
     # only the words the re-decode says after their last words are added.
     context: tuple = ()
+    # The open last segment (no end timestamp: the model ran into the window's end) that
+    # the tail was decoded again to replace. It stands where the re-decode cannot be
+    # placed after ``context`` (``_went_on`` finds none of its last words).
+    dropped: Segment | None = None
 
 
 @dataclass
@@ -335,12 +344,26 @@ class WindowReview:
             return self._half_done(span, segments)
         follow: list[Request] = []
         if span.context:
-            segments = self._went_on(span, segments)
+            went_on = self._went_on(span, segments)
+            if (
+                went_on is None and span.dropped is not None
+                and compression_ratio(span.dropped.text) <= self.cfg.compression_ratio_threshold
+            ):  # fmt: skip
+                # Nothing to place the re-decode by: the open segment it was to replace
+                # stands, as sequential decoding keeps a last segment with no end (its
+                # end: the window's). A re-decode that failed (a sentence cut by the
+                # window's end, under babble) lost a 9-word run here.
+                self._debug(span, "the re-decode does not say the words before it: %r stands",
+                            _short([span.dropped]))  # fmt: skip
+                went_on = [replace(span.dropped, end=min(span.dropped.end, span.end / SAMPLE_RATE))]
+            segments = went_on or []
+        open_last = segments[-1] if segments and segments[-1].open_end else None
         tail = self._tail(span, segments)
         if tail is not None:
             cut, segments, context = tail
             self._debug(span, "tail from %.2f s decoded again", cut / SAMPLE_RATE)
-            follow.append(self._ask(_Span(cut, span.end, span.depth + 1, tail=True, context=context),
+            follow.append(self._ask(_Span(cut, span.end, span.depth + 1, tail=True, context=context,
+                                          dropped=open_last if context else None),
                                     self.temperature, "tail"))  # fmt: skip
         self._final[(span.start, span.end)] = segments
         if span.depth == 0:
@@ -753,7 +776,7 @@ class WindowReview:
             return None
         return p0, p1
 
-    def _went_on(self, span: _Span, segments: list[Segment]) -> list[Segment]:
+    def _went_on(self, span: _Span, segments: list[Segment]) -> list[Segment] | None:
         """What a tail decoded with the segments before it (``span.context``) adds to
         them: they stand as they were (in the span that asked for the tail, where the skip
         check judges them), and only the words the re-decode says after their last words
@@ -761,7 +784,7 @@ class WindowReview:
         suite" as "Us week"), so it is not taken whole; what it adds is found by the old
         segments' last words (two at least, up to eight) in its text, after it said half
         as many words as they hold (the longest such match, the last of it). No such
-        anchor: nothing; nothing after it: nothing, the last old segment ending where the
+        anchor: None; nothing after it: nothing, the last old segment ending where the
         re-decode ends its last words if that is later. The words after it are added with
         the re-decode's segments (the rest of the one the anchor ends in, from the old last
         end, and those after it), each passing the pace and repeat checks of any segment."""
@@ -780,7 +803,7 @@ class WindowReview:
                 extra = hits[-1] + k
                 break
         if extra is None:
-            return []
+            return None
         if extra >= len(new_tokens):
             # The same last words, nothing after them: the re-decode, which heard them
             # with the sound after, may time their end later ("Yes." said at 11.32-11.74 s
