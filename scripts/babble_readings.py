@@ -12,7 +12,10 @@ reference text of what the reading says in it:
 - ``gb_babble{10,12}``: espeak_gb_pauses's paragraphs to 113 s, with espeak_us, mixed_voices,
   piper_joe_pauses and espeak_short under it, 10 or 12 dB under;
 - ``us_nopause``: espeak_us's first eight paragraphs with every pause over 150 ms cut to
-  50 ms (150 s of speech with no pause for the chunker to cut at).
+  50 ms (150 s of speech with no pause for the chunker to cut at);
+- ``us_chords{10,20}_{1,2}``: espeak_us's first eight paragraphs with chords
+  (``tests.media.chords``, seed 1 or 2) under all of it, 10 or 20 dB under the speech's
+  level (its sound, pauses left out): a music bed, which leaves no pause to cut at either.
 
 Deterministic: the same readings give the same files. Exit status 0, 2 on a bad argument
 or a missing reading.
@@ -27,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy.io import wavfile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.media's chords
 
 RATE = 16000
 OTHERS = {  # reading -> [(another reading, from this second)]
@@ -105,6 +110,15 @@ def main(argv=None) -> int:
             write(args.out, f"{case}{snr}", speech + gain * noise, text)
     text, end = paragraphs_until(args.testsets, "espeak_us", 160.1)
     write(args.out, "us_nopause", without_pauses(read(args.testsets, "espeak_us")[: int((end + 0.3) * RATE)]), text)
+    from tests import media
+
+    speech = read(args.testsets, "espeak_us")[: int(160.1 * RATE)].astype(np.float64)
+    level = np.sqrt(np.mean(speech[np.abs(speech) > 1e-3] ** 2))
+    for db in (10, 20):
+        for seed in (1, 2):
+            music = media.chords(len(speech) / RATE + 1, seed)[: len(speech)]
+            music = music / np.sqrt(np.mean(music**2)) * level * 10 ** (-db / 20)
+            write(args.out, f"us_chords{db}_{seed}", (speech + music).astype(np.float32), text)
     return 0
 
 

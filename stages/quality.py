@@ -106,6 +106,12 @@ class QualityConfig:
     # so a shorter tail is decoded again, measured from the last segment's end, no slack.
     end_tail_min_s: float = 0.25
     end_tail_speech_s: float = 0.1
+    # ... and so does a window cut inside sound: half its last this-many seconds loud (the
+    # chunker found no pause in its last 10 s: music or babble under the speech, or speech
+    # with no pause). The words at the cut are half in the next window, which starts
+    # mid-word and often drops them (chords 10 dB under a reading, base: "and that you
+    # know you can" lost at a cut 0.92 s after the last segment's end). 0: never.
+    cut_tail_sound_s: float = 0.3
     # The mean log-probability test needs this many tokens: over a short decode (a tail of
     # a few words) it is dominated by the uncertain timestamp and end tokens.
     logprob_min_tokens: int = 16
@@ -150,6 +156,8 @@ class QualityConfig:
             raise ValueError("silence_dbfs must be at most quiet_dbfs, and sound_range_db positive")
         if self.repeat_min_words < 0:
             raise ValueError("repeat_min_words must be >= 0 (0: never drop a repeat)")
+        if not 0 <= self.cut_tail_sound_s <= self.tail_min_s:
+            raise ValueError("cut_tail_sound_s must be from 0 (never) to tail_min_s")
         if self.quiet_tail_sound_s < 0:
             raise ValueError("quiet_tail_sound_s must be >= 0 (0: no quiet tail is decoded)")
         if self.quiet_gap_sound_s < 0 or self.quiet_fit <= 0 or self.quiet_under_db <= 0:

@@ -21,7 +21,9 @@ README, Accuracy):
   back as "Thank you. Thank you."; decoded with the sentence before it, nothing. At the
   end of a job's last window (``final``), where no later window hears what this one
   dropped, a tail from ``end_tail_min_s`` on is decoded again the same way (a reading
-  that ends mid-speech lost its last word, "lines", 0.44 s after the last segment's end).
+  that ends mid-speech lost its last word, "lines", 0.44 s after the last segment's end);
+  and at the end of a window cut inside sound (no pause in its last 10 s, under music or
+  babble), whose next window starts mid-word and drops the words at the cut.
   A tail needs sound after the last segment: the gate is the sound, not the text. Where
   only the voice band hears it (sentences 40 dB under the ones before them, under the
   window's ``quiet_level``), it is decoded alone: with the loud sentences as context,
@@ -596,9 +598,11 @@ class WindowReview:
                 return None if cut is None else (cut, kept, ())
         elif not (
             # The job's last words, right at its end (a recording cut mid-speech): measured
-            # from the last segment's end, since no later window will hear them.
-            self.final and span.end == len(self.audio) and left >= cfg.end_tail_min_s
+            # from the last segment's end, since no later window will hear them; and the
+            # same for a window cut inside sound, whose next window starts mid-word.
+            span.end == len(self.audio) and left >= cfg.end_tail_min_s
             and loud_seconds(self.loud, heard_to, span_end_s) >= cfg.end_tail_speech_s
+            and (self.final or self._cut_in_sound(span_end_s))
         ):  # fmt: skip
             return None
         context: tuple = ()
@@ -627,6 +631,13 @@ class WindowReview:
         if cut <= span.start:  # nothing was heard: decoding the same span again gains nothing
             return None
         return cut, kept, context
+
+    def _cut_in_sound(self, end_s: float) -> bool:
+        """Half or more of the window's last ``cut_tail_sound_s`` before ``end_s`` (its end)
+        is ``loud``: it was cut inside sound, not in a pause."""
+        k = round(self.cfg.cut_tail_sound_s * 20)  # 50 ms frames
+        b = int(np.ceil(end_s * 20 - 1e-6))
+        return k > 0 and b >= k and 2 * int(np.count_nonzero(self.loud[b - k : b])) >= k
 
     def _quiet_tail(self, span: _Span, t0: float, t1: float) -> int | None:
         """Where to decode a quiet tail from (a sample), or None: the span's end holds no

@@ -1113,8 +1113,9 @@ def test_a_jobs_last_words_at_its_very_end_are_decoded_again():
     """The job's last window (``final``): a dropped tail shorter than tail_min_s, with
     sound right after the last segment's end, is decoded again (a reading ending in
     "... on subsequent | lines." lost "lines"), together with the segments of the last
-    5 s before it, from the start of the first of them; not in other windows, where the
-    next window hears it, nor where the end is quiet or too short to hold a word."""
+    5 s before it, from the start of the first of them; not in other windows that end in
+    a pause, where the next window hears what follows, nor where the end is quiet or too
+    short to hold a word."""
     audio = speech_like(20.0)
 
     def run(first, final, audio=audio):
@@ -1129,11 +1130,41 @@ def test_a_jobs_last_words_at_its_very_end_are_decoded_again():
     # The cut: the start of the last segment that starts 5 s or more before the end.
     three = res(seg(0.0, 10.0, " On the same line,"), seg(10.0, 16.0, " and the next"), seg(16.0, 19.56, " on subsequent"))
     assert run(three, final=True)[0] == [("window", 0), ("tail", 10 * SAMPLE_RATE)]
-    assert run(first, final=False)[0] == [("window", 0)]
+    in_pause = from_frames(np.r_[speech_like_amps(19.7), np.full(6, FLOOR_AMP)])  # 0.3 s pause at the cut
+    assert run(first, final=True, audio=in_pause)[0] == [("window", 0), ("tail", 10 * SAMPLE_RATE)]
+    assert run(first, final=False, audio=in_pause)[0] == [("window", 0)]
     # Under end_tail_min_s left, or the rest quiet: nothing more to hear.
     assert run(res(seg(0.0, 19.8, " All of it.")), final=True)[0] == [("window", 0)]
     quiet_end = from_frames(np.r_[speech_like_amps(19.5), np.full(10, FLOOR_AMP)])
     assert run(res(seg(0.0, 19.5, " All of it.")), final=True, audio=quiet_end)[0] == [("window", 0)]
+
+
+def test_a_window_cut_inside_sound_has_its_last_words_decoded_again():
+    """A window with no pause in its last 10 s (chords 10 dB under a reading) is cut inside
+    speech: base's window ended its last segment with "free programs." 0.92 s before the
+    cut, under tail_min_s, and the next window, starting mid-word, began with "do these
+    things": "and that you know you can" was lost. A window whose last 0.3 s is half loud
+    or more is decoded again as a job's last window is; not one that ends in a pause, nor
+    with ``cut_tail_sound_s`` 0."""
+    first = res(seg(0.0, 10.0, " use pieces of it in new"), seg(10.0, 19.0, " free programs."))
+
+    def run(audio, cfg=QualityConfig()):
+        dec = FakeDecoder(lambda r: first if r.kind == "window"
+                          else res(seg(0.0, 9.9, " free programs, and that you know you can")))  # fmt: skip
+        out = drive(WindowReview(0, audio, cfg, final=False), dec)
+        return [(r.kind, r.start) for r in dec.seen], [s.text for s in out.segments]
+
+    kinds, texts = run(speech_like(19.9))
+    assert kinds == [("window", 0), ("tail", 10 * SAMPLE_RATE)]
+    assert texts == [" use pieces of it in new", " free programs.", " and that you know you can"]
+    # Speech, then 0.2 s of quiet at the cut: 4 of its last 6 frames loud, half or more.
+    dip = from_frames(np.r_[speech_like_amps(19.7), np.full(2, FLOOR_AMP)])
+    assert run(dip)[0] == kinds
+    ends_in_pause = from_frames(np.r_[speech_like_amps(19.6), np.full(6, FLOOR_AMP)])
+    assert run(ends_in_pause) == ([("window", 0)], [" use pieces of it in new", " free programs."])
+    assert run(speech_like(19.9), QualityConfig(cut_tail_sound_s=0))[0] == [("window", 0)]
+    with pytest.raises(ValueError, match="cut_tail_sound_s"):
+        QualityConfig(cut_tail_sound_s=1.5)
 
 
 def test_a_jobs_end_decoded_again_adds_only_what_comes_after_the_last_words():
