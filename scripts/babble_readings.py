@@ -1,5 +1,6 @@
-"""Readings under babble (issue 8): the first minutes of a test reading with four other
-readings talking under it, for checking what a window cut mid-sentence loses.
+"""Readings under babble or music (issue 8): the first minutes of a test reading with four
+other readings talking under it, or chords under it, for checking what a window cut
+mid-sentence loses.
 
     python scripts/babble_readings.py OUT_DIR [--testsets testsets]
 

@@ -634,7 +634,8 @@ class WindowReview:
 
     def _cut_in_sound(self, end_s: float) -> bool:
         """Half or more of the window's last ``cut_tail_sound_s`` before ``end_s`` (its end)
-        is ``loud``: it was cut inside sound, not in a pause."""
+        is ``loud``: it was cut inside sound, not in a pause. A last part-frame (under
+        50 ms, no level of its own) counts as quiet."""
         k = round(self.cfg.cut_tail_sound_s * 20)  # 50 ms frames
         b = int(np.ceil(end_s * 20 - 1e-6))
         return k > 0 and b >= k and 2 * int(np.count_nonzero(self.loud[b - k : b])) >= k

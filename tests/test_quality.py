@@ -1157,7 +1157,7 @@ def test_a_window_cut_inside_sound_has_its_last_words_decoded_again():
     kinds, texts = run(speech_like(19.9))
     assert kinds == [("window", 0), ("tail", 10 * SAMPLE_RATE)]
     assert texts == [" use pieces of it in new", " free programs.", " and that you know you can"]
-    # Speech, then 0.2 s of quiet at the cut: 4 of its last 6 frames loud, half or more.
+    # Speech, then 0.1 s of quiet at the cut: 4 of its last 6 frames loud, half or more.
     dip = from_frames(np.r_[speech_like_amps(19.7), np.full(2, FLOOR_AMP)])
     assert run(dip)[0] == kinds
     ends_in_pause = from_frames(np.r_[speech_like_amps(19.6), np.full(6, FLOOR_AMP)])
