@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -422,6 +423,43 @@ def test_stages_leave_when_the_driver_is_killed_mid_decode(tiny_model_dir, slow_
     # Each stage looks at its parent at least every 0.25 s; before, infer lived on 5-10 s
     # here (and minutes with real weights on long audio).
     _assert_all_gone(list(pids.values()), proc.pid, within=3.0)
+
+
+_ORPHAN_SCRIPT = """
+import multiprocessing as mp, os, sys, time
+from pipeline.runtime.process import _leave_when_orphaned
+
+def stage(parent):
+    _leave_when_orphaned("test", parent, poll_s=0.05)
+    time.sleep(600)  # a model load: polls nothing
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=stage, args=(os.getpid(),))
+    p.start()
+    print(p.pid, flush=True)
+    p.join()
+"""
+
+
+def test_a_stage_busy_in_a_call_that_polls_nothing_leaves_when_its_driver_dies(tmp_path):
+    """A stage blocked where its loops cannot look at their parent (the infer stage loading
+    a model, which can take minutes) leaves within a second of its driver's SIGKILL: a
+    thread watches the parent. Before, it lived until the call returned."""
+    script = tmp_path / "driver.py"  # a file: spawn pickles ``stage`` by its module's name
+    script.write_text(_ORPHAN_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    _STARTED.append(proc)
+    child = int(proc.stdout.readline())
+    time.sleep(0.5)
+    assert psutil.Process(child).status() != psutil.STATUS_ZOMBIE  # alive while its driver is
+    proc.kill()
+    proc.wait()
+    try:
+        _assert_all_gone([child], proc.pid, within=3.0)
+    finally:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(child).kill()
 
 
 def test_close_mid_decode_lets_every_stage_leave_on_its_own(tiny_model_dir, slow_input):

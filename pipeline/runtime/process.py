@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from multiprocessing import reduction
 
 from pipeline import logs
@@ -54,8 +55,37 @@ def _no_library_semaphores() -> None:
         tqdm.tqdm.set_lock(threading.RLock())
 
 
+ORPHAN_POLL_S = 0.5
+
+
+def _leave_when_orphaned(name: str, parent_pid: int, poll_s: float = ORPHAN_POLL_S) -> threading.Thread:
+    """Exit this stage process, from a daemon thread, once its driver is gone.
+
+    A stage's own loops notice a dead driver within ``POLL_S`` (every wait checks the
+    parent), but only while they wait: the infer stage loading or converting a model,
+    a long CPU decoder step or a library call blocked on a slow disk polls nothing, and
+    an orphan would hold its memory (a GPU's, for a large model) until that call returned,
+    however long. PR_SET_PDEATHSIG is no answer for a stage: it fires when the *thread*
+    that started the process exits, and a server starts its pipeline from a worker thread
+    that ends long before the pipeline does (and restarts it from another). Polling ``getppid`` is cheap and exact: it
+    changes when the driver dies, to a subreaper or init. ``os._exit`` is how every stage
+    leaves anyway; the driver made every shared-memory segment, and with it gone,
+    multiprocessing's resource tracker unlinks them."""
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        log.warning("%s stage: the driver (pid %d) is gone; leaving", name, parent_pid)
+        os._exit(1)
+
+    t = threading.Thread(target=watch, name="orphan-watch", daemon=True)
+    t.start()
+    return t
+
+
 def _stage_entry(name: str, ctx: StageContext, *args):
     """Entry point of every stage process."""
+    _leave_when_orphaned(name, ctx.parent_pid)
     _one_malloc_arena()
     _no_library_semaphores()
     os.dup2(2, 1)  # stray prints from libraries go to stderr: stdout is the transcript's
