@@ -487,11 +487,22 @@ class Interrupts:
         self.pipe = None  # the Pipeline to tear down, once there is one
         self._stream = stream
         self._timer: threading.Timer | None = None
+        self._previous: dict = {}
 
     def install(self) -> "Interrupts":
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
+
+    def uninstall(self) -> None:
+        """The run is over: disarm the deadline and give the signals back their handlers.
+        For a caller of ``main`` in its own process (a script, a test), whose process must
+        not be ended ``deadline_s`` after an interrupted run returned."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
     def _on_signal(self, signum, frame):
         if self.event.is_set():
@@ -536,7 +547,10 @@ def main(argv=None) -> int:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     interrupts = Interrupts().install()
-    return _run(args, cfg, options, inputs, show_progress(args, sys.stderr), interrupts)
+    try:
+        return _run(args, cfg, options, inputs, show_progress(args, sys.stderr), interrupts)
+    finally:
+        interrupts.uninstall()
 
 
 def show_progress(args, stream) -> bool:

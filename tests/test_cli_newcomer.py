@@ -333,6 +333,33 @@ except KeyboardInterrupt:
 """
 
 
+_INTERRUPTED_THEN_GOES_ON = """
+import os, signal, sys, time
+from pipeline.cli import Interrupts
+
+it = Interrupts(deadline_s=0.5).install()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt:
+    pass
+finally:
+    it.uninstall()  # as main() does when a run returns, however it ended
+time.sleep(1.5)  # past the deadline: the caller's process lives on
+print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+"""
+
+
+def test_an_interrupted_run_leaves_its_caller_alive_with_its_own_handlers():
+    """main() called in a caller's own process: after an interrupted run returns, the
+    deadline armed by the Ctrl-C must not end the caller's process, and Ctrl-C is the
+    caller's again (it was ended with exit code 130 a deadline after main returned)."""
+    e = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", _INTERRUPTED_THEN_GOES_ON], cwd=REPO, env=e,
+                       capture_output=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, b"True\n"), r.stderr[-2000:]
+
+
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_ends_the_run_within_its_deadline_whatever_it_waits_on(presses):
     """However the orderly stop after Ctrl-C gets stuck, the process is gone soon after
