@@ -462,20 +462,32 @@ def test_a_stage_busy_in_a_call_that_polls_nothing_leaves_when_its_driver_dies(t
             psutil.Process(child).kill()
 
 
+def _plain_config(model_dir) -> PipelineConfig:
+    """Random weights with the accuracy machinery off, for tests of the plumbing: their
+    garbage sends every window through all five fallback temperatures, and the first
+    window of a job came after ~24 s instead of ~3 s (the run, 180 s of noise at batch 4:
+    89 s against 6 s)."""
+    from stages.quality import QualityConfig
+
+    return PipelineConfig(model=str(model_dir), batch_size=4, quality=QualityConfig(enabled=False))
+
+
 def test_close_mid_decode_lets_every_stage_leave_on_its_own(tiny_model_dir, slow_input):
     """close() while windows are being decoded: each stage sees the stop and returns
     (exit code 0) within the join time; none is terminated (the infer stage was, after
     the whole 5 s join, as the RunPod worker's SIGTERM handler closed it mid-job)."""
     import threading
 
-    with Pipeline(PipelineConfig(model=str(tiny_model_dir), batch_size=4)) as p:
+    with Pipeline(_plain_config(tiny_model_dir)) as p:
         p.wait_ready(timeout=120)
         first = threading.Event()
-        run = p.submit(Job(str(slow_input)), on_window=lambda w: first.set())
+        # Two jobs: after the first window of 16, most of the run is still to come.
+        runs = [p.submit(Job(str(slow_input)), on_window=lambda w: first.set()) for _ in range(2)]
         assert first.wait(120)
+        assert not all(r.finished.is_set() for r in runs)
         procs = dict(p._procs)
         p.close()
-        assert run.finished.is_set()
+        assert all(r.finished.is_set() for r in runs)
     assert {name: proc.exitcode for name, proc in procs.items()} == {name: 0 for name in procs}
 
 
@@ -486,7 +498,7 @@ def test_an_interrupt_whose_exception_was_lost_still_stops_the_run(tiny_model_di
     finished comes with the KeyboardInterrupt."""
     import threading
 
-    with Pipeline(PipelineConfig(model=str(tiny_model_dir), batch_size=4)) as p:
+    with Pipeline(_plain_config(tiny_model_dir)) as p:
         p.wait_ready(timeout=120)
         interrupt = threading.Event()
         first = threading.Event()
