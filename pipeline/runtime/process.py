@@ -85,8 +85,8 @@ def _leave_when_orphaned(name: str, parent_pid: int, poll_s: float = ORPHAN_POLL
 
 def _stage_entry(name: str, ctx: StageContext, *args):
     """Entry point of every stage process."""
+    _one_malloc_arena()  # first: before any thread of this process could make an arena
     _leave_when_orphaned(name, ctx.parent_pid)
-    _one_malloc_arena()
     _no_library_semaphores()
     os.dup2(2, 1)  # stray prints from libraries go to stderr: stdout is the transcript's
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
