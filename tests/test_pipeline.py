@@ -431,12 +431,12 @@ from pipeline.runtime.process import _leave_when_orphaned
 
 def stage(parent):
     _leave_when_orphaned("test", parent, poll_s=0.05)
+    print(os.getpid(), flush=True)  # watching now (the driver's stdout: the test's pipe)
     time.sleep(600)  # a model load: polls nothing
 
 if __name__ == "__main__":
     p = mp.get_context("spawn").Process(target=stage, args=(os.getpid(),))
     p.start()
-    print(p.pid, flush=True)
     p.join()
 """
 
@@ -481,7 +481,7 @@ def test_close_mid_decode_lets_every_stage_leave_on_its_own(tiny_model_dir, slow
     with Pipeline(_plain_config(tiny_model_dir)) as p:
         p.wait_ready(timeout=120)
         first = threading.Event()
-        # Two jobs: after the first window of 16, most of the run is still to come.
+        # Two jobs: after the first of their ~16 windows, most of the run is still to come.
         runs = [p.submit(Job(str(slow_input)), on_window=lambda w: first.set()) for _ in range(2)]
         assert first.wait(120)
         assert not all(r.finished.is_set() for r in runs)

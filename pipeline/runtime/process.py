@@ -67,10 +67,11 @@ def _leave_when_orphaned(name: str, parent_pid: int, poll_s: float = ORPHAN_POLL
     an orphan would hold its memory (a GPU's, for a large model) until that call returned,
     however long. PR_SET_PDEATHSIG is no answer for a stage: it fires when the *thread*
     that started the process exits, and a server starts its pipeline from a worker thread
-    that ends long before the pipeline does (and restarts it from another). Polling ``getppid`` is cheap and exact: it
-    changes when the driver dies, to a subreaper or init. ``os._exit`` is how every stage
-    leaves anyway; the driver made every shared-memory segment, and with it gone,
-    multiprocessing's resource tracker unlinks them."""
+    that ends long before the pipeline does (and restarts it from another). Polling
+    ``getppid`` is cheap and exact: it changes when the driver dies, to a subreaper or
+    init. ``os._exit`` is how every stage leaves anyway; the driver made every
+    shared-memory segment, and with it gone, multiprocessing's resource tracker unlinks
+    them."""
 
     def watch():
         while os.getppid() == parent_pid:
