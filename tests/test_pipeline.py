@@ -430,7 +430,7 @@ import multiprocessing as mp, os, sys, time
 from pipeline.runtime.process import _leave_when_orphaned
 
 def stage(parent):
-    _leave_when_orphaned("test", parent, poll_s=0.05)
+    _leave_when_orphaned("test", lambda: os.getppid() == parent, poll_s=0.05)
     print(os.getpid(), flush=True)  # watching now (the driver's stdout: the test's pipe)
     time.sleep(600)  # a model load: polls nothing
 
@@ -678,3 +678,108 @@ def test_decoded_samples_count_when_they_arrive_after_done():
     p._route(("meta", 7, "decode", {"samples": 90 * 16000}))
     p._route(("stats", 7, "decode", {"busy_s": 0.1}))
     assert r.decoded_samples == 90 * 16000 and "decode" in r.stages
+
+
+def _process_parent(pid: int) -> psutil.Process:
+    return psutil.Process(psutil.Process(pid).ppid())
+
+
+def test_a_later_pipeline_forks_its_infer_stage_from_the_preloaded_server(real_tiny_dir, speech_wav, monkeypatch):
+    """The first pipeline of a process spawns its infer stage; later ones fork it from the
+    fork server, which imported torch and transformers once: the same words come out, the
+    forked stage sees the driver's environment as it is now (not as it was when the
+    server started), and it fails like a spawned one."""
+    import itertools
+
+    from pipeline.runtime import driver
+    from pipeline.runtime.context import FAULT_ENV
+
+    monkeypatch.setattr(driver, "_starts", itertools.count())  # this process's first start
+    cfg = PipelineConfig(model=str(real_tiny_dir), batch_size=4)
+    texts, parents = [], []
+    for _ in range(2):
+        with Pipeline(cfg) as p:
+            texts.append(p.transcribe(str(speech_wav)).text)
+            parents.append(_process_parent(p.pids["infer"]))
+    assert parents[0].pid == os.getpid()  # spawned
+    server = parents[1]  # forked: its parent is the fork server, a child of this process
+    assert server.ppid() == os.getpid() and "forkserver" in " ".join(server.cmdline())
+    assert texts[0] == texts[1] and "brown fox" in texts[0].lower(), texts
+
+    monkeypatch.setenv(FAULT_ENV, "infer")  # set after the server started
+    with Pipeline(cfg) as p:
+        with pytest.raises((JobError, StageDied), match="injected fault in the infer stage"):
+            p.transcribe(str(speech_wav), timeout=120)
+        assert _process_parent(p.pids["infer"]).pid == server.pid
+
+
+_FORKED_ORPHAN_SCRIPT = """
+import json, sys
+from pipeline.config import Job, PipelineConfig
+from pipeline.runtime import Pipeline
+from stages.quality import QualityConfig
+
+if __name__ == "__main__":
+    model, audio = sys.argv[1], sys.argv[2]
+    cfg = PipelineConfig(model=model, batch_size=4, quality=QualityConfig(enabled=False))
+    with Pipeline(cfg) as p:  # spawns its infer stage
+        p.wait_ready(timeout=120)
+    p = Pipeline(cfg).start()  # forks it
+    p.wait_ready(timeout=120)
+    runs = [p.submit(Job(audio), on_window=lambda w: print("window", flush=True)) for _ in range(2)]
+    print(json.dumps(p.pids), flush=True)
+    for r in runs:
+        p.wait(r)
+"""
+
+
+def test_a_forked_infer_stage_and_its_fork_server_leave_when_the_driver_is_killed(tmp_path, tiny_model_dir, slow_input):
+    """SIGKILL of a driver whose infer stage came from the fork server, mid-decode: the
+    server sees its pipe to the driver close and exits, the forked stage sees its parent
+    change, and every stage and segment is gone within seconds."""
+    script = tmp_path / "driver.py"
+    script.write_text(_FORKED_ORPHAN_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_model_dir), str(slow_input)], cwd=REPO,
+                            stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)))  # fmt: skip
+    _STARTED.append(proc)
+    pids = json.loads(proc.stdout.readline())
+    left = list(pids.values())
+    try:
+        server = _process_parent(pids["infer"])
+        left.append(server.pid)
+        assert server.pid != proc.pid and server.ppid() == proc.pid
+        assert proc.stdout.readline() == b"window\n"  # decoding now
+        proc.kill()
+        proc.wait()  # not communicate(): the stages and the server hold its stdout
+        _assert_all_gone(left, proc.pid, within=3.0)
+    finally:
+        for pid in left:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+
+
+def test_the_fork_servers_preload_leaves_cuda_alone():
+    """What the fork server imports must not touch CUDA: the CUDA driver does not survive
+    a fork, and a GPU infer stage forked after it did would fail at its first CUDA call.
+    (torch is already imported when the recording starts: it initialises CUDA lazily.)"""
+    probe = """
+import torch, torch.cuda
+calls = []
+def recorder(name, f):
+    def rec(*a, **k):
+        calls.append(name)
+        return f(*a, **k)
+    return rec
+for name in ("is_available", "device_count", "init", "_lazy_init", "current_device",
+             "get_device_properties", "get_device_capability", "is_bf16_supported", "set_device"):
+    if hasattr(torch.cuda, name):
+        setattr(torch.cuda, name, recorder(name, getattr(torch.cuda, name)))
+if hasattr(torch._C, "_cuda_getDeviceCount"):
+    torch._C._cuda_getDeviceCount = recorder("_cuda_getDeviceCount", torch._C._cuda_getDeviceCount)
+import pipeline.preload
+print(calls, torch.cuda.is_initialized())
+"""
+    r = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "[] False", r.stdout

@@ -49,10 +49,12 @@ shutdown note is the model):
      (it created them all; stages only attach and close, never unlink).
   6. ``close()`` is idempotent and is also registered with ``weakref.finalize`` (so it runs
      at interpreter exit) and called from ``__exit__``. If the driver itself is SIGKILLed,
-     the stages see their parent change and exit (their waits look; so does a thread in
-     each stage, every 0.5 s, for a stage blocked in a call that polls nothing, such as
-     loading a model), and multiprocessing's resource tracker unlinks the segments it
-     still has registered.
+     the stages see it gone and exit (their waits look; so does a thread in each stage,
+     every 0.5 s, for a stage blocked in a call that polls nothing, such as loading a
+     model), and multiprocessing's resource tracker unlinks the segments it still has
+     registered. A spawned stage looks at its parent's pid; an infer stage forked from the
+     fork server (every pipeline after a process's first: driver.py, ``_infer_context``)
+     watches a pidfd of the driver, and the fork server leaves once it has.
 
 Layout (split along the seams the data already has):
     context.py     the stage side of the protocol: StageContext, StageStats, JobInput

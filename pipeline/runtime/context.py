@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -94,18 +95,61 @@ class StageStats:
 class StageContext:
     """What every stage process shares with the driver. Pickled once, at Process start."""
 
-    def __init__(self, name, config, stop, cancel, out_q, parent_pid):
+    def __init__(self, name, config, stop, cancel, out_q, driver_pid):
         self.name = name
         self.config = config
         self.stop = stop
         self.cancel_arr = cancel
         self.out_q = out_q
-        self.parent_pid = parent_pid
+        self.driver_pid = driver_pid
+        # The driver's environment when it started the stage. A spawned stage has it
+        # anyway; one forked from the fork server would otherwise have the server's, as it
+        # was when the server started.
+        self.environ = dict(os.environ)
         self.fault_at = None
         self.step_fault_at = None  # infer: the engine's Nth decoder step raises, once
+        self._driver_fd: int | None = None  # a forked stage's pidfd of the driver
+
+    def adopt_driver(self) -> bool:
+        """In the stage, at its start: take the driver's environment and learn how to tell
+        that the driver is gone. False: it is gone already.
+
+        A spawned stage's parent is the driver: its pid changes (to a subreaper or init)
+        when the driver dies. One forked from multiprocessing's fork server (a later
+        pipeline's infer stage, ``pipeline.runtime.driver._infer_context``) has the server
+        as its parent, and the server is no stand-in for the driver: every process it
+        forks holds the server's "alive" pipe open, so the server outlives a killed driver
+        for as long as this stage lives. Such a stage watches the driver itself, through a
+        pidfd, which becomes readable when the driver exits (Linux 5.3+; older kernels: a
+        signal-0 probe of its pid)."""
+        os.environ.clear()
+        os.environ.update(self.environ)
+        if os.getppid() == self.driver_pid:
+            return True
+        try:
+            self._driver_fd = os.pidfd_open(self.driver_pid)
+        except ProcessLookupError:
+            return False
+        except (AttributeError, OSError):  # no pidfd here: probe the pid
+            self._driver_fd = -1
+        return self.driver_alive()
+
+    def driver_alive(self) -> bool:
+        fd = self._driver_fd
+        if fd is None:  # spawned: the driver is the parent
+            return os.getppid() == self.driver_pid
+        if fd >= 0:
+            return not select.select([fd], [], [], 0)[0]
+        try:
+            os.kill(self.driver_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process: the driver's pid, reused
+            return False
+        return True
 
     def alive(self) -> bool:
-        return not self.stop.is_set() and os.getppid() == self.parent_pid
+        return not self.stop.is_set() and self.driver_alive()
 
     def cancelled(self, seq: int) -> bool:
         return self.cancel_arr[seq % CANCEL_SLOTS] == seq

@@ -58,25 +58,25 @@ def _no_library_semaphores() -> None:
 ORPHAN_POLL_S = 0.5
 
 
-def _leave_when_orphaned(name: str, parent_pid: int, poll_s: float = ORPHAN_POLL_S) -> threading.Thread:
-    """Exit this stage process, from a daemon thread, once its driver is gone.
+def _leave_when_orphaned(name: str, driver_alive, poll_s: float = ORPHAN_POLL_S) -> threading.Thread:
+    """Exit this stage process, from a daemon thread, once ``driver_alive()`` says its
+    driver is gone (``StageContext.driver_alive``).
 
-    A stage's own loops notice a dead driver within ``POLL_S`` (every wait checks the
-    parent), but only while they wait: the infer stage loading or converting a model,
-    a long CPU decoder step or a library call blocked on a slow disk polls nothing, and
-    an orphan would hold its memory (a GPU's, for a large model) until that call returned,
-    however long. PR_SET_PDEATHSIG is no answer for a stage: it fires when the *thread*
-    that started the process exits, and a server starts its pipeline from a worker thread
-    that ends long before the pipeline does (and restarts it from another). Polling
-    ``getppid`` is cheap and exact: it changes when the driver dies, to a subreaper or
-    init. ``os._exit`` is how every stage leaves anyway; the driver made every
-    shared-memory segment, and with it gone, multiprocessing's resource tracker unlinks
-    them."""
+    A stage's own loops notice a dead driver within ``POLL_S`` (every wait checks), but
+    only while they wait: the infer stage loading or converting a model, a long CPU
+    decoder step or a library call blocked on a slow disk polls nothing, and an orphan
+    would hold its memory (a GPU's, for a large model) until that call returned, however
+    long. PR_SET_PDEATHSIG is no answer for a stage: it fires when the *thread* that
+    started the process exits, and a server starts its pipeline from a worker thread that
+    ends long before the pipeline does (and restarts it from another). The check is cheap
+    and exact (the parent's pid, or a pidfd of the driver). ``os._exit`` is how every
+    stage leaves anyway; the driver made every shared-memory segment, and with it gone,
+    multiprocessing's resource tracker unlinks them."""
 
     def watch():
-        while os.getppid() == parent_pid:
+        while driver_alive():
             time.sleep(poll_s)
-        log.warning("%s stage: the driver (pid %d) is gone; leaving", name, parent_pid)
+        log.warning("%s stage: the driver is gone; leaving", name)
         os._exit(1)
 
     t = threading.Thread(target=watch, name="orphan-watch", daemon=True)
@@ -87,7 +87,9 @@ def _leave_when_orphaned(name: str, parent_pid: int, poll_s: float = ORPHAN_POLL
 def _stage_entry(name: str, ctx: StageContext, *args):
     """Entry point of every stage process."""
     _one_malloc_arena()  # first: before any thread of this process could make an arena
-    _leave_when_orphaned(name, ctx.parent_pid)
+    if not ctx.adopt_driver():
+        os._exit(1)  # the driver died before this stage started: nobody to work for
+    _leave_when_orphaned(name, ctx.driver_alive)
     _no_library_semaphores()
     os.dup2(2, 1)  # stray prints from libraries go to stderr: stdout is the transcript's
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
