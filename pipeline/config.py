@@ -70,6 +70,7 @@ def check_batch_size(value, what: str = "batch size") -> int:
 
 
 ENGINES = ("slots", "generate")  # PipelineConfig.engine
+INFER_STARTS = ("auto", "spawn", "forkserver")  # PipelineConfig.infer_start
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class PipelineConfig:
     # "slots": our decode loop (stages/engine.py, in-flight batching); "generate": one
     # transformers generate call per batch (kept to compare against: bench --engine).
     engine: str = "slots"
+    # How the infer stage starts: "auto" spawns it in a process's first pipeline and forks
+    # it from the preloaded fork server in later ones (pipeline/runtime/driver.py,
+    # _infer_context); "spawn" or "forkserver" always (measurements that compare pipelines
+    # side by side start theirs alike).
+    infer_start: str = "auto"
     window_plan: WindowPlan = WindowPlan()  # where windows are cut (stages/chunk.py)
     quality: QualityConfig = QualityConfig()  # re-decodes and filters (stages/quality.py, stages/review.py)
     # Ring sizes. Memory in use is fixed by these, whatever the audio's length.
@@ -114,6 +120,8 @@ class PipelineConfig:
             raise ValueError("model must be a hub id or a directory")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.infer_start not in INFER_STARTS:
+            raise ValueError(f"infer_start must be one of {', '.join(INFER_STARTS)}, not {self.infer_start!r}")
         if not isinstance(self.window_plan, WindowPlan) or not isinstance(self.quality, QualityConfig):
             raise ValueError("window_plan and quality must be a WindowPlan and a QualityConfig")
         if self.device is not None and not (

@@ -13,6 +13,7 @@ quieter during the run slows both alike, which separate runs in sequence (bench.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -35,9 +36,10 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=4, help="timed jobs of each (default 4)")
     args = p.parse_args(argv)
     opts = DecodeOptions(language=args.language)
-    cfg = PipelineConfig(model=args.model, batch_size=args.batch_size)
-    pipes = {"ours": Pipeline(cfg), "plain": Pipeline(PipelineConfig(
-        model=args.model, batch_size=args.batch_size, quality=QualityConfig(enabled=False)))}  # fmt: skip
+    # Both infer stages forked from the fork server: by default the first pipeline of a
+    # process spawns its own and the second forks it, and the two would not start alike.
+    cfg = PipelineConfig(model=args.model, batch_size=args.batch_size, infer_start="forkserver")
+    pipes = {"ours": Pipeline(cfg), "plain": Pipeline(dataclasses.replace(cfg, quality=QualityConfig(enabled=False)))}
     try:
         for pipe in pipes.values():
             pipe.start()

@@ -104,7 +104,10 @@ def main(argv=None) -> int:
             from pipeline.synthetic import build_checkpoint
 
             model = str(build_checkpoint(Path(tmp) / "tiny", "test"))
-        cfg = PipelineConfig(model=model or "tone", backend=args.backend, batch_size=args.batch_size)
+        # Every length's infer stage forked from the fork server (counted in the tree: it
+        # is this process's child), so that the lengths compare like for like.
+        cfg = PipelineConfig(model=model or "tone", backend=args.backend, batch_size=args.batch_size,
+                             infer_start="forkserver")  # fmt: skip
         opts = DecodeOptions(tokens_per_window=args.tokens_per_window if args.backend == "whisper" else None)
         for m in args.minutes:
             audio = make_audio(Path(tmp) / f"{m}min.mp3", m)

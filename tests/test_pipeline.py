@@ -783,3 +783,21 @@ print(calls, torch.cuda.is_initialized())
                        env=dict(os.environ, PYTHONPATH=str(REPO)))  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().splitlines()[-1] == "[] False", r.stdout
+
+
+def test_infer_start_picks_how_the_infer_stage_starts(monkeypatch):
+    """"auto": spawn in a process's first pipeline, fork later; "spawn" and "forkserver":
+    always (a measurement comparing pipelines side by side starts them alike)."""
+    import itertools
+    import multiprocessing as mp
+
+    from pipeline.runtime import driver
+
+    spawn = mp.get_context("spawn")
+    monkeypatch.setattr(driver, "_starts", itertools.count())
+    methods = [driver._infer_context(spawn, how).get_start_method() for how in ("auto", "auto", "spawn", "auto")]
+    assert methods == ["spawn", "forkserver", "spawn", "forkserver"]
+    monkeypatch.setattr(driver, "_starts", itertools.count())
+    assert driver._infer_context(spawn, "forkserver").get_start_method() == "forkserver"
+    with pytest.raises(ValueError, match="infer_start must be one of auto, spawn, forkserver"):
+        PipelineConfig(model="x", infer_start="fork")

@@ -36,7 +36,7 @@ _starts = itertools.count()  # pipelines started in this process (next() is atom
 PRELOAD = ["pipeline.preload"]  # what the fork server imports once (pipeline/preload.py)
 
 
-def _infer_context(spawn):
+def _infer_context(spawn, how: str = "auto"):
     """The multiprocessing context that starts a pipeline's infer stage.
 
     The first pipeline of a process spawns it, like every stage: its imports (torch,
@@ -50,8 +50,10 @@ def _infer_context(spawn):
     the same code on the same weights (the same words; it also holds less private memory:
     the imported code is shared with the server). The fork server is a child of this
     process and exits after it (``StageContext.adopt_driver`` says how a forked stage
-    watches the driver). The other stages import little (numpy) and are always spawned."""
-    if next(_starts) == 0:
+    watches the driver). The other stages import little (numpy) and are always spawned.
+    ``how``: ``PipelineConfig.infer_start`` ("spawn" or "forkserver": always that)."""
+    first = next(_starts) == 0
+    if how == "spawn" or (how == "auto" and first):
         return spawn
     fs = mp.get_context("forkserver")
     fs.set_forkserver_preload(PRELOAD)  # takes effect when the server starts: once
@@ -152,7 +154,7 @@ class Pipeline:
                 "infer": (r_win, q_win),
             }
             # The infer stage starts first: its model load is the long pole of a cold start.
-            infer_ctx = _infer_context(ctx)
+            infer_ctx = _infer_context(ctx, cfg.infer_start)
             for name in ("infer", "source", "decode", "chunk"):
                 sctx = StageContext(name, cfg, self._stop, self._cancel, self._out, os.getpid())
                 p = (infer_ctx if name == "infer" else ctx).Process(
