@@ -109,6 +109,7 @@ class StageContext:
         self.fault_at = None
         self.step_fault_at = None  # infer: the engine's Nth decoder step raises, once
         self._driver_fd: int | None = None  # a forked stage's pidfd of the driver
+        self.stderr = None  # the driver's stderr, passed at Process start (_InheritFd)
 
     def adopt_driver(self) -> bool:
         """In the stage, at its start: take the driver's environment and learn how to tell

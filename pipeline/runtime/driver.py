@@ -157,6 +157,7 @@ class Pipeline:
             infer_ctx = _infer_context(ctx, cfg.infer_start)
             for name in ("infer", "source", "decode", "chunk"):
                 sctx = StageContext(name, cfg, self._stop, self._cancel, self._out, os.getpid())
+                sctx.stderr = _InheritFd(2)  # where the driver's stderr is now (process.py)
                 p = (infer_ctx if name == "infer" else ctx).Process(
                     target=_stage_entry, args=(name, sctx, *args[name]), name=f"wsp-{name}", daemon=True
                 )

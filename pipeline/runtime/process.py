@@ -91,6 +91,15 @@ def _stage_entry(name: str, ctx: StageContext, *args):
         os._exit(1)  # the driver died before this stage started: nobody to work for
     _leave_when_orphaned(name, ctx.driver_alive)
     _no_library_semaphores()
+    if ctx.stderr is not None:
+        # The driver's stderr as it is now. A spawned stage has it as fd 2 already; one
+        # forked from the fork server has the server's, the driver's fd 2 when the server
+        # started (a caller that redirected it since, as pytest's capfd does, would miss
+        # the infer stage's log).
+        fd = _detach(ctx.stderr)
+        if fd != 2:
+            os.dup2(fd, 2)
+            os.close(fd)
     os.dup2(2, 1)  # stray prints from libraries go to stderr: stdout is the transcript's
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _set_process_name(f"wsp-{name}")
@@ -105,7 +114,7 @@ def _stage_entry(name: str, ctx: StageContext, *args):
     fatal = False
     try:
         if name == "source" and args[-1] is not None:
-            args = args[:-1] + (args[-1].detach() if hasattr(args[-1], "detach") else args[-1],)
+            args = args[:-1] + (_detach(args[-1]),)
         _STAGE_MAIN[name](ctx, *args)
     except Stopped:
         pass
@@ -139,3 +148,9 @@ class _InheritFd:
 
 def _identity(x):
     return x
+
+
+def _detach(fd) -> int:
+    """The file descriptor an ``_InheritFd`` became in this stage: a number under spawn,
+    a handle to detach under the fork server."""
+    return fd.detach() if hasattr(fd, "detach") else fd
