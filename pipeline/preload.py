@@ -11,9 +11,10 @@ of a second.
 
 Importing this module must leave the process safe to fork:
   * no CUDA. The CUDA driver does not survive a fork, and ``torch.cuda.is_available()``
-    initialises it unless told to ask NVML instead (PyTorch's fork-safe check, set here for
-    the fork server only). Nothing here calls into CUDA: tests/test_pipeline.py checks that
-    importing this module never touches ``torch.cuda``.
+    initialises it unless told to ask NVML instead (PyTorch's fork-safe check, set below;
+    a forked stage takes the driver's environment back at its start). Nothing here calls
+    into CUDA: tests/test_pipeline.py checks that importing this module never touches
+    ``torch.cuda``.
   * no OpenMP pool. torch's intra-op pool starts at the first parallel op; nothing here
     runs one. (numpy's and scipy's OpenBLAS start threads at import, and OpenBLAS is
     fork-safe: it re-creates its pool in the child, as under the ``fork`` start method.)
