@@ -5,8 +5,9 @@
 For each length it makes that many minutes of audio (noise, MP3), runs one job through a
 fresh pipeline, and samples the proportional set size (PSS: shared pages split between the
 processes that map them, so the rings are counted once) of every process of the run every
-0.1 s. Memory must not grow with the length of the audio: the rings are fixed-size and
-backpressure pauses download and decode when inference is behind.
+0.1 s. Memory should not grow with the length of the audio: the rings are fixed-size and
+backpressure pauses download and decode when inference is behind (the infer stage's does
+now: README, "Memory and the audio's length").
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import Job, PipelineConfig  # noqa: E402
+from pipeline.config import INFER_STARTS, Job, PipelineConfig  # noqa: E402
 from pipeline.runtime import Pipeline  # noqa: E402
 from pipeline.types import DecodeOptions  # noqa: E402
 
@@ -33,7 +34,10 @@ from pipeline.types import DecodeOptions  # noqa: E402
 def make_audio(path: Path, minutes: float) -> Path:
     subprocess.run(
         ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
-         f"anoisesrc=d={minutes * 60}:c=pink:r=44100:a=0.2", "-ac", "2", "-c:a", "libmp3lame",
+         # Pink noise in 2 s bursts with 1 s lulls: the chunker takes steady noise for
+         # a pause (no frame louder than its floor) and cut no window from it at all.
+         f"anoisesrc=d={minutes * 60}:c=pink:r=44100:a=0.2", "-af", "volume='if(lt(mod(t,3),2),1,0.03)':eval=frame",
+         "-ac", "2", "-c:a", "libmp3lame",
          "-b:a", "64k", str(path)],
         check=True,
     )
@@ -95,6 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tokens-per-window", type=int, default=8)
     ap.add_argument("--json", default=None, help="write the figures here too")
+    ap.add_argument("--infer-start", default="forkserver", choices=INFER_STARTS,
+                    help="how every length's infer stage starts (default: forked from the fork server)")  # fmt: skip
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows = []
@@ -104,10 +110,10 @@ def main(argv=None) -> int:
             from pipeline.synthetic import build_checkpoint
 
             model = str(build_checkpoint(Path(tmp) / "tiny", "test"))
-        # Every length's infer stage forked from the fork server (counted in the tree: it
-        # is this process's child), so that the lengths compare like for like.
+        # Every length's infer stage starts alike (by default forked from the fork server,
+        # counted in the tree: it is this process's child), so the lengths compare.
         cfg = PipelineConfig(model=model or "tone", backend=args.backend, batch_size=args.batch_size,
-                             infer_start="forkserver")  # fmt: skip
+                             infer_start=args.infer_start)  # fmt: skip
         opts = DecodeOptions(tokens_per_window=args.tokens_per_window if args.backend == "whisper" else None)
         for m in args.minutes:
             audio = make_audio(Path(tmp) / f"{m}min.mp3", m)
