@@ -6,8 +6,8 @@ For each length it makes that many minutes of audio (noise, MP3), runs one job t
 fresh pipeline, and samples the proportional set size (PSS: shared pages split between the
 processes that map them, so the rings are counted once) of every process of the run every
 0.1 s. Memory should not grow with the length of the audio: the rings are fixed-size and
-backpressure pauses download and decode when inference is behind (the infer stage's does
-now: README, "Memory and the audio's length").
+backpressure pauses download and decode when inference is behind (README, "Memory and
+the audio's length").
 """
 
 from __future__ import annotations
