@@ -4,7 +4,7 @@ starts without importing torch and transformers again.
 A spawned infer stage spends most of its start in imports: torch, transformers and
 Whisper's modelling code take ~8 s of CPU on 2 cores, ~10x the model load of tiny.en. A
 process that starts several pipelines (a server restarting one after a stage died,
-bench.py's runs, the tests) paid that every time. The driver starts each later infer
+a script comparing pipelines side by side, the tests) paid that every time. The driver starts each later infer
 stage from a fork server (``pipeline.runtime.driver._infer_context``) that imported this
 module once; the fork shares the imported code copy-on-write and is ready in a fraction
 of a second.

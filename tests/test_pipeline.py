@@ -779,7 +779,13 @@ for name in ("is_available", "device_count", "init", "_lazy_init", "current_devi
         setattr(torch.cuda, name, recorder(name, getattr(torch.cuda, name)))
 if hasattr(torch._C, "_cuda_getDeviceCount"):
     torch._C._cuda_getDeviceCount = recorder("_cuda_getDeviceCount", torch._C._cuda_getDeviceCount)
+import sys
 import pipeline.preload
+# The preload forgives a failed import (the stage then imports for itself): make sure it
+# imported what a forked stage needs, or this probe would pass on an empty preload.
+missing = [m for m in ("transformers.models.whisper.modeling_whisper", "stages.engine", "stages.infer",
+                       "pipeline.runtime.process") if m not in sys.modules]
+assert not missing, missing
 print(calls, torch.cuda.is_initialized())
 """
     r = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,

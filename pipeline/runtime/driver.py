@@ -43,7 +43,7 @@ def _infer_context(spawn, how: str = "auto"):
     transformers: ~8 s of CPU on 2 cores) are needed once either way, and a spawned stage
     imports them while start() has already returned and the first job downloads and
     decodes. Every later pipeline of the process (a server's restart after a stage died,
-    bench.py's decoders, a test suite) forks its infer stage from multiprocessing's fork
+    scripts/machinery_cost.py, a test suite) forks its infer stage from multiprocessing's fork
     server, which imports ``pipeline.preload`` once, when the second pipeline starts
     (that start waits for it), and is then ready in a fraction of a second: on 2 cores
     a tiny model's pipeline was ready in ~0.5 s instead of ~9 s. The forked stage runs
