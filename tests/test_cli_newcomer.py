@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests import media
+from tests import media, procs
 
 REPO = Path(__file__).resolve().parents[1]
 SLOW = "tests.slow_tone:SlowTone"
@@ -306,8 +306,7 @@ def test_ctrl_c_writes_what_was_done_and_leaves_nothing(tones, tmp_path, presses
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".part")]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        alive = [k for k in kids if psutil.pid_exists(k)
-                 and psutil.Process(k).status() != psutil.STATUS_ZOMBIE]
+        alive = [k for k in kids if procs.alive(k)]
         shm = [n for n in os.listdir("/dev/shm") if n.startswith(f"wsp{p.pid}_")]
         if not alive and not shm:
             break

@@ -19,7 +19,7 @@ from pipeline.config import Job, PipelineConfig
 from pipeline.errors import JobError, StageDied
 from pipeline.runtime import Pipeline
 from pipeline.types import DecodeOptions
-from tests import media
+from tests import media, procs
 from tests.httpserver import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,8 +284,8 @@ def _stage_pids(proc_pid: int, timeout=60) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            kids = psutil.Process(proc_pid).children(recursive=False)
-            named = {k.name()[4:]: k.pid for k in kids if k.name().startswith("wsp-")}
+            kids = procs.children(proc_pid, recursive=False)
+            named = {name[4:]: pid for pid, name in kids.items() if name.startswith("wsp-")}
         except psutil.Error:
             named = {}
         if len(named) == 4:
@@ -317,7 +317,7 @@ def _logged_stage_pids(err: str) -> dict[str, int]:
 def _assert_all_gone(pids, cli_pid, within: float = 5.0):
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in pids if procs.alive(p)]
         if not alive and not shm_left(cli_pid):
             return
         time.sleep(0.1)
@@ -363,8 +363,10 @@ def test_sigkill_of_a_stage_fails_the_run_and_cleans_up(tiny_model_dir, slow_inp
     # Wait until the model is working on the first windows: the run is mid-way.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        kids = psutil.Process(proc.pid).children(recursive=True)
-        ffmpeg = [k.pid for k in kids if k.name() == "ffmpeg"] or ffmpeg
+        # A child can leave between the listing and the look at its name (CI once saw a
+        # NoSuchProcess here): procs.children reads that as not a child any more.
+        kids = procs.children(proc.pid)
+        ffmpeg = [pid for pid, name in kids.items() if name == "ffmpeg"] or ffmpeg
         if ffmpeg:
             break
         time.sleep(0.05)
@@ -556,7 +558,7 @@ def test_in_process_stage_death_is_reported(tiny_model_dir, slow_input):
         p.transcribe(Job(str(slow_input)))
     assert "decode" in str(e.value)
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
-    assert not any(psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE for x in pids.values())
+    assert not any(procs.alive(x) for x in pids.values())
 
 
 def test_a_stage_gone_before_a_job_is_submitted_refuses_it_at_once(tiny_model_dir, speech_wav):

@@ -35,7 +35,7 @@ from pipeline.worker import (
     formatted,
     parse_request,
 )
-from tests import media
+from tests import media, procs
 from tests.httpserver import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -644,11 +644,9 @@ def test_stopping_leaves_no_process_and_no_shared_memory(server):
     code = server.stop()
     assert code == 0, server.stderr()[-3000:]
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(
-        p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree
-    ):
+    while time.monotonic() < deadline and any(procs.alive(p) for p in tree):
         time.sleep(0.1)
-    alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    alive = [p for p in tree if procs.alive(p)]
     assert not alive, alive
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"wsp{pid}_")]
 

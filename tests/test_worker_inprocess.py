@@ -10,12 +10,11 @@ import signal
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 from pipeline.config import PipelineConfig
 from pipeline.worker import Worker
-from tests import media
+from tests import media, procs
 from tests.httpserver import LoopbackServer
 
 
@@ -151,8 +150,7 @@ def test_a_stage_that_died_between_jobs_costs_the_next_job_nothing(worker, speec
     out = worker.handle({"id": "job-after-kill", "input": {"audio_base64": b64}})
     assert "error" not in out and out["text"], out
     assert worker.pipeline is not old  # rebuilt
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                   for pid in pids.values())  # fmt: skip
+    assert not any(procs.alive(pid) for pid in pids.values())
 
 
 def test_a_stage_that_dies_mid_job_fails_that_job_and_not_the_next(worker, speech_dir):
@@ -242,11 +240,8 @@ def test_close_during_a_job_stops_the_worker_for_good(tiny_model_dir, tmp_path):
     for a dead stage and start another one (it did: four new processes outlived close())."""
     import threading
 
-    import psutil
-
     def stages():  # live stage processes of this test process (the module's worker has its own)
-        return {p.pid for p in psutil.Process().children(recursive=True)
-                if p.name().startswith("wsp-") and p.status() != psutil.STATUS_ZOMBIE}  # fmt: skip
+        return {pid for pid, name in procs.children().items() if name.startswith("wsp-")}
 
     data = media.write_wav(tmp_path / "noise.wav", media.babble(60, amp=0.2)).read_bytes()
     before = stages()
