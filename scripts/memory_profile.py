@@ -7,7 +7,8 @@ fresh pipeline, and samples the proportional set size (PSS: shared pages split b
 processes that map them, so the rings are counted once) of every process of the run every
 0.1 s. Memory should not grow with the length of the audio: the rings are fixed-size and
 backpressure pauses download and decode when inference is behind (README, "Memory and
-the audio's length").
+the audio's length"). The infer stage's peak in each quarter of a job tells a warm-up
+from a leak: after a warm-up its last quarters are alike; a leak climbs to the end.
 """
 
 from __future__ import annotations
@@ -61,9 +62,22 @@ def tree_pss(pid: int) -> dict[str, int]:
     return out
 
 
+def by_quarter(series: list[tuple[float, int]], t0: float, t1: float) -> list[float | None]:
+    """The peak of ``series`` ((time, bytes) samples) in each quarter of [t0, t1], in MiB;
+    None for a quarter without a sample. A stage whose memory levels off has its last two
+    quarters alike; one that leaks keeps climbing to the last."""
+    span = max(t1 - t0, 1e-9)
+    peaks: list[int | None] = [None] * 4
+    for t, v in series:
+        q = min(3, max(0, int((t - t0) / span * 4)))
+        peaks[q] = v if peaks[q] is None else max(peaks[q], v)
+    return [None if v is None else round(v / 2**20, 1) for v in peaks]
+
+
 def measure(audio: Path, cfg: PipelineConfig, options: DecodeOptions) -> dict:
     peak = {"pss": 0}
     per_process: dict[str, int] = {}
+    infer: list[tuple[float, int]] = []  # (time, the infer stage's PSS) through the job
     stop = threading.Event()
 
     def sampler():
@@ -72,14 +86,18 @@ def measure(audio: Path, cfg: PipelineConfig, options: DecodeOptions) -> dict:
             peak["pss"] = max(peak["pss"], sum(sample.values()))
             for name, v in sample.items():
                 per_process[name] = max(per_process.get(name, 0), v)
+            if "wsp-infer" in sample:
+                infer.append((time.monotonic(), sample["wsp-infer"]))
             time.sleep(0.1)
 
     t = threading.Thread(target=sampler, daemon=True)
     t0 = time.monotonic()
     with Pipeline(cfg) as p:
         p.wait_ready(timeout=300)
+        t_job = time.monotonic()
         t.start()
         out = p.run_job(Job(str(audio), options))
+        t_done = time.monotonic()
     stop.set()
     t.join()
     return {
@@ -88,6 +106,7 @@ def measure(audio: Path, cfg: PipelineConfig, options: DecodeOptions) -> dict:
         "windows": len(out.windows),
         "peak_pss_mib": round(peak["pss"] / 2**20, 1),
         "peak_by_process_mib": {k: round(v / 2**20, 1) for k, v in sorted(per_process.items())},
+        "infer_peak_by_quarter_mib": by_quarter(infer, t_job, t_done),
     }
 
 
@@ -124,6 +143,9 @@ def main(argv=None) -> int:
     for r in rows[1:]:
         print(f"{r['minutes']:g} min vs {rows[0]['minutes']:g} min: peak {r['peak_pss_mib']} MiB vs "
               f"{base} MiB ({r['peak_pss_mib'] - base:+.1f} MiB)")
+    for r in rows:
+        quarters = ", ".join("-" if v is None else f"{v}" for v in r["infer_peak_by_quarter_mib"])
+        print(f"{r['minutes']:g} min: infer stage's peak in each quarter of the job: {quarters} MiB")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
