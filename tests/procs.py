@@ -1,8 +1,8 @@
 """Looking at processes from a test without racing them.
 
 A process a test sees in a listing can be gone by the time the test asks its name or
-status: a short-lived helper (ffmpeg probing a WAV, a library's own subprocess), or a stage
-that is just leaving. psutil then raises NoSuchProcess, and a test that asked in two steps
+status: a short-lived helper (an ffmpeg, a process forked just before it execs), or a
+stage that is just leaving. psutil then raises NoSuchProcess, and a test that asked in two steps
 ("exists?", then "status?") failed now and then. These helpers ask once and read a
 vanished process as what it is: not alive, not a child any more.
 """
